@@ -1,0 +1,316 @@
+//! Options: one struct that works from code, a config file and the CLI alike.
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// How the [`crate::SnapshotManager`] writes and restores snapshots.
+///
+/// Every field is honoured (the original module ignored `compression_enabled` and
+/// `include_metadata`). Deserializes with defaults for missing fields and rejects unknown
+/// ones, so a typo in a config file is an error rather than a silent default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotConfig {
+    /// Keep at most this many snapshots: after each create, older ones that no kept snapshot
+    /// depends on are deleted. `0` keeps everything. Default 10.
+    pub max_snapshots: usize,
+    /// Deflate the blob. When off, members are written as stored (level 0) gzip, which
+    /// `zcat` still reads. Default on.
+    pub compression_enabled: bool,
+    /// Deflate level 1 (fastest) to 9 (smallest). Default 1: vector data is mostly f32
+    /// mantissas that barely compress, and higher levels cost several times the CPU for about
+    /// one percent.
+    pub compression_level: u32,
+    /// Store each vector's JSON metadata. Default on.
+    pub include_metadata: bool,
+    /// Uncompressed bytes per gzip member. Larger members compress slightly better; smaller
+    /// ones bound memory and make corruption reports more precise. Default 4 MiB.
+    pub chunk_size: usize,
+    /// Vectors read from the store per scan call. Default 1000.
+    pub scan_page_size: usize,
+    /// Vectors per upsert call on restore. Default 1000.
+    pub restore_batch_size: usize,
+    /// Members compressed at once; `0` means one per CPU core. Default 0.
+    pub parallelism: usize,
+    /// On restore, decode and check each namespace completely before changing the target
+    /// store, so a corrupt snapshot never half-replaces a namespace. Costs a second decode.
+    /// Default on.
+    pub verify_before_restore: bool,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        SnapshotConfig {
+            max_snapshots: 10,
+            compression_enabled: true,
+            compression_level: 1,
+            include_metadata: true,
+            chunk_size: 4 << 20,
+            scan_page_size: 1000,
+            restore_batch_size: 1000,
+            parallelism: 0,
+            verify_before_restore: true,
+        }
+    }
+}
+
+impl SnapshotConfig {
+    /// The defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets [`Self::max_snapshots`].
+    pub fn with_max_snapshots(mut self, n: usize) -> Self {
+        self.max_snapshots = n;
+        self
+    }
+
+    /// Sets [`Self::compression_enabled`].
+    pub fn with_compression(mut self, enabled: bool) -> Self {
+        self.compression_enabled = enabled;
+        self
+    }
+
+    /// Sets [`Self::compression_level`].
+    pub fn with_compression_level(mut self, level: u32) -> Self {
+        self.compression_level = level;
+        self
+    }
+
+    /// Sets [`Self::include_metadata`].
+    pub fn with_include_metadata(mut self, include: bool) -> Self {
+        self.include_metadata = include;
+        self
+    }
+
+    /// Sets [`Self::chunk_size`].
+    pub fn with_chunk_size(mut self, bytes: usize) -> Self {
+        self.chunk_size = bytes;
+        self
+    }
+
+    /// Sets [`Self::scan_page_size`].
+    pub fn with_scan_page_size(mut self, n: usize) -> Self {
+        self.scan_page_size = n;
+        self
+    }
+
+    /// Sets [`Self::restore_batch_size`].
+    pub fn with_restore_batch_size(mut self, n: usize) -> Self {
+        self.restore_batch_size = n;
+        self
+    }
+
+    /// Sets [`Self::parallelism`].
+    pub fn with_parallelism(mut self, n: usize) -> Self {
+        self.parallelism = n;
+        self
+    }
+
+    /// Sets [`Self::verify_before_restore`].
+    pub fn with_verify_before_restore(mut self, verify: bool) -> Self {
+        self.verify_before_restore = verify;
+        self
+    }
+
+    /// Checks ranges; the manager calls it on construction.
+    pub fn validate(&self) -> Result<()> {
+        if !(1..=9).contains(&self.compression_level) {
+            return Err(Error::Config(format!(
+                "compression_level must be 1 to 9, got {} (turn compression off with compression_enabled = false)",
+                self.compression_level
+            )));
+        }
+        if !(4096..=(256 << 20)).contains(&self.chunk_size) {
+            return Err(Error::Config(format!(
+                "chunk_size must be 4 KiB to 256 MiB, got {}",
+                self.chunk_size
+            )));
+        }
+        if self.scan_page_size == 0 || self.restore_batch_size == 0 {
+            return Err(Error::Config(
+                "scan_page_size and restore_batch_size must be at least 1".to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The deflate level actually used.
+    pub fn effective_level(&self) -> u32 {
+        if self.compression_enabled {
+            self.compression_level
+        } else {
+            0
+        }
+    }
+
+    /// Compression jobs in flight.
+    pub fn effective_parallelism(&self) -> usize {
+        match self.parallelism {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+/// Per-snapshot information supplied by the caller.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CreateOptions {
+    /// Free text shown in listings.
+    pub description: Option<String>,
+    /// Key-value labels (e.g. `env=prod`).
+    pub labels: BTreeMap<String, String>,
+}
+
+impl CreateOptions {
+    /// Options with a description.
+    pub fn described(description: impl Into<String>) -> Self {
+        CreateOptions {
+            description: Some(description.into()),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// Adds a label.
+    pub fn with_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.description.as_ref().is_some_and(|d| d.len() > 4096) {
+            return Err(Error::invalid("description", "longer than 4096 bytes"));
+        }
+        for (k, v) in &self.labels {
+            if k.is_empty() || k.len() > 128 || k.chars().any(|c| c.is_control() || c == '=') {
+                return Err(Error::invalid(
+                    "label",
+                    format!(
+                        "key {k:?} must be 1 to 128 characters without '=' or control characters"
+                    ),
+                ));
+            }
+            if v.len() > 1024 || v.chars().any(char::is_control) {
+                return Err(Error::invalid(
+                    "label",
+                    format!("value of {k:?} must be at most 1024 bytes without control characters"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a restore replaces target namespaces or merges into them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestoreMode {
+    /// The restored namespace equals the snapshot: vectors added after it are removed, and a
+    /// namespace of another dimension is recreated. The default.
+    #[default]
+    Replace,
+    /// Upsert the snapshot's vectors and leave others alone. Fails before any change if a
+    /// target namespace has another dimension.
+    Merge,
+}
+
+/// What to restore, and how.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RestoreOptions {
+    /// Restore only these namespaces (`None`: all of them).
+    pub namespaces: Option<Vec<String>>,
+    /// Restore namespace `key` under the name `value`.
+    pub rename: BTreeMap<String, String>,
+    /// Replace (default) or merge.
+    pub mode: RestoreMode,
+    /// Also restore vectors whose expiry has passed. Off by default: a restore never
+    /// resurrects data that had already expired.
+    pub include_expired: bool,
+}
+
+impl RestoreOptions {
+    /// Restore everything, replacing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Only these namespaces.
+    pub fn only<I, S>(mut self, namespaces: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.namespaces = Some(namespaces.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Restore `from` as `to`.
+    pub fn rename(mut self, from: impl Into<String>, to: impl Into<String>) -> Self {
+        self.rename.insert(from.into(), to.into());
+        self
+    }
+
+    /// Sets the mode.
+    pub fn mode(mut self, mode: RestoreMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Restore already-expired vectors too.
+    pub fn include_expired(mut self, include: bool) -> Self {
+        self.include_expired = include;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_file_defaults_and_typos() {
+        let c: SnapshotConfig = serde_json::from_str(r#"{"max_snapshots": 3}"#).unwrap();
+        assert_eq!(c, SnapshotConfig::new().with_max_snapshots(3));
+        let err = serde_json::from_str::<SnapshotConfig>(r#"{"max_snapshot": 3}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn validation() {
+        assert!(SnapshotConfig::new().validate().is_ok());
+        assert!(SnapshotConfig::new()
+            .with_compression_level(0)
+            .validate()
+            .is_err());
+        assert!(SnapshotConfig::new()
+            .with_compression_level(10)
+            .validate()
+            .is_err());
+        assert!(SnapshotConfig::new()
+            .with_chunk_size(10)
+            .validate()
+            .is_err());
+        assert!(SnapshotConfig::new()
+            .with_scan_page_size(0)
+            .validate()
+            .is_err());
+        assert_eq!(
+            SnapshotConfig::new()
+                .with_compression(false)
+                .effective_level(),
+            0
+        );
+        assert!(CreateOptions::default()
+            .with_label("a=b", "x")
+            .validate()
+            .is_err());
+        assert!(CreateOptions::default()
+            .with_label("env", "prod")
+            .validate()
+            .is_ok());
+    }
+}

@@ -1,0 +1,254 @@
+//! The crate's one error type.
+//!
+//! Every variant says what failed and carries the id, key or namespace involved, so an
+//! operator can act on the message alone. Errors never contain credentials: sinks attach the
+//! object key, never a URL with user info or a signed request.
+
+use std::fmt;
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where in a snapshot a corruption was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The snapshot whose blob or sidecar is corrupt.
+    pub snapshot_id: String,
+    /// The namespace whose data is corrupt, when the damage is inside one.
+    pub namespace: Option<String>,
+    /// Byte offset in the compressed blob (or in the sidecar), when known.
+    pub offset: Option<u64>,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "snapshot {}", self.snapshot_id)?;
+        if let Some(ns) = &self.namespace {
+            write!(f, ", namespace {ns:?}")?;
+        }
+        if let Some(off) = self.offset {
+            write!(f, ", near byte {off}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The operation a sink was performing when it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkOp {
+    /// Writing a whole object.
+    Put,
+    /// Streaming (multipart) upload of an object.
+    PutStreaming,
+    /// Reading an object, whole or a range of it.
+    Get,
+    /// Reading an object's size and modification time.
+    Head,
+    /// Listing keys under a prefix.
+    List,
+    /// Removing an object.
+    Delete,
+}
+
+impl fmt::Display for SinkOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SinkOp::Put => "put",
+            SinkOp::PutStreaming => "streaming put",
+            SinkOp::Get => "get",
+            SinkOp::Head => "head",
+            SinkOp::List => "list",
+            SinkOp::Delete => "delete",
+        })
+    }
+}
+
+/// Everything that can go wrong in this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No snapshot with this id exists in the repository (its sidecar is absent).
+    #[error("snapshot {id} not found")]
+    SnapshotNotFound {
+        /// The id that was asked for.
+        id: String,
+    },
+
+    /// An object the operation needs is absent from the sink.
+    #[error("object {key} not found")]
+    ObjectNotFound {
+        /// The key, relative to the sink's root.
+        key: String,
+    },
+
+    /// A namespace that was asked for does not exist (in a store or in a snapshot).
+    #[error("namespace {namespace:?} not found{}", context_suffix(.context))]
+    NamespaceNotFound {
+        /// The namespace name.
+        namespace: String,
+        /// Where it was looked for, e.g. "in snapshot X".
+        context: String,
+    },
+
+    /// A write lost a race or would overwrite something that must not be overwritten.
+    #[error("conflict on {key}: {reason}")]
+    Conflict {
+        /// The key or id involved.
+        key: String,
+        /// Why the write was refused.
+        reason: String,
+    },
+
+    /// The caller passed something unusable: a malformed id, key, namespace or option.
+    #[error("invalid {what}: {reason}")]
+    InvalidInput {
+        /// What was invalid ("snapshot id", "key", "namespace", ...).
+        what: &'static str,
+        /// Why, naming the offending value when it is safe to print.
+        reason: String,
+    },
+
+    /// Stored data does not match what it claims to be.
+    #[error("corrupt data in {location}: {reason}")]
+    Corrupt {
+        /// Where the corruption is.
+        location: Location,
+        /// What check failed.
+        reason: String,
+    },
+
+    /// The data was written by a newer, incompatible format version.
+    #[error(
+        "unsupported format version {found} in {what} (this build reads major version {supported})"
+    )]
+    UnsupportedVersion {
+        /// What was being read ("blob of snapshot X", "sidecar of snapshot X").
+        what: String,
+        /// The version found.
+        found: String,
+        /// The major version this build reads.
+        supported: u16,
+    },
+
+    /// A vector or namespace does not have the dimension it must have.
+    #[error("dimension mismatch in namespace {namespace:?}: expected {expected}, got {actual}")]
+    DimensionMismatch {
+        /// The namespace.
+        namespace: String,
+        /// The dimension the namespace has.
+        expected: usize,
+        /// The dimension that was offered.
+        actual: usize,
+    },
+
+    /// An incremental snapshot's chain of ancestors is incomplete, so it cannot be resolved.
+    #[error("snapshot {id} cannot be resolved: its ancestor {missing} is missing")]
+    BrokenChain {
+        /// The snapshot being resolved.
+        id: String,
+        /// The ancestor whose sidecar is absent.
+        missing: String,
+    },
+
+    /// A snapshot cannot be deleted because other snapshots depend on it.
+    #[error("snapshot {id} is the parent of {children:?}; delete them first or force the delete")]
+    HasDependents {
+        /// The snapshot that was to be deleted.
+        id: String,
+        /// Snapshots whose chains go through it.
+        children: Vec<String>,
+    },
+
+    /// A configuration value is out of range or inconsistent.
+    #[error("configuration error: {0}")]
+    Config(String),
+
+    /// The sink failed while performing an operation on a key.
+    #[error("{op} of {key} failed: {source}")]
+    Sink {
+        /// What the sink was doing.
+        op: SinkOp,
+        /// The key (or prefix, for a listing) relative to the sink's root.
+        key: String,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+
+    /// The vector store returned an error.
+    #[error("vector storage error: {0}")]
+    Storage(String),
+
+    /// A background task panicked or was cancelled.
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+fn context_suffix(context: &str) -> String {
+    if context.is_empty() {
+        String::new()
+    } else {
+        format!(" {context}")
+    }
+}
+
+impl Error {
+    /// Builds an [`Error::InvalidInput`].
+    pub fn invalid(what: &'static str, reason: impl Into<String>) -> Self {
+        Error::InvalidInput {
+            what,
+            reason: reason.into(),
+        }
+    }
+
+    /// Builds an [`Error::Sink`] from any error type.
+    pub fn sink(
+        op: SinkOp,
+        key: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        Error::Sink {
+            op,
+            key: key.into(),
+            source: source.into(),
+        }
+    }
+
+    /// Builds an [`Error::Corrupt`].
+    pub fn corrupt(
+        snapshot_id: &str,
+        namespace: Option<&str>,
+        offset: Option<u64>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Error::Corrupt {
+            location: Location {
+                snapshot_id: snapshot_id.to_string(),
+                namespace: namespace.map(str::to_string),
+                offset,
+            },
+            reason: reason.into(),
+        }
+    }
+
+    /// True when this error means "the thing asked for is absent".
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            Error::SnapshotNotFound { .. }
+                | Error::ObjectNotFound { .. }
+                | Error::NamespaceNotFound { .. }
+        )
+    }
+
+    /// True when the stored data failed an integrity check.
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, Error::Corrupt { .. })
+    }
+}
+
+impl From<tokio::task::JoinError> for Error {
+    fn from(e: tokio::task::JoinError) -> Self {
+        Error::Task(e.to_string())
+    }
+}

@@ -1,0 +1,306 @@
+//! The sidecar: `<id>.meta.json`, the commit record and table of contents of a snapshot.
+//!
+//! Written after the blob, only if no sidecar with that key exists; a snapshot exists if and
+//! only if its sidecar does. Readers accept any minor version of their major and ignore
+//! fields they do not know; they reject other majors with [`Error::UnsupportedVersion`].
+
+use super::{format_version, FORMAT_MAJOR};
+use crate::error::{Error, Result};
+use crate::id::SnapshotId;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The `format` field of every sidecar.
+pub const FORMAT_NAME: &str = "dakera-snapshot";
+/// Largest sidecar a reader accepts (a bound against forged or runaway files).
+pub const MAX_SIDECAR_BYTES: u64 = 64 << 20;
+
+/// Full or incremental.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotType {
+    /// Holds every namespace of the store.
+    Full,
+    /// Holds only namespaces that changed since `parent_id`.
+    Incremental,
+}
+
+/// A byte range inside the blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ByteRange {
+    /// First byte.
+    pub offset: u64,
+    /// Number of bytes.
+    pub length: u64,
+}
+
+impl ByteRange {
+    /// One past the last byte.
+    pub fn end(&self) -> u64 {
+        self.offset.saturating_add(self.length)
+    }
+
+    /// As a `Range`.
+    pub fn range(&self) -> std::ops::Range<u64> {
+        self.offset..self.end()
+    }
+}
+
+/// One gzip member of a namespace section.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberEntry {
+    /// Offset in the blob.
+    pub offset: u64,
+    /// Compressed length.
+    pub length: u64,
+    /// Decompressed length.
+    pub raw_length: u64,
+    /// Vectors framed in this member.
+    pub vectors: u64,
+}
+
+/// A namespace stored in this snapshot's blob.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceEntry {
+    /// Its name in the store.
+    pub name: String,
+    /// Its dimension; `None` for a namespace that never held a vector.
+    pub dimension: Option<u32>,
+    /// Vectors stored.
+    pub vector_count: u64,
+    /// Byte range of its members in the blob.
+    pub offset: u64,
+    /// Compressed length of its members.
+    pub length: u64,
+    /// Decompressed length of its section.
+    pub raw_length: u64,
+    /// Hex SHA-256 content digest (see [`crate::format::blob::NamespaceEncoder`]).
+    pub content_sha256: String,
+    /// Its gzip members, in order; they tile `offset..offset+length`.
+    pub members: Vec<MemberEntry>,
+}
+
+impl NamespaceEntry {
+    /// The namespace's byte range in the blob.
+    pub fn range(&self) -> ByteRange {
+        ByteRange {
+            offset: self.offset,
+            length: self.length,
+        }
+    }
+}
+
+/// Compression settings a blob was written with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CompressionInfo {
+    /// Always `"gzip"` in format 1.
+    pub codec: String,
+    /// Deflate level 0-9 (0 = stored, no compression).
+    pub level: u32,
+}
+
+/// Everything known about one snapshot: the sidecar's content.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotMetadata {
+    /// Always [`FORMAT_NAME`].
+    pub format: String,
+    /// `"MAJOR.MINOR"`.
+    pub format_version: String,
+    /// `"dakera-snapshot <crate version>"` of the writer.
+    pub writer: String,
+    /// The snapshot id.
+    pub id: SnapshotId,
+    /// Creation time, unix seconds.
+    pub created_at: u64,
+    /// Creation time, unix milliseconds.
+    pub created_at_ms: u64,
+    /// Free text from the caller.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Key-value labels from the caller.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Full or incremental.
+    pub snapshot_type: SnapshotType,
+    /// The snapshot this one builds on (incremental only).
+    #[serde(default)]
+    pub parent_id: Option<SnapshotId>,
+    /// Namespaces stored in this blob, sorted by name.
+    pub namespaces: Vec<NamespaceEntry>,
+    /// Namespaces that exist at this point in time but are stored in an ancestor (incremental).
+    #[serde(default)]
+    pub unchanged_namespaces: Vec<String>,
+    /// Namespaces of the parent that no longer exist (incremental).
+    #[serde(default)]
+    pub deleted_namespaces: Vec<String>,
+    /// Vectors stored in this blob.
+    pub total_vectors: u64,
+    /// Compressed blob size in bytes.
+    pub size_bytes: u64,
+    /// Decompressed content size in bytes.
+    pub raw_bytes: u64,
+    /// Hex SHA-256 of the whole blob.
+    pub blob_sha256: String,
+    /// Byte range of the header member.
+    pub header: ByteRange,
+    /// Byte range of the footer member.
+    pub footer: ByteRange,
+    /// How the blob was compressed.
+    pub compression: CompressionInfo,
+    /// Whether vector metadata was included.
+    pub include_metadata: bool,
+}
+
+impl SnapshotMetadata {
+    /// The stored namespace entry with this name.
+    pub fn namespace(&self, name: &str) -> Option<&NamespaceEntry> {
+        self.namespaces.iter().find(|n| n.name == name)
+    }
+
+    /// Every namespace that exists at this snapshot's point in time, stored here or in an
+    /// ancestor, sorted.
+    pub fn all_namespaces(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .namespaces
+            .iter()
+            .map(|n| n.name.clone())
+            .chain(self.unchanged_namespaces.iter().cloned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Serializes for storage.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("metadata always serializes")
+    }
+
+    /// Parses and checks a sidecar read from `expected_id`'s key.
+    pub fn from_json(bytes: &[u8], expected_id: &SnapshotId) -> Result<Self> {
+        let corrupt = |reason: String| {
+            Error::corrupt(
+                expected_id.as_str(),
+                None,
+                None,
+                format!("sidecar: {reason}"),
+            )
+        };
+        #[derive(Deserialize)]
+        struct Probe {
+            format: Option<String>,
+            format_version: Option<String>,
+        }
+        let probe: Probe = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+        if probe.format.as_deref() != Some(FORMAT_NAME) {
+            return Err(corrupt(format!("not a {FORMAT_NAME} sidecar")));
+        }
+        let version = probe.format_version.unwrap_or_default();
+        let major = version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse::<u16>().ok());
+        if major != Some(FORMAT_MAJOR) {
+            return Err(Error::UnsupportedVersion {
+                what: format!("sidecar of snapshot {expected_id}"),
+                found: version,
+                supported: FORMAT_MAJOR,
+            });
+        }
+        let meta: SnapshotMetadata =
+            serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+        if &meta.id != expected_id {
+            return Err(corrupt(format!(
+                "records id {} but is stored as {expected_id}",
+                meta.id
+            )));
+        }
+        meta.check_layout().map_err(corrupt)?;
+        Ok(meta)
+    }
+
+    /// Checks that the recorded ranges tile the blob: header, each namespace's members in
+    /// order, footer, with no gap or overlap, and that the counts add up. A reader relies on
+    /// this before it trusts any offset.
+    pub fn check_layout(&self) -> std::result::Result<(), String> {
+        if self.header.offset != 0 {
+            return Err("header does not start at byte 0".into());
+        }
+        let mut at = self.header.end();
+        let mut total = 0u64;
+        let mut raw = 0u64;
+        let mut last_name: Option<&str> = None;
+        for ns in &self.namespaces {
+            if last_name.is_some_and(|l| l >= ns.name.as_str()) {
+                return Err(format!("namespace {:?} out of order or repeated", ns.name));
+            }
+            last_name = Some(&ns.name);
+            if ns.offset != at {
+                return Err(format!(
+                    "namespace {:?} starts at {} instead of {at}",
+                    ns.name, ns.offset
+                ));
+            }
+            if ns.members.is_empty() {
+                return Err(format!("namespace {:?} has no members", ns.name));
+            }
+            let (mut vectors, mut ns_raw) = (0u64, 0u64);
+            for m in &ns.members {
+                if m.offset != at || m.length == 0 {
+                    return Err(format!(
+                        "member of {:?} at {} does not follow byte {at}",
+                        ns.name, m.offset
+                    ));
+                }
+                at = at.saturating_add(m.length);
+                vectors = vectors.saturating_add(m.vectors);
+                ns_raw = ns_raw.saturating_add(m.raw_length);
+            }
+            if at != ns.end() {
+                return Err(format!("members of {:?} do not fill its range", ns.name));
+            }
+            if vectors != ns.vector_count || ns_raw != ns.raw_length {
+                return Err(format!(
+                    "member totals of {:?} disagree with the namespace",
+                    ns.name
+                ));
+            }
+            if ns.content_sha256.len() != 64 {
+                return Err(format!("digest of {:?} is malformed", ns.name));
+            }
+            total = total.saturating_add(ns.vector_count);
+            raw = raw.saturating_add(ns.raw_length);
+        }
+        if self.footer.offset != at || self.footer.end() != self.size_bytes {
+            return Err("footer does not end the blob".into());
+        }
+        if total != self.total_vectors {
+            return Err(format!(
+                "total_vectors {} but namespaces hold {total}",
+                self.total_vectors
+            ));
+        }
+        if raw > self.raw_bytes {
+            return Err("raw sizes exceed raw_bytes".into());
+        }
+        if (self.snapshot_type == SnapshotType::Incremental) != self.parent_id.is_some() {
+            return Err("only incremental snapshots have a parent".into());
+        }
+        Ok(())
+    }
+}
+
+impl NamespaceEntry {
+    fn end(&self) -> u64 {
+        self.offset.saturating_add(self.length)
+    }
+}
+
+/// The writer string for this build.
+pub fn writer() -> String {
+    format!("dakera-snapshot {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Fills the fixed fields for a new sidecar.
+pub(crate) fn new_format_fields() -> (String, String, String) {
+    (FORMAT_NAME.to_string(), format_version(), writer())
+}

@@ -1,0 +1,58 @@
+//! # dakera-snapshot
+//!
+//! Point-in-time snapshots of a vector store, kept in a local directory or object storage,
+//! restored, verified and expired.
+//!
+//! The layers, top to bottom:
+//! - [`SnapshotManager`]: the use cases (create full and incremental snapshots, restore,
+//!   list, verify, delete, retention, garbage collection).
+//! - [`format`]: the versioned blob codec (independent gzip members of binary framed
+//!   vectors) and the JSON sidecar schema. `docs/FORMAT.md` documents both byte by byte.
+//! - [`sink`]: where bytes go. [`SnapshotSink`] is the trait; [`LocalFsSink`] writes
+//!   crash-safely to a directory.
+//! - [`storage`]: the [`VectorStorage`] trait a store implements to be snapshotted and
+//!   restored into, and [`InMemoryStorage`].
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> dakera_snapshot::Result<()> {
+//! use dakera_snapshot::{CreateOptions, InMemoryStorage, RestoreOptions, SnapshotConfig,
+//!     SnapshotManager, Vector, VectorStorage};
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let manager = SnapshotManager::local(dir.path(), SnapshotConfig::default())?;
+//!
+//! let store = InMemoryStorage::new();
+//! store.ensure_namespace("docs").await?;
+//! store.upsert("docs", vec![Vector::new("a", vec![0.1, 0.2, 0.3])]).await?;
+//!
+//! let snap = manager.create_snapshot(&store, CreateOptions::described("nightly")).await?;
+//! manager.verify_snapshot(snap.id.as_str()).await?;
+//!
+//! let restored = InMemoryStorage::new();
+//! let result = manager.restore_snapshot(&restored, snap.id.as_str(), &RestoreOptions::new()).await?;
+//! assert_eq!(result.vectors_restored, 1);
+//! assert_eq!(restored.get_all("docs").await?, store.get_all("docs").await?);
+//! # Ok(())
+//! # }
+//! ```
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod error;
+pub mod format;
+pub mod id;
+pub mod manager;
+pub mod paths;
+pub mod retention;
+pub mod sink;
+pub mod storage;
+
+pub use config::{CreateOptions, RestoreMode, RestoreOptions, SnapshotConfig};
+pub use error::{Error, Result};
+pub use format::sidecar::{NamespaceEntry, SnapshotMetadata, SnapshotType};
+pub use id::{Clock, ManualClock, SnapshotId, SystemClock};
+pub use manager::{GcReport, RestoreResult, RetentionReport, SnapshotManager, VerifyReport};
+pub use retention::{RetentionPlan, RetentionPolicy};
+pub use sink::{LocalFsSink, PutMode, SinkExt, SnapshotSink};
+pub use storage::{InMemoryStorage, NamespaceId, Vector, VectorStorage};

@@ -1,0 +1,1078 @@
+//! The use cases: create (full and incremental), restore, list, inspect, verify, delete,
+//! retention and garbage collection. Knows nothing about files or S3: everything goes
+//! through a [`SnapshotSink`].
+
+mod pipeline;
+
+use crate::config::{CreateOptions, RestoreMode, RestoreOptions, SnapshotConfig};
+use crate::error::{Error, Result};
+use crate::format::blob::{self, DecodeError, EncodeError, NamespaceEncoder};
+use crate::format::sidecar::{
+    new_format_fields, ByteRange, CompressionInfo, NamespaceEntry, SnapshotMetadata, SnapshotType,
+    MAX_SIDECAR_BYTES,
+};
+use crate::format::FORMAT_MAJOR;
+use crate::id::{Clock, IdGenerator, OsRandom, RandomSource, SnapshotId, SystemClock};
+use crate::paths::{validate_namespace, Key, ObjectKind, RepoLayout};
+use crate::retention::{self, RetentionPlan, RetentionPolicy};
+use crate::sink::{LocalFsSink, PutMode, SinkExt, SnapshotSink};
+use crate::storage::{Vector, VectorStorage};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use pipeline::{BlobWriter, Part};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Sidecars fetched at once when listing.
+const LIST_CONCURRENCY: usize = 16;
+/// Longest ancestor chain followed before the chain is declared corrupt (a cycle).
+const MAX_CHAIN: usize = 100_000;
+
+/// What a restore did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RestoreResult {
+    /// The snapshot restored.
+    pub snapshot_id: SnapshotId,
+    /// Number of namespaces restored.
+    pub namespaces_restored: usize,
+    /// Vectors written to the store.
+    pub vectors_restored: u64,
+    /// Vectors left out because they had expired.
+    pub vectors_skipped_expired: u64,
+    /// Per namespace: source name, target name, vectors written.
+    pub namespaces: Vec<RestoredNamespace>,
+}
+
+/// One restored namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RestoredNamespace {
+    /// Its name in the snapshot.
+    pub source: String,
+    /// Its name in the store.
+    pub target: String,
+    /// The snapshot whose blob held it (an ancestor, for unchanged namespaces).
+    pub from_snapshot: SnapshotId,
+    /// Vectors written.
+    pub vectors: u64,
+}
+
+/// What a successful verification checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// The snapshot verified.
+    pub snapshot_id: SnapshotId,
+    /// Bytes of blob read and hashed.
+    pub bytes_checked: u64,
+    /// Namespaces decoded, with their vector counts.
+    pub namespaces: Vec<(String, u64)>,
+    /// Vectors decoded.
+    pub vectors_checked: u64,
+    /// The snapshot and its ancestors, newest first, all present.
+    pub chain: Vec<SnapshotId>,
+}
+
+/// A snapshot's point-in-time view: where each of its namespaces is stored.
+#[derive(Debug, Clone)]
+pub struct ResolvedSnapshot {
+    /// The snapshot and its ancestors up to the last one needed, newest first.
+    pub chain: Vec<SnapshotMetadata>,
+    /// Every namespace at that point in time: the index in `chain` of the snapshot that
+    /// stores it, and its entry there.
+    pub namespaces: BTreeMap<String, (usize, NamespaceEntry)>,
+}
+
+/// What retention did (or would do, in a dry run).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RetentionReport {
+    /// The plan: kept snapshots with reasons, and those to remove.
+    pub plan: RetentionPlan,
+    /// Snapshots actually deleted (empty in a dry run).
+    pub deleted: Vec<SnapshotId>,
+}
+
+/// What garbage collection found and removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct GcReport {
+    /// Blob keys with no sidecar, old enough to be orphans of crashed writers.
+    pub orphan_blobs: Vec<String>,
+    /// Orphans actually removed (empty in a dry run).
+    pub removed: Vec<String>,
+    /// Incomplete uploads / temporary files the sink removed.
+    pub incomplete_uploads_removed: usize,
+}
+
+/// Takes, restores, verifies and expires snapshots in one repository (a [`SnapshotSink`]).
+///
+/// Commit protocol: the blob is uploaded first (invisible until complete), then the
+/// sidecar is written with [`PutMode::Create`]. A snapshot exists if and only if its sidecar
+/// exists; a blob without a sidecar is an orphan that is never listed and that
+/// [`SnapshotManager::collect_garbage`] removes.
+#[derive(Debug)]
+pub struct SnapshotManager {
+    sink: Arc<dyn SnapshotSink>,
+    config: SnapshotConfig,
+    layout: RepoLayout,
+    clock: Arc<dyn Clock>,
+    random: Arc<dyn RandomSource>,
+    ids: IdGenerator,
+}
+
+impl SnapshotManager {
+    /// A manager over `sink`; fails if `config` is invalid.
+    pub fn new(sink: Arc<dyn SnapshotSink>, config: SnapshotConfig) -> Result<Self> {
+        config.validate()?;
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let random: Arc<dyn RandomSource> = Arc::new(OsRandom);
+        Ok(SnapshotManager {
+            sink,
+            config,
+            layout: RepoLayout,
+            ids: IdGenerator::new(clock.clone(), random.clone()),
+            clock,
+            random,
+        })
+    }
+
+    /// A manager over a local directory (created if missing).
+    pub fn local(dir: impl AsRef<Path>, config: SnapshotConfig) -> Result<Self> {
+        Self::new(Arc::new(LocalFsSink::new(dir)?), config)
+    }
+
+    /// Uses `clock` for ids, creation times, expiry and retention.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.ids = IdGenerator::new(clock.clone(), self.random.clone());
+        self.clock = clock;
+        self
+    }
+
+    /// Uses `random` for the random part of ids.
+    pub fn with_random(mut self, random: Arc<dyn RandomSource>) -> Self {
+        self.ids = IdGenerator::new(self.clock.clone(), random.clone());
+        self.random = random;
+        self
+    }
+
+    /// The repository.
+    pub fn sink(&self) -> &Arc<dyn SnapshotSink> {
+        &self.sink
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SnapshotConfig {
+        &self.config
+    }
+
+    // ----- create -------------------------------------------------------------------------
+
+    /// Snapshots every namespace of `storage`.
+    pub async fn create_snapshot(
+        &self,
+        storage: &dyn VectorStorage,
+        options: CreateOptions,
+    ) -> Result<SnapshotMetadata> {
+        options.validate()?;
+        let names = store_namespaces(storage).await?;
+        let plan = WritePlan {
+            snapshot_type: SnapshotType::Full,
+            parent: None,
+            store: names,
+            unchanged: Vec::new(),
+            deleted: Vec::new(),
+        };
+        self.write_and_commit(storage, plan, options).await
+    }
+
+    /// Snapshots only what changed since `parent_id`.
+    ///
+    /// With `changed = Some(list)`, the listed namespaces are stored, plus any namespace the
+    /// parent does not have (a new namespace is never silently left out). With `None`, each
+    /// namespace's content digest is computed from the store and compared with the parent's
+    /// view, and only those that differ are stored. Namespaces of the parent that the store
+    /// no longer has are recorded as deleted.
+    pub async fn create_incremental_snapshot(
+        &self,
+        storage: &dyn VectorStorage,
+        parent_id: &str,
+        changed: Option<&[String]>,
+        options: CreateOptions,
+    ) -> Result<SnapshotMetadata> {
+        options.validate()?;
+        let parent_id = SnapshotId::parse(parent_id)?;
+        let parent = self.resolve(&parent_id).await?;
+        let current = store_namespaces(storage).await?;
+        let current_set: BTreeSet<&String> = current.iter().collect();
+        let deleted: Vec<String> = parent
+            .namespaces
+            .keys()
+            .filter(|n| !current_set.contains(n))
+            .cloned()
+            .collect();
+        let mut store = Vec::new();
+        let mut unchanged = Vec::new();
+        if let Some(list) = changed {
+            for n in list {
+                validate_namespace(n)?;
+                if !current_set.contains(n) && !parent.namespaces.contains_key(n) {
+                    return Err(Error::NamespaceNotFound {
+                        namespace: n.clone(),
+                        context: "in the store or the parent snapshot".into(),
+                    });
+                }
+            }
+            let listed: BTreeSet<&String> = list.iter().collect();
+            for n in &current {
+                if listed.contains(n) || !parent.namespaces.contains_key(n) {
+                    store.push(n.clone());
+                } else {
+                    unchanged.push(n.clone());
+                }
+            }
+        } else {
+            for n in &current {
+                let same = match parent.namespaces.get(n) {
+                    Some((_, entry)) => {
+                        let (dim, digest) = self.digest_namespace(storage, n).await?;
+                        entry.dimension.unwrap_or(0) == dim
+                            && entry.content_sha256 == hex::encode(digest)
+                    }
+                    None => false,
+                };
+                if same {
+                    unchanged.push(n.clone());
+                } else {
+                    store.push(n.clone());
+                }
+            }
+        }
+        tracing::info!(parent = %parent_id, changed = store.len(), unchanged = unchanged.len(), deleted = deleted.len(), "incremental snapshot plan");
+        let plan = WritePlan {
+            snapshot_type: SnapshotType::Incremental,
+            parent: Some(parent_id),
+            store,
+            unchanged,
+            deleted,
+        };
+        self.write_and_commit(storage, plan, options).await
+    }
+
+    /// Computes a namespace's dimension and content digest without writing anything.
+    async fn digest_namespace(
+        &self,
+        storage: &dyn VectorStorage,
+        ns: &str,
+    ) -> Result<(u32, [u8; 32])> {
+        let dim = namespace_dimension(storage, ns).await?;
+        let mut enc = NamespaceEncoder::new(ns, dim, self.config.include_metadata);
+        let mut after: Option<String> = None;
+        loop {
+            let page = storage
+                .scan(ns, after.as_deref(), self.config.scan_page_size)
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            for v in &page {
+                enc.push(v).map_err(|e| encode_error(ns, e))?;
+            }
+            if enc.buffered() >= self.config.chunk_size {
+                enc.take_chunk();
+            }
+        }
+        let (_, _, _, digest) = enc.finish();
+        Ok((dim, digest))
+    }
+
+    async fn write_and_commit(
+        &self,
+        storage: &dyn VectorStorage,
+        plan: WritePlan,
+        options: CreateOptions,
+    ) -> Result<SnapshotMetadata> {
+        let (id, created_ms) = self.ids.next_id();
+        let blob_key = self.layout.blob_key(&id);
+        tracing::info!(snapshot = %id, repo = %self.sink.describe(), namespaces = plan.store.len(), "creating snapshot");
+        let out = self.sink.put_streaming(&blob_key, PutMode::Create).await?;
+        let mut w = BlobWriter::new(
+            out,
+            self.config.effective_level(),
+            self.config.effective_parallelism(),
+        );
+        let body = self
+            .write_body(&mut w, storage, &id, created_ms, &plan.store)
+            .await;
+        let counts = match body {
+            Ok(counts) => counts,
+            Err(e) => {
+                w.abort().await;
+                return Err(e);
+            }
+        };
+        let (members, size, raw, sha) = w.finish().await?;
+
+        let mut namespaces: Vec<NamespaceEntry> = Vec::with_capacity(plan.store.len());
+        let (mut header, mut footer) = (None, None);
+        for m in members {
+            match m.part {
+                Part::Header => {
+                    header = Some(ByteRange {
+                        offset: m.entry.offset,
+                        length: m.entry.length,
+                    })
+                }
+                Part::Footer => {
+                    footer = Some(ByteRange {
+                        offset: m.entry.offset,
+                        length: m.entry.length,
+                    })
+                }
+                Part::Namespace(i) => {
+                    if namespaces.len() == i {
+                        let (dim, count, digest) = counts[i];
+                        namespaces.push(NamespaceEntry {
+                            name: plan.store[i].clone(),
+                            dimension: (dim > 0).then_some(dim),
+                            vector_count: count,
+                            offset: m.entry.offset,
+                            length: 0,
+                            raw_length: 0,
+                            content_sha256: hex::encode(digest),
+                            members: Vec::new(),
+                        });
+                    }
+                    let ns = &mut namespaces[i];
+                    ns.length += m.entry.length;
+                    ns.raw_length += m.entry.raw_length;
+                    ns.members.push(m.entry);
+                }
+            }
+        }
+        let (format, format_version, writer) = new_format_fields();
+        let meta = SnapshotMetadata {
+            format,
+            format_version,
+            writer,
+            id: id.clone(),
+            created_at: created_ms / 1000,
+            created_at_ms: created_ms,
+            description: options.description,
+            labels: options.labels,
+            snapshot_type: plan.snapshot_type,
+            parent_id: plan.parent,
+            total_vectors: namespaces.iter().map(|n| n.vector_count).sum(),
+            namespaces,
+            unchanged_namespaces: plan.unchanged,
+            deleted_namespaces: plan.deleted,
+            size_bytes: size,
+            raw_bytes: raw,
+            blob_sha256: hex::encode(sha),
+            header: header.expect("header member written"),
+            footer: footer.expect("footer member written"),
+            compression: CompressionInfo {
+                codec: "gzip".into(),
+                level: self.config.effective_level(),
+            },
+            include_metadata: self.config.include_metadata,
+        };
+        if let Err(e) = meta.check_layout() {
+            let _ = self.sink.delete(&blob_key).await;
+            return Err(Error::Task(format!(
+                "internal error: the written layout is inconsistent: {e}"
+            )));
+        }
+        // The commit point.
+        let sidecar_key = self.layout.sidecar_key(&id);
+        if let Err(e) = self
+            .sink
+            .put(&sidecar_key, Bytes::from(meta.to_json()), PutMode::Create)
+            .await
+        {
+            if let Err(cleanup) = self.sink.delete(&blob_key).await {
+                tracing::warn!(error = %cleanup, blob = %blob_key, "could not remove the uncommitted blob; `gc` will");
+            }
+            return Err(e);
+        }
+        tracing::info!(snapshot = %id, vectors = meta.total_vectors, bytes = meta.size_bytes, "snapshot committed");
+
+        if self.config.max_snapshots > 0 {
+            let policy = RetentionPolicy::keep_last(self.config.max_snapshots);
+            if let Err(e) = self.apply_retention(&policy, false).await {
+                // The snapshot is committed; a failed clean-up must not make it look failed.
+                tracing::warn!(error = %e, "retention after create failed; nothing was lost, it will be retried after the next create");
+            }
+        }
+        Ok(meta)
+    }
+
+    /// Writes header, namespace sections and footer; returns (dimension, count, digest) per
+    /// stored namespace.
+    async fn write_body(
+        &self,
+        w: &mut BlobWriter,
+        storage: &dyn VectorStorage,
+        id: &SnapshotId,
+        created_ms: u64,
+        names: &[String],
+    ) -> Result<Vec<(u32, u64, [u8; 32])>> {
+        w.submit(
+            blob::encode_header(id.as_str(), created_ms),
+            Part::Header,
+            0,
+        )
+        .await?;
+        let mut counts = Vec::with_capacity(names.len());
+        for (i, ns) in names.iter().enumerate() {
+            let dim = namespace_dimension(storage, ns).await?;
+            let mut enc = NamespaceEncoder::new(ns, dim, self.config.include_metadata);
+            let mut after: Option<String> = None;
+            loop {
+                let page = storage
+                    .scan(ns, after.as_deref(), self.config.scan_page_size)
+                    .await?;
+                let Some(last) = page.last() else { break };
+                after = Some(last.id.clone());
+                for v in &page {
+                    enc.push(v).map_err(|e| encode_error(ns, e))?;
+                    if enc.buffered() >= self.config.chunk_size {
+                        let (raw, n) = enc.take_chunk();
+                        w.submit(raw, Part::Namespace(i), n).await?;
+                    }
+                }
+            }
+            let (raw, n, count, digest) = enc.finish();
+            w.submit(raw, Part::Namespace(i), n).await?;
+            counts.push((dim, count, digest));
+        }
+        let total = counts.iter().map(|c| c.1).sum();
+        w.submit(
+            blob::encode_footer(names.len() as u32, total),
+            Part::Footer,
+            0,
+        )
+        .await?;
+        Ok(counts)
+    }
+
+    // ----- read side ----------------------------------------------------------------------
+
+    /// The metadata of one snapshot.
+    pub async fn get_snapshot_metadata(&self, id: &str) -> Result<SnapshotMetadata> {
+        let id = SnapshotId::parse(id)?;
+        self.read_sidecar(&id).await
+    }
+
+    /// True if a snapshot with this id exists (is committed).
+    pub async fn snapshot_exists(&self, id: &str) -> Result<bool> {
+        let id = SnapshotId::parse(id)?;
+        match self.sink.head(&self.layout.sidecar_key(&id)).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every snapshot, newest first: one listing of the snapshots folder, then the sidecars
+    /// fetched concurrently. Fails as a whole if the listing or any sidecar read fails (a
+    /// partial list would let retention delete the wrong things).
+    pub async fn list_snapshots(&self) -> Result<Vec<SnapshotMetadata>> {
+        let objects = self.sink.list_all(&self.layout.snapshots_dir()).await?;
+        let ids: Vec<SnapshotId> = objects
+            .iter()
+            .filter_map(|o| match self.layout.parse(&o.key) {
+                Some((id, ObjectKind::Sidecar)) => Some(id),
+                _ => None,
+            })
+            .collect();
+        let mut metas: Vec<SnapshotMetadata> = futures::stream::iter(ids)
+            .map(|id| async move {
+                match self.read_sidecar(&id).await {
+                    // Deleted between the listing and the read: no longer a snapshot.
+                    Err(Error::SnapshotNotFound { .. }) => Ok(None),
+                    other => other.map(Some),
+                }
+            })
+            .buffer_unordered(LIST_CONCURRENCY)
+            .try_filter_map(|m| async move { Ok(m) })
+            .try_collect()
+            .await?;
+        metas.sort_by(|a, b| (b.created_at_ms, &b.id).cmp(&(a.created_at_ms, &a.id)));
+        Ok(metas)
+    }
+
+    async fn read_sidecar(&self, id: &SnapshotId) -> Result<SnapshotMetadata> {
+        let key = self.layout.sidecar_key(id);
+        let mut stream = match self.sink.get(&key, None).await {
+            Err(e) if e.is_not_found() => {
+                return Err(Error::SnapshotNotFound { id: id.to_string() })
+            }
+            other => other?,
+        };
+        let mut buf = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if (buf.len() + chunk.len()) as u64 > MAX_SIDECAR_BYTES {
+                return Err(Error::corrupt(
+                    id.as_str(),
+                    None,
+                    None,
+                    format!("sidecar larger than {MAX_SIDECAR_BYTES} bytes"),
+                ));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        SnapshotMetadata::from_json(&buf, id)
+    }
+
+    /// Resolves a snapshot's chain: for every namespace at its point in time, which snapshot
+    /// stores it. Reads only sidecars, and only as far up the chain as needed.
+    pub async fn resolve(&self, id: &SnapshotId) -> Result<ResolvedSnapshot> {
+        let top = self.read_sidecar(id).await?;
+        let mut wanted: BTreeSet<String> = top.all_namespaces().into_iter().collect();
+        let mut namespaces = BTreeMap::new();
+        let mut chain = vec![top];
+        loop {
+            let idx = chain.len() - 1;
+            let cur = &chain[idx];
+            for entry in &cur.namespaces {
+                if wanted.remove(&entry.name) {
+                    namespaces.insert(entry.name.clone(), (idx, entry.clone()));
+                }
+            }
+            if wanted.is_empty() {
+                break;
+            }
+            let Some(parent) = cur.parent_id.clone() else {
+                return Err(Error::corrupt(
+                    chain[0].id.as_str(),
+                    wanted.iter().next().map(String::as_str),
+                    None,
+                    "namespace is recorded as unchanged but no ancestor stores it",
+                ));
+            };
+            if chain.len() >= MAX_CHAIN || chain.iter().any(|s| s.id == parent) {
+                return Err(Error::corrupt(
+                    id.as_str(),
+                    None,
+                    None,
+                    "the ancestor chain loops",
+                ));
+            }
+            match self.read_sidecar(&parent).await {
+                Ok(p) => chain.push(p),
+                Err(Error::SnapshotNotFound { .. }) => {
+                    return Err(Error::BrokenChain {
+                        id: id.to_string(),
+                        missing: parent.to_string(),
+                    })
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(ResolvedSnapshot { chain, namespaces })
+    }
+
+    // ----- restore ------------------------------------------------------------------------
+
+    /// Restores a snapshot into `storage`.
+    ///
+    /// Incremental chains are resolved once and each namespace is read from the snapshot
+    /// that stores it (one ranged read per namespace; ancestors are not replayed). With
+    /// [`crate::SnapshotConfig::verify_before_restore`] (the default), each namespace is
+    /// downloaded and checked completely before the store is touched, so corrupt data
+    /// never half-replaces a namespace. All names, renames and dimensions are checked
+    /// before the first change.
+    pub async fn restore_snapshot(
+        &self,
+        storage: &dyn VectorStorage,
+        id: &str,
+        options: &RestoreOptions,
+    ) -> Result<RestoreResult> {
+        let id = SnapshotId::parse(id)?;
+        let resolved = self.resolve(&id).await?;
+        let selected: Vec<String> = match &options.namespaces {
+            None => resolved.namespaces.keys().cloned().collect(),
+            Some(list) => {
+                for n in list {
+                    if !resolved.namespaces.contains_key(n) {
+                        return Err(Error::NamespaceNotFound {
+                            namespace: n.clone(),
+                            context: format!("in snapshot {id}"),
+                        });
+                    }
+                }
+                let set: BTreeSet<String> = list.iter().cloned().collect();
+                set.into_iter().collect()
+            }
+        };
+        // Plan targets and check everything before the first change.
+        let mut targets: Vec<(String, String)> = Vec::new();
+        let mut seen_targets = HashMap::new();
+        for from in options.rename.keys() {
+            if !selected.contains(from) {
+                return Err(Error::invalid(
+                    "rename",
+                    format!("{from:?} is not among the namespaces being restored"),
+                ));
+            }
+        }
+        for src in &selected {
+            let target = options.rename.get(src).unwrap_or(src).clone();
+            validate_namespace(&target)?;
+            if let Some(other) = seen_targets.insert(target.clone(), src.clone()) {
+                return Err(Error::invalid(
+                    "rename",
+                    format!("{other:?} and {src:?} would both be restored into {target:?}"),
+                ));
+            }
+            targets.push((src.clone(), target));
+        }
+        if options.mode == RestoreMode::Merge {
+            for (src, target) in &targets {
+                let want = resolved.namespaces[src].1.dimension.map(|d| d as usize);
+                if storage.namespace_exists(target).await? {
+                    if let (Some(have), Some(want)) = (storage.dimension(target).await?, want) {
+                        if have != want {
+                            return Err(Error::DimensionMismatch {
+                                namespace: target.clone(),
+                                expected: have,
+                                actual: want,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+
+        let now = self.clock.now_secs();
+        let mut result = RestoreResult {
+            snapshot_id: id.clone(),
+            namespaces_restored: 0,
+            vectors_restored: 0,
+            vectors_skipped_expired: 0,
+            namespaces: Vec::new(),
+        };
+        for (src, target) in targets {
+            let (idx, entry) = &resolved.namespaces[&src];
+            let holder = &resolved.chain[*idx];
+            let (written, skipped) = self
+                .restore_namespace(storage, holder, entry, &target, options, now)
+                .await?;
+            tracing::info!(snapshot = %id, namespace = %src, target = %target, vectors = written, "namespace restored");
+            result.namespaces_restored += 1;
+            result.vectors_restored += written;
+            result.vectors_skipped_expired += skipped;
+            result.namespaces.push(RestoredNamespace {
+                source: src,
+                target,
+                from_snapshot: holder.id.clone(),
+                vectors: written,
+            });
+        }
+        Ok(result)
+    }
+
+    async fn restore_namespace(
+        &self,
+        storage: &dyn VectorStorage,
+        holder: &SnapshotMetadata,
+        entry: &NamespaceEntry,
+        target: &str,
+        options: &RestoreOptions,
+        now: u64,
+    ) -> Result<(u64, u64)> {
+        let blob_key = self.layout.blob_key(&holder.id);
+        let spool = self
+            .fetch_blob_range(holder, &blob_key, entry.range())
+            .await?;
+        let spool = if self.config.verify_before_restore {
+            let (spool, summary) = pipeline::with_range(spool, 0, entry.length, |r| {
+                blob::decode_namespace(r, 4096, |_| Ok(()))
+            })
+            .await?;
+            check_summary(holder, entry, summary)?;
+            spool
+        } else {
+            spool
+        };
+
+        match options.mode {
+            RestoreMode::Replace => {
+                if storage.namespace_exists(target).await? {
+                    storage.delete_namespace(target).await?;
+                }
+                storage.ensure_namespace(target).await?;
+            }
+            RestoreMode::Merge => storage.ensure_namespace(target).await?,
+        }
+        let (mut rx, decoder) =
+            pipeline::decode_to_channel(spool, entry.length, self.config.restore_batch_size);
+        let (mut written, mut skipped) = (0u64, 0u64);
+        let mut upsert_error = None;
+        while let Some(batch) = rx.recv().await {
+            let before = batch.len();
+            let batch: Vec<Vector> = if options.include_expired {
+                batch
+            } else {
+                batch.into_iter().filter(|v| !v.is_expired(now)).collect()
+            };
+            skipped += (before - batch.len()) as u64;
+            if batch.is_empty() {
+                continue;
+            }
+            let n = batch.len() as u64;
+            if let Err(e) = storage.upsert(target, batch).await {
+                upsert_error = Some(e);
+                break;
+            }
+            written += n;
+        }
+        drop(rx);
+        let summary = decoder.await?;
+        if let Some(e) = upsert_error {
+            return Err(e);
+        }
+        check_summary(holder, entry, summary)?;
+        Ok((written, skipped))
+    }
+
+    /// Downloads a range of a blob, checking first that the blob is there with the size the
+    /// sidecar records.
+    async fn fetch_blob_range(
+        &self,
+        meta: &SnapshotMetadata,
+        blob_key: &Key,
+        range: ByteRange,
+    ) -> Result<tempfile::SpooledTempFile> {
+        match pipeline::download(
+            self.sink.as_ref(),
+            blob_key,
+            Some(range.range()),
+            range.length,
+            None,
+        )
+        .await
+        {
+            Err(e) if e.is_not_found() => Err(Error::corrupt(
+                meta.id.as_str(),
+                None,
+                None,
+                "the blob is missing",
+            )),
+            Err(Error::InvalidInput { what: "range", .. }) => Err(Error::corrupt(
+                meta.id.as_str(),
+                None,
+                Some(range.offset),
+                "the blob is shorter than its sidecar records (truncated)",
+            )),
+            other => other,
+        }
+    }
+
+    // ----- verify -------------------------------------------------------------------------
+
+    /// Re-reads a snapshot completely and checks it: the blob's size and SHA-256, the header,
+    /// every namespace's frames, counts and content digest against the sidecar, the footer,
+    /// and that every ancestor it depends on exists. Returns what was checked, or the first
+    /// problem as [`Error::Corrupt`] (naming the snapshot and namespace) or
+    /// [`Error::BrokenChain`].
+    pub async fn verify_snapshot(&self, id: &str) -> Result<VerifyReport> {
+        let id = SnapshotId::parse(id)?;
+        let meta = self.read_sidecar(&id).await?;
+        let blob_key = self.layout.blob_key(&id);
+        let info = match self.sink.head(&blob_key).await {
+            Err(e) if e.is_not_found() => {
+                return Err(Error::corrupt(
+                    id.as_str(),
+                    None,
+                    None,
+                    "the blob is missing",
+                ))
+            }
+            other => other?,
+        };
+        if info.size != meta.size_bytes {
+            return Err(Error::corrupt(
+                id.as_str(),
+                None,
+                Some(info.size.min(meta.size_bytes)),
+                format!(
+                    "the blob is {} bytes but the sidecar records {} (truncated or replaced)",
+                    info.size, meta.size_bytes
+                ),
+            ));
+        }
+        let mut sha = Sha256::new();
+        let spool = pipeline::download(
+            self.sink.as_ref(),
+            &blob_key,
+            None,
+            meta.size_bytes,
+            Some(&mut sha),
+        )
+        .await?;
+        let sha: [u8; 32] = sha.finalize().into();
+        if hex::encode(sha) != meta.blob_sha256 {
+            return Err(Error::corrupt(
+                id.as_str(),
+                None,
+                None,
+                "blob SHA-256 does not match the sidecar",
+            ));
+        }
+
+        let corrupt_at =
+            |ns: Option<&str>, off: u64, e: DecodeError| decode_error(&meta, ns, off, e);
+        let (spool, header) =
+            pipeline::with_range(spool, 0, meta.header.length, |r| blob::decode_header(r)).await?;
+        let header = header.map_err(|e| corrupt_at(None, 0, e))?;
+        if header.snapshot_id != id.as_str() || header.created_at_ms != meta.created_at_ms {
+            return Err(Error::corrupt(
+                id.as_str(),
+                None,
+                Some(0),
+                format!("the blob was written for snapshot {}", header.snapshot_id),
+            ));
+        }
+        let mut spool = spool;
+        let mut namespaces = Vec::new();
+        for entry in &meta.namespaces {
+            let (s, summary) = pipeline::with_range(spool, entry.offset, entry.length, |r| {
+                blob::decode_namespace(r, 4096, |_| Ok(()))
+            })
+            .await?;
+            spool = s;
+            check_summary(&meta, entry, summary)?;
+            namespaces.push((entry.name.clone(), entry.vector_count));
+        }
+        let (_, footer) =
+            pipeline::with_range(spool, meta.footer.offset, meta.footer.length, |r| {
+                blob::decode_footer(r)
+            })
+            .await?;
+        let footer = footer.map_err(|e| corrupt_at(None, meta.footer.offset, e))?;
+        if footer.namespaces as usize != meta.namespaces.len()
+            || footer.total_vectors != meta.total_vectors
+        {
+            return Err(Error::corrupt(
+                id.as_str(),
+                None,
+                Some(meta.footer.offset),
+                "the blob's footer disagrees with the sidecar",
+            ));
+        }
+        let chain = self
+            .resolve(&id)
+            .await?
+            .chain
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        Ok(VerifyReport {
+            snapshot_id: id,
+            bytes_checked: meta.size_bytes,
+            vectors_checked: meta.total_vectors,
+            namespaces,
+            chain,
+        })
+    }
+
+    // ----- delete, retention, gc ----------------------------------------------------------
+
+    /// Deletes a snapshot. If other snapshots build on it, fails with
+    /// [`Error::HasDependents`] unless `force`, in which case its descendants are deleted too
+    /// (newest first, so no listed snapshot ever lacks its parent). Returns what was deleted.
+    pub async fn delete_snapshot(&self, id: &str, force: bool) -> Result<Vec<SnapshotId>> {
+        let id = SnapshotId::parse(id)?;
+        if !self.snapshot_exists(id.as_str()).await? {
+            return Err(Error::SnapshotNotFound { id: id.to_string() });
+        }
+        let all = self.list_snapshots().await?;
+        let mut doomed = vec![id.clone()];
+        let mut i = 0;
+        while i < doomed.len() {
+            let parent = doomed[i].clone();
+            doomed.extend(
+                all.iter()
+                    .filter(|s| s.parent_id.as_ref() == Some(&parent))
+                    .map(|s| s.id.clone()),
+            );
+            i += 1;
+        }
+        if doomed.len() > 1 && !force {
+            return Err(Error::HasDependents {
+                id: id.to_string(),
+                children: doomed[1..].iter().map(|s| s.to_string()).collect(),
+            });
+        }
+        doomed.reverse();
+        for s in &doomed {
+            self.remove(s).await?;
+        }
+        Ok(doomed)
+    }
+
+    /// Removes one snapshot: the sidecar first (the snapshot stops existing atomically), then
+    /// the blob (if that fails, the orphan is left for `gc`).
+    async fn remove(&self, id: &SnapshotId) -> Result<()> {
+        self.sink.delete(&self.layout.sidecar_key(id)).await?;
+        if let Err(e) = self.sink.delete(&self.layout.blob_key(id)).await {
+            tracing::warn!(snapshot = %id, error = %e, "sidecar deleted but blob not; `gc` will remove it");
+        }
+        tracing::info!(snapshot = %id, "snapshot deleted");
+        Ok(())
+    }
+
+    /// Applies a retention policy (see [`crate::retention`]). Never deletes anything if the
+    /// listing fails; never deletes an ancestor of a kept snapshot.
+    pub async fn apply_retention(
+        &self,
+        policy: &RetentionPolicy,
+        dry_run: bool,
+    ) -> Result<RetentionReport> {
+        let all = self.list_snapshots().await?;
+        let plan = retention::plan(&all, policy, self.clock.now_secs());
+        let mut deleted = Vec::new();
+        if !dry_run {
+            for id in &plan.remove {
+                self.remove(id).await?;
+                deleted.push(id.clone());
+            }
+        }
+        Ok(RetentionReport { plan, deleted })
+    }
+
+    /// Removes blobs that have no sidecar and were last modified more than `grace` ago
+    /// (orphans of writers that crashed between upload and commit), and the sink's own
+    /// stale temporary files or incomplete uploads. `grace` protects writers still at work.
+    pub async fn collect_garbage(&self, grace: Duration, dry_run: bool) -> Result<GcReport> {
+        let cutoff = self.clock.now_ms().saturating_sub(grace.as_millis() as u64);
+        let objects = self.sink.list_all(&self.layout.snapshots_dir()).await?;
+        let sidecars: BTreeSet<SnapshotId> = objects
+            .iter()
+            .filter_map(|o| match self.layout.parse(&o.key) {
+                Some((id, ObjectKind::Sidecar)) => Some(id),
+                _ => None,
+            })
+            .collect();
+        let mut report = GcReport::default();
+        for o in &objects {
+            if let Some((id, ObjectKind::Blob)) = self.layout.parse(&o.key) {
+                if !sidecars.contains(&id) && o.last_modified_ms < cutoff {
+                    report.orphan_blobs.push(o.key.to_string());
+                    if !dry_run {
+                        // Re-check right before deleting: a slow writer may have committed.
+                        if self.sink.head(&self.layout.sidecar_key(&id)).await.is_ok() {
+                            continue;
+                        }
+                        self.sink.delete(&o.key).await?;
+                        report.removed.push(o.key.to_string());
+                    }
+                }
+            }
+        }
+        if !dry_run {
+            report.incomplete_uploads_removed = self.sink.remove_incomplete(cutoff).await?;
+        }
+        Ok(report)
+    }
+}
+
+struct WritePlan {
+    snapshot_type: SnapshotType,
+    parent: Option<SnapshotId>,
+    store: Vec<String>,
+    unchanged: Vec<String>,
+    deleted: Vec<String>,
+}
+
+async fn store_namespaces(storage: &dyn VectorStorage) -> Result<Vec<String>> {
+    let mut names = storage.list_namespaces().await?;
+    for n in &names {
+        validate_namespace(n)?;
+    }
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+async fn namespace_dimension(storage: &dyn VectorStorage, ns: &str) -> Result<u32> {
+    match storage.dimension(ns).await? {
+        None => Ok(0),
+        Some(0) => Err(Error::invalid(
+            "namespace",
+            format!("{ns:?} reports dimension 0"),
+        )),
+        Some(d) if d > blob::MAX_DIMENSION as usize => Err(Error::invalid(
+            "namespace",
+            format!(
+                "{ns:?} has dimension {d}, more than the supported {}",
+                blob::MAX_DIMENSION
+            ),
+        )),
+        Some(d) => Ok(d as u32),
+    }
+}
+
+fn encode_error(ns: &str, e: EncodeError) -> Error {
+    match e {
+        EncodeError::Dimension { expected, actual } => Error::DimensionMismatch {
+            namespace: ns.to_string(),
+            expected: expected as usize,
+            actual,
+        },
+        EncodeError::Invalid(reason) => Error::Storage(format!("namespace {ns:?}: {reason}")),
+    }
+}
+
+fn decode_error(meta: &SnapshotMetadata, ns: Option<&str>, offset: u64, e: DecodeError) -> Error {
+    match e {
+        DecodeError::Corrupt(reason) => Error::corrupt(meta.id.as_str(), ns, Some(offset), reason),
+        DecodeError::Version { major, minor } => Error::UnsupportedVersion {
+            what: format!("blob of snapshot {}", meta.id),
+            found: format!("{major}.{minor}"),
+            supported: FORMAT_MAJOR,
+        },
+    }
+}
+
+/// Compares what decoding a namespace found with what the sidecar records.
+fn check_summary(
+    meta: &SnapshotMetadata,
+    entry: &NamespaceEntry,
+    summary: std::result::Result<blob::NamespaceSummary, DecodeError>,
+) -> Result<()> {
+    let ns = Some(entry.name.as_str());
+    let s = summary.map_err(|e| decode_error(meta, ns, entry.offset, e))?;
+    let fail = |why: String| {
+        Err(Error::corrupt(
+            meta.id.as_str(),
+            ns,
+            Some(entry.offset),
+            why,
+        ))
+    };
+    if s.name != entry.name {
+        return fail(format!(
+            "the blob holds namespace {:?} where the sidecar records {:?}",
+            s.name, entry.name
+        ));
+    }
+    if s.dimension != entry.dimension.unwrap_or(0) {
+        return fail(format!(
+            "dimension {} in the blob, {:?} in the sidecar",
+            s.dimension, entry.dimension
+        ));
+    }
+    if s.vectors != entry.vector_count {
+        return fail(format!(
+            "{} vectors in the blob, {} in the sidecar",
+            s.vectors, entry.vector_count
+        ));
+    }
+    if hex::encode(s.digest) != entry.content_sha256 {
+        return fail("content digest differs from the sidecar".into());
+    }
+    Ok(())
+}

@@ -1,0 +1,235 @@
+//! A vector store held in memory, for tests, examples and small deployments.
+
+use super::{NamespaceId, Vector, VectorStorage};
+use crate::error::{Error, Result};
+use crate::id::{Clock, SystemClock};
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::{Arc, RwLock};
+
+#[derive(Debug, Default)]
+struct Namespace {
+    dimension: Option<usize>,
+    vectors: BTreeMap<String, Vector>,
+}
+
+/// An in-memory [`VectorStorage`]: namespaces of vectors in id order, with dimension checks
+/// and TTL expiry against an injectable clock.
+#[derive(Debug)]
+pub struct InMemoryStorage {
+    namespaces: RwLock<BTreeMap<NamespaceId, Namespace>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for InMemoryStorage {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InMemoryStorage {
+    /// An empty store on the system clock.
+    pub fn new() -> Self {
+        Self::with_clock(Arc::new(SystemClock))
+    }
+
+    /// An empty store whose expiry follows `clock`.
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        InMemoryStorage {
+            namespaces: RwLock::new(BTreeMap::new()),
+            clock,
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<NamespaceId, Namespace>> {
+        self.namespaces.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<NamespaceId, Namespace>> {
+        self.namespaces.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn with_ns<T>(&self, namespace: &str, f: impl FnOnce(&Namespace, u64) -> T) -> Result<T> {
+        let now = self.clock.now_secs();
+        let map = self.read();
+        let ns = map.get(namespace).ok_or_else(|| not_found(namespace))?;
+        Ok(f(ns, now))
+    }
+}
+
+fn not_found(namespace: &str) -> Error {
+    Error::NamespaceNotFound {
+        namespace: namespace.to_string(),
+        context: "in the store".to_string(),
+    }
+}
+
+#[async_trait]
+impl VectorStorage for InMemoryStorage {
+    async fn upsert(&self, namespace: &str, vectors: Vec<Vector>) -> Result<usize> {
+        let now = self.clock.now_secs();
+        let mut map = self.write();
+        let ns = map.get_mut(namespace).ok_or_else(|| not_found(namespace))?;
+        // Check the whole batch before storing any of it.
+        let mut dim = ns.dimension;
+        for v in &vectors {
+            if v.values.is_empty() {
+                return Err(Error::invalid(
+                    "vector",
+                    format!("{:?} in namespace {namespace:?} has no values", v.id),
+                ));
+            }
+            match dim {
+                Some(d) if d != v.values.len() => {
+                    return Err(Error::DimensionMismatch {
+                        namespace: namespace.to_string(),
+                        expected: d,
+                        actual: v.values.len(),
+                    })
+                }
+                _ => dim = Some(v.values.len()),
+            }
+        }
+        ns.dimension = dim;
+        let n = vectors.len();
+        for mut v in vectors {
+            if v.expires_at.is_none() {
+                v.expires_at = v.ttl_seconds.map(|ttl| now.saturating_add(ttl));
+            }
+            ns.vectors.insert(v.id.clone(), v);
+        }
+        Ok(n)
+    }
+
+    async fn get(&self, namespace: &str, ids: &[String]) -> Result<Vec<Vector>> {
+        self.with_ns(namespace, |ns, now| {
+            ids.iter()
+                .filter_map(|id| ns.vectors.get(id))
+                .filter(|v| !v.is_expired(now))
+                .cloned()
+                .collect()
+        })
+    }
+
+    async fn delete(&self, namespace: &str, ids: &[String]) -> Result<usize> {
+        let mut map = self.write();
+        let ns = map.get_mut(namespace).ok_or_else(|| not_found(namespace))?;
+        Ok(ids
+            .iter()
+            .filter(|id| ns.vectors.remove(*id).is_some())
+            .count())
+    }
+
+    async fn namespace_exists(&self, namespace: &str) -> Result<bool> {
+        Ok(self.read().contains_key(namespace))
+    }
+
+    async fn ensure_namespace(&self, namespace: &str) -> Result<()> {
+        crate::paths::validate_namespace(namespace)?;
+        self.write().entry(namespace.to_string()).or_default();
+        Ok(())
+    }
+
+    async fn list_namespaces(&self) -> Result<Vec<NamespaceId>> {
+        Ok(self.read().keys().cloned().collect())
+    }
+
+    async fn dimension(&self, namespace: &str) -> Result<Option<usize>> {
+        self.with_ns(namespace, |ns, _| ns.dimension)
+    }
+
+    async fn count(&self, namespace: &str) -> Result<usize> {
+        self.with_ns(namespace, |ns, now| {
+            ns.vectors.values().filter(|v| !v.is_expired(now)).count()
+        })
+    }
+
+    async fn delete_namespace(&self, namespace: &str) -> Result<bool> {
+        Ok(self.write().remove(namespace).is_some())
+    }
+
+    async fn scan(
+        &self,
+        namespace: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Vector>> {
+        self.with_ns(namespace, |ns, now| {
+            let start = match after {
+                Some(a) => Bound::Excluded(a),
+                None => Bound::Unbounded,
+            };
+            ns.vectors
+                .range::<str, _>((start, Bound::Unbounded))
+                .map(|(_, v)| v)
+                .filter(|v| !v.is_expired(now))
+                .take(limit)
+                .cloned()
+                .collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::ManualClock;
+
+    fn v(id: &str, dim: usize) -> Vector {
+        Vector::new(id, vec![1.0; dim])
+    }
+
+    #[tokio::test]
+    async fn dimension_checks_reject_the_whole_batch() {
+        let s = InMemoryStorage::new();
+        s.ensure_namespace("a").await.unwrap();
+        let err = s.upsert("a", vec![v("x", 3), v("y", 4)]).await.unwrap_err();
+        assert!(matches!(
+            err,
+            Error::DimensionMismatch {
+                expected: 3,
+                actual: 4,
+                ..
+            }
+        ));
+        assert_eq!(s.count("a").await.unwrap(), 0);
+        assert_eq!(s.dimension("a").await.unwrap(), None);
+        let err = s.upsert("a", vec![v("z", 0)]).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+        assert!(s
+            .upsert("missing", vec![v("x", 3)])
+            .await
+            .unwrap_err()
+            .is_not_found());
+    }
+
+    #[tokio::test]
+    async fn ttl_sets_expiry_and_expired_vectors_are_hidden() {
+        let clock = ManualClock::new(1_000_000);
+        let s = InMemoryStorage::with_clock(clock.clone());
+        s.ensure_namespace("a").await.unwrap();
+        s.upsert("a", vec![v("keep", 2), v("ttl", 2).with_ttl(10)])
+            .await
+            .unwrap();
+        let got = s.get("a", &["ttl".to_string()]).await.unwrap();
+        assert_eq!(got[0].expires_at, Some(1_010));
+        clock.advance(std::time::Duration::from_secs(10));
+        assert_eq!(s.count("a").await.unwrap(), 1);
+        assert_eq!(s.scan("a", None, 10).await.unwrap().len(), 1);
+        assert!(s.get("a", &["ttl".to_string()]).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn scan_pages_in_id_order() {
+        let s = InMemoryStorage::new();
+        s.ensure_namespace("a").await.unwrap();
+        let vs: Vec<_> = (0..25).rev().map(|i| v(&format!("id{i:02}"), 2)).collect();
+        s.upsert("a", vs).await.unwrap();
+        let p1 = s.scan("a", None, 10).await.unwrap();
+        let p3 = s.scan("a", Some("id19"), 10).await.unwrap();
+        assert_eq!(p1.first().unwrap().id, "id00");
+        assert_eq!(p3.len(), 5);
+        assert_eq!(s.get_all("a").await.unwrap().len(), 25);
+    }
+}

@@ -1,0 +1,127 @@
+//! The data source and restore target: the [`VectorStorage`] trait and [`InMemoryStorage`].
+//!
+//! The trait stays close to the original dakera-storage one (upsert, get, get_all, delete,
+//! namespaces, dimension, count) and adds [`VectorStorage::scan`], a paginated read in id
+//! order, so a snapshot never holds a namespace in memory whole.
+
+mod memory;
+
+pub use memory::InMemoryStorage;
+
+use crate::error::Result;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// A namespace name.
+pub type NamespaceId = String;
+
+/// One stored vector.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Vector {
+    /// Unique id inside its namespace.
+    pub id: String,
+    /// The embedding. Every vector of a namespace has the same, non-zero length.
+    pub values: Vec<f32>,
+    /// Optional JSON metadata.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
+    /// Time to live requested at upsert, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
+    /// Absolute expiry, unix seconds. Stores set it from `ttl_seconds` at upsert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+impl Vector {
+    /// A vector with no metadata and no TTL.
+    pub fn new(id: impl Into<String>, values: Vec<f32>) -> Self {
+        Vector {
+            id: id.into(),
+            values,
+            metadata: None,
+            ttl_seconds: None,
+            expires_at: None,
+        }
+    }
+
+    /// Adds metadata.
+    pub fn with_metadata(mut self, metadata: serde_json::Value) -> Self {
+        self.metadata = Some(metadata);
+        self
+    }
+
+    /// Adds a TTL; the store computes `expires_at` at upsert.
+    pub fn with_ttl(mut self, ttl_seconds: u64) -> Self {
+        self.ttl_seconds = Some(ttl_seconds);
+        self
+    }
+
+    /// True if the vector has an expiry at or before `now_secs`.
+    pub fn is_expired(&self, now_secs: u64) -> bool {
+        self.expires_at.is_some_and(|t| t <= now_secs)
+    }
+}
+
+/// A vector store that can be snapshotted and restored into.
+///
+/// Contract:
+/// - Every vector in a namespace has the namespace's dimension; the first upsert into an empty
+///   namespace sets it, and `upsert` rejects a mismatch with [`crate::Error::DimensionMismatch`]
+///   (and zero-length vectors with [`crate::Error::InvalidInput`]) without storing any of the
+///   batch.
+/// - Reads (`get`, `get_all`, `scan`, `count`) never return vectors whose `expires_at` is in
+///   the past.
+/// - `scan` returns vectors in ascending byte order of their ids, starting strictly after
+///   `after`; an empty page means the end. Snapshots are written in this order, which makes
+///   their per-namespace digests reproducible.
+/// - Operations on a namespace that does not exist fail with
+///   [`crate::Error::NamespaceNotFound`], except `ensure_namespace`, `namespace_exists` and
+///   `delete_namespace`.
+#[async_trait]
+pub trait VectorStorage: Send + Sync + std::fmt::Debug {
+    /// Inserts or replaces vectors; returns how many were written.
+    async fn upsert(&self, namespace: &str, vectors: Vec<Vector>) -> Result<usize>;
+
+    /// The vectors with these ids that exist and have not expired.
+    async fn get(&self, namespace: &str, ids: &[String]) -> Result<Vec<Vector>>;
+
+    /// Removes vectors by id; returns how many existed.
+    async fn delete(&self, namespace: &str, ids: &[String]) -> Result<usize>;
+
+    /// True if the namespace exists.
+    async fn namespace_exists(&self, namespace: &str) -> Result<bool>;
+
+    /// Creates the namespace if it does not exist.
+    async fn ensure_namespace(&self, namespace: &str) -> Result<()>;
+
+    /// All namespace names, sorted.
+    async fn list_namespaces(&self) -> Result<Vec<NamespaceId>>;
+
+    /// The namespace's dimension, or `None` while it has never held a vector.
+    async fn dimension(&self, namespace: &str) -> Result<Option<usize>>;
+
+    /// Number of live (unexpired) vectors.
+    async fn count(&self, namespace: &str) -> Result<usize>;
+
+    /// Removes a namespace and its vectors; returns whether it existed.
+    async fn delete_namespace(&self, namespace: &str) -> Result<bool>;
+
+    /// Up to `limit` live vectors with ids greater than `after`, in ascending id order.
+    async fn scan(&self, namespace: &str, after: Option<&str>, limit: usize)
+        -> Result<Vec<Vector>>;
+
+    /// Every live vector of the namespace, in id order. Holds the namespace in memory: the
+    /// snapshot code never calls it, it exists for API compatibility and small tools.
+    async fn get_all(&self, namespace: &str) -> Result<Vec<Vector>> {
+        let mut out = Vec::new();
+        loop {
+            let after = out.last().map(|v: &Vector| v.id.clone());
+            let page = self.scan(namespace, after.as_deref(), 4096).await?;
+            if page.is_empty() {
+                return Ok(out);
+            }
+            out.extend(page);
+        }
+    }
+}

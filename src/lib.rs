@@ -48,6 +48,11 @@ pub mod retention;
 pub mod sink;
 pub mod storage;
 
+/// The README's examples compile as doctests, so they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub use config::{CreateOptions, RestoreMode, RestoreOptions, SnapshotConfig};
 pub use error::{Error, Result};
 pub use format::sidecar::{NamespaceEntry, SnapshotMetadata, SnapshotType};

@@ -516,8 +516,13 @@ where
     let n = p.u16()? as usize;
     let name = p.str(n)?;
     let dimension = p.u32()?;
-    let _flags = p.u32()?;
+    let flags = p.u32()?;
     p.end()?;
+    if flags != 0 {
+        return corrupt(format!(
+            "namespace {name:?} uses flags {flags:#x} this version does not know (written by a newer version?)"
+        ));
+    }
     if dimension > MAX_DIMENSION {
         return corrupt(format!(
             "dimension {dimension} exceeds the limit of {MAX_DIMENSION}"
@@ -784,6 +789,15 @@ mod tests {
         assert_eq!(bad[at], kind::NS_END);
         bad[at] = 0x3f;
         assert!(decode_namespace(&compress_member(&bad, 1)[..], 8, |_| Ok(())).is_err());
+    }
+
+    #[test]
+    fn unknown_namespace_flags_are_refused() {
+        let (mut raw, _) = NamespaceEncoder::new("ns", 2, true).take_chunk();
+        let flags_at = raw.len() - 4;
+        raw[flags_at] = 1;
+        let err = decode_namespace(&compress_member(&raw, 1)[..], 8, |_| Ok(())).unwrap_err();
+        assert!(matches!(err, DecodeError::Corrupt(m) if m.contains("flags")));
     }
 
     #[test]

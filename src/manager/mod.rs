@@ -528,8 +528,32 @@ impl SnapshotManager {
     /// Resolves a snapshot's chain: for every namespace at its point in time, which snapshot
     /// stores it. Reads only sidecars, and only as far up the chain as needed.
     pub async fn resolve(&self, id: &SnapshotId) -> Result<ResolvedSnapshot> {
+        self.resolve_only(id, None).await
+    }
+
+    /// Like [`Self::resolve`], but follows the chain only as far as the namespaces in `only`
+    /// need (all of them when `None`), so a namespace stored in a snapshot itself stays
+    /// restorable when an unrelated ancestor is lost. A name the snapshot does not have is a
+    /// [`Error::NamespaceNotFound`].
+    pub async fn resolve_only(
+        &self,
+        id: &SnapshotId,
+        only: Option<&[String]>,
+    ) -> Result<ResolvedSnapshot> {
         let top = self.read_sidecar(id).await?;
-        let mut wanted: BTreeSet<String> = top.all_namespaces().into_iter().collect();
+        let all: BTreeSet<String> = top.all_namespaces().into_iter().collect();
+        let mut wanted = match only {
+            None => all,
+            Some(list) => {
+                if let Some(n) = list.iter().find(|n| !all.contains(*n)) {
+                    return Err(Error::NamespaceNotFound {
+                        namespace: n.clone(),
+                        context: format!("in snapshot {id}"),
+                    });
+                }
+                list.iter().cloned().collect()
+            }
+        };
         let mut namespaces = BTreeMap::new();
         let mut chain = vec![top];
         loop {
@@ -590,22 +614,10 @@ impl SnapshotManager {
         options: &RestoreOptions,
     ) -> Result<RestoreResult> {
         let id = SnapshotId::parse(id)?;
-        let resolved = self.resolve(&id).await?;
-        let selected: Vec<String> = match &options.namespaces {
-            None => resolved.namespaces.keys().cloned().collect(),
-            Some(list) => {
-                for n in list {
-                    if !resolved.namespaces.contains_key(n) {
-                        return Err(Error::NamespaceNotFound {
-                            namespace: n.clone(),
-                            context: format!("in snapshot {id}"),
-                        });
-                    }
-                }
-                let set: BTreeSet<String> = list.iter().cloned().collect();
-                set.into_iter().collect()
-            }
-        };
+        let resolved = self
+            .resolve_only(&id, options.namespaces.as_deref())
+            .await?;
+        let selected: Vec<String> = resolved.namespaces.keys().cloned().collect();
         // Plan targets and check everything before the first change.
         let mut targets: Vec<(String, String)> = Vec::new();
         let mut seen_targets = HashMap::new();

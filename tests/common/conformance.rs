@@ -1,0 +1,290 @@
+//! The conformance suite: plain async functions over a sink or a manager. Every backend's
+//! test file calls each of them once, so a new backend is tested by adding one call.
+
+use super::{dump, make_vectors, store_with};
+use bytes::Bytes;
+use dakera_snapshot::paths::Key;
+use dakera_snapshot::{
+    CreateOptions, Error, InMemoryStorage, PutMode, RestoreOptions, RetentionPolicy, SinkExt,
+    SnapshotManager, SnapshotSink, SnapshotType, VectorStorage,
+};
+
+fn key(s: &str) -> Key {
+    Key::parse(s).unwrap()
+}
+
+/// put / get / head / overwrite / create-conflict / not-found / delete semantics.
+pub async fn sink_basics(sink: &dyn SnapshotSink) {
+    let k = key("conf/a/object.bin");
+    assert!(sink.get(&k, None).await.err().unwrap().is_not_found());
+    assert!(sink.head(&k).await.unwrap_err().is_not_found());
+
+    sink.put(&k, Bytes::from_static(b"hello world"), PutMode::Create)
+        .await
+        .unwrap();
+    assert_eq!(
+        sink.get_bytes(&k, None).await.unwrap(),
+        Bytes::from_static(b"hello world")
+    );
+    assert_eq!(sink.head(&k).await.unwrap().size, 11);
+
+    let err = sink
+        .put(&k, Bytes::from_static(b"other"), PutMode::Create)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Conflict { .. }),
+        "create over an existing key: {err}"
+    );
+    assert_eq!(
+        sink.get_bytes(&k, None).await.unwrap(),
+        Bytes::from_static(b"hello world"),
+        "a refused create changes nothing"
+    );
+
+    sink.put(&k, Bytes::from_static(b"replaced"), PutMode::Overwrite)
+        .await
+        .unwrap();
+    assert_eq!(
+        sink.get_bytes(&k, None).await.unwrap(),
+        Bytes::from_static(b"replaced")
+    );
+
+    sink.delete(&k).await.unwrap();
+    assert!(sink.head(&k).await.unwrap_err().is_not_found());
+    sink.delete(&k)
+        .await
+        .expect("deleting a missing key succeeds");
+
+    let empty = key("conf/empty");
+    sink.put(&empty, Bytes::new(), PutMode::Create)
+        .await
+        .unwrap();
+    assert_eq!(sink.get_bytes(&empty, None).await.unwrap().len(), 0);
+    sink.delete(&empty).await.unwrap();
+}
+
+/// Ranged reads return exactly the bytes asked for; a range past the end is an error.
+pub async fn sink_ranges(sink: &dyn SnapshotSink) {
+    let k = key("conf/ranges.bin");
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    sink.put(&k, Bytes::from(data.clone()), PutMode::Overwrite)
+        .await
+        .unwrap();
+    for r in [
+        0..1,
+        10..20,
+        0..3_000_000,
+        1_048_575..2_097_153,
+        2_999_999..3_000_000,
+        5..5,
+    ] {
+        let got = sink.get_bytes(&k, Some(r.clone())).await.unwrap();
+        assert_eq!(
+            &got[..],
+            &data[r.start as usize..r.end as usize],
+            "range {r:?}"
+        );
+    }
+    let past = sink.get_bytes(&k, Some(2_999_990..3_000_010)).await;
+    assert!(
+        past.is_err(),
+        "a range past the end must fail, not read short"
+    );
+    sink.delete(&k).await.unwrap();
+}
+
+/// Streaming uploads are invisible until finished; aborted or dropped ones never appear.
+pub async fn sink_streaming(sink: &dyn SnapshotSink) {
+    let k = key("conf/stream.bin");
+    let mut w = sink.put_streaming(&k, PutMode::Create).await.unwrap();
+    let mut expect = Vec::new();
+    for i in 0..12u8 {
+        let chunk = vec![i; 700_000];
+        expect.extend_from_slice(&chunk);
+        w.write(Bytes::from(chunk)).await.unwrap();
+        if i == 5 {
+            assert!(
+                sink.head(&k).await.unwrap_err().is_not_found(),
+                "visible before finish"
+            );
+        }
+    }
+    let info = w.finish().await.unwrap();
+    assert_eq!(info.size, expect.len() as u64);
+    assert_eq!(sink.get_bytes(&k, None).await.unwrap(), Bytes::from(expect));
+
+    // A second create of the same key loses, and the first object survives.
+    let mut w = sink.put_streaming(&k, PutMode::Create).await.unwrap();
+    w.write(Bytes::from_static(b"loser")).await.unwrap();
+    assert!(matches!(w.finish().await, Err(Error::Conflict { .. })));
+    assert_eq!(sink.head(&k).await.unwrap().size, 12 * 700_000);
+
+    let aborted = key("conf/aborted.bin");
+    let mut w = sink.put_streaming(&aborted, PutMode::Create).await.unwrap();
+    w.write(Bytes::from_static(b"partial")).await.unwrap();
+    w.abort().await.unwrap();
+    assert!(sink.head(&aborted).await.unwrap_err().is_not_found());
+
+    let dropped = key("conf/dropped.bin");
+    let mut w = sink.put_streaming(&dropped, PutMode::Create).await.unwrap();
+    w.write(Bytes::from_static(b"partial")).await.unwrap();
+    drop(w);
+    assert!(sink.head(&dropped).await.unwrap_err().is_not_found());
+    let listed = sink.list_all(&key("conf")).await.unwrap();
+    assert!(
+        listed.iter().all(|o| o.key != aborted && o.key != dropped),
+        "{listed:?}"
+    );
+    sink.delete(&k).await.unwrap();
+}
+
+/// Listing returns exactly the objects under a prefix, nested ones included.
+pub async fn sink_listing(sink: &dyn SnapshotSink) {
+    let keys = [
+        "conf/list/a",
+        "conf/list/b/c",
+        "conf/list/b/d/e",
+        "conf/listing-not-under/x",
+    ];
+    for k in keys {
+        sink.put(&key(k), Bytes::from_static(b"x"), PutMode::Overwrite)
+            .await
+            .unwrap();
+    }
+    let mut got: Vec<String> = sink
+        .list_all(&key("conf/list"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key.to_string())
+        .collect();
+    got.sort();
+    assert_eq!(got, ["conf/list/a", "conf/list/b/c", "conf/list/b/d/e"]);
+    assert!(sink
+        .list_all(&key("conf/nothing-here"))
+        .await
+        .unwrap()
+        .is_empty());
+    for k in keys {
+        sink.delete(&key(k)).await.unwrap();
+    }
+}
+
+/// A whole workflow through a manager: full, mutate, incremental (auto-detected), restore
+/// both points in time, verify, retention. The manager must keep at least 10 snapshots.
+pub async fn manager_workflow(m: &SnapshotManager) {
+    let store = store_with(&[("docs", 300, 16), ("images", 120, 8), ("empty", 0, 0)]).await;
+    let full = m
+        .create_snapshot(
+            &store,
+            CreateOptions::described("full").with_label("env", "test"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(full.snapshot_type, SnapshotType::Full);
+    assert_eq!(full.total_vectors, 420);
+    let at_full = dump(&store).await;
+
+    store
+        .upsert("docs", make_vectors("docs-new", 10, 16))
+        .await
+        .unwrap();
+    store.delete_namespace("images").await.unwrap();
+    store.ensure_namespace("audio").await.unwrap();
+    store
+        .upsert("audio", make_vectors("audio", 5, 4))
+        .await
+        .unwrap();
+    let inc = m
+        .create_incremental_snapshot(&store, full.id.as_str(), None, CreateOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(inc.parent_id.as_ref(), Some(&full.id));
+    let stored: Vec<&str> = inc.namespaces.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(
+        stored,
+        ["audio", "docs"],
+        "only changed and new namespaces are stored"
+    );
+    assert_eq!(inc.unchanged_namespaces, ["empty"]);
+    assert_eq!(inc.deleted_namespaces, ["images"]);
+    let at_inc = dump(&store).await;
+
+    let listed = m.list_snapshots().await.unwrap();
+    assert_eq!(
+        listed.iter().map(|s| &s.id).collect::<Vec<_>>(),
+        [&inc.id, &full.id],
+        "newest first"
+    );
+    assert_eq!(
+        listed[1].labels.get("env").map(String::as_str),
+        Some("test")
+    );
+
+    for snap in [&full, &inc] {
+        let report = m.verify_snapshot(snap.id.as_str()).await.unwrap();
+        assert_eq!(report.vectors_checked, snap.total_vectors);
+    }
+    let target = InMemoryStorage::new();
+    m.restore_snapshot(&target, inc.id.as_str(), &RestoreOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(dump(&target).await, at_inc);
+    let target = InMemoryStorage::new();
+    m.restore_snapshot(&target, full.id.as_str(), &RestoreOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(dump(&target).await, at_full);
+
+    let report = m
+        .apply_retention(&RetentionPolicy::keep_last(1), false)
+        .await
+        .unwrap();
+    assert!(
+        report.deleted.is_empty(),
+        "the full snapshot is the parent of the kept one"
+    );
+    assert!(m.snapshot_exists(full.id.as_str()).await.unwrap());
+    m.delete_snapshot(full.id.as_str(), true).await.unwrap();
+    assert!(m.list_snapshots().await.unwrap().is_empty());
+}
+
+/// Two managers writing to the same repository at once: every snapshot lands, none is
+/// damaged, ids differ.
+pub async fn concurrent_managers(a: &SnapshotManager, b: &SnapshotManager) {
+    let store = store_with(&[("ns", 200, 8)]).await;
+    let (ra, rb) = tokio::join!(
+        async {
+            let mut v = Vec::new();
+            for _ in 0..3 {
+                v.push(
+                    a.create_snapshot(&store, CreateOptions::described("a"))
+                        .await
+                        .unwrap(),
+                );
+            }
+            v
+        },
+        async {
+            let mut v = Vec::new();
+            for _ in 0..3 {
+                v.push(
+                    b.create_snapshot(&store, CreateOptions::described("b"))
+                        .await
+                        .unwrap(),
+                );
+            }
+            v
+        }
+    );
+    let listed = a.list_snapshots().await.unwrap();
+    assert_eq!(listed.len(), 6);
+    for s in ra.iter().chain(&rb) {
+        assert!(listed.iter().any(|l| l.id == s.id));
+        a.verify_snapshot(s.id.as_str()).await.unwrap();
+    }
+    for s in listed {
+        a.delete_snapshot(s.id.as_str(), true).await.unwrap();
+    }
+}

@@ -189,6 +189,24 @@ async fn many_members_per_namespace_and_options_are_honoured() {
     assert_eq!(whole.len() as u64, plain.raw_bytes);
     assert!(whole.starts_with(b"DKSNAP\r\n"));
 
+    // the level is honoured: 9 is never larger than 1 and is recorded
+    let best = repo.manager(
+        SnapshotConfig::default()
+            .with_max_snapshots(0)
+            .with_compression_level(9),
+    );
+    let small = best
+        .create_snapshot(&store, CreateOptions::default())
+        .await
+        .unwrap();
+    assert_eq!((small.compression.level, snap.compression.level), (9, 1));
+    assert!(
+        small.size_bytes < snap.size_bytes,
+        "{} vs {}",
+        small.size_bytes,
+        snap.size_bytes
+    );
+
     // include_metadata off: vectors come back without metadata
     let nometa = repo.manager(
         SnapshotConfig::default()

@@ -122,10 +122,28 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Creates a temporary file next to where `path` will live.
+/// Creates a temporary file next to where `path` will live. Folders created on the way are
+/// made durable (each new folder's entry is fsynced in its parent), so a committed object
+/// can never vanish with a folder that was only in the page cache.
 fn temp_beside(path: &Path) -> io::Result<NamedTempFile> {
     let dir = path.parent().expect("keys have a parent under the root");
-    fs::create_dir_all(dir)?;
+    if !dir.is_dir() {
+        let mut missing = Vec::new();
+        let mut d = dir;
+        while !d.exists() {
+            missing.push(d);
+            match d.parent() {
+                Some(p) => d = p,
+                None => break,
+            }
+        }
+        fs::create_dir_all(dir)?;
+        for created in missing {
+            if let Some(parent) = created.parent() {
+                sync_dir(parent)?;
+            }
+        }
+    }
     tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)
 }
 

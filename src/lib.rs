@@ -9,7 +9,8 @@
 //! - [`format`]: the versioned blob codec (independent gzip members of binary framed
 //!   vectors) and the JSON sidecar schema. `docs/FORMAT.md` documents both byte by byte.
 //! - [`sink`]: where bytes go. [`SnapshotSink`] is the trait; [`LocalFsSink`] writes
-//!   crash-safely to a directory.
+//!   crash-safely to a directory; [`ObjectStoreSink`] serves S3, S3-compatible servers, GCS,
+//!   Azure and memory; [`sink_from_url`] opens any of them from a URL.
 //! - [`storage`]: the [`VectorStorage`] trait a store implements to be snapshotted and
 //!   restored into, and [`InMemoryStorage`].
 //!
@@ -59,5 +60,11 @@ pub use format::sidecar::{NamespaceEntry, SnapshotMetadata, SnapshotType};
 pub use id::{Clock, ManualClock, SnapshotId, SystemClock};
 pub use manager::{GcReport, RestoreResult, RetentionReport, SnapshotManager, VerifyReport};
 pub use retention::{RetentionPlan, RetentionPolicy};
-pub use sink::{LocalFsSink, PutMode, SinkExt, SnapshotSink};
+pub use sink::{
+    sink_from_url, LocalFsSink, ObjectStoreSink, PutMode, SinkExt, SinkOptions, SnapshotSink,
+};
+
+/// The `object_store` crate this one is built on, so callers build stores with the same
+/// version.
+pub use object_store;
 pub use storage::{InMemoryStorage, NamespaceId, Vector, VectorStorage};

@@ -142,6 +142,15 @@ impl SnapshotManager {
         Self::new(Arc::new(LocalFsSink::new(dir)?), config)
     }
 
+    /// A manager over the repository at `url` (see [`crate::sink_from_url`]).
+    pub fn from_url(
+        url: &str,
+        options: &crate::SinkOptions,
+        config: SnapshotConfig,
+    ) -> Result<Self> {
+        Self::new(crate::sink_from_url(url, options)?, config)
+    }
+
     /// Uses `clock` for ids, creation times, expiry and retention.
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.ids = IdGenerator::new(clock.clone(), self.random.clone());

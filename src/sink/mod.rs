@@ -5,8 +5,12 @@
 //! injects faults or counts calls, plugs in without touching the snapshot logic.
 
 mod local;
+mod object;
+mod url;
 
 pub use local::LocalFsSink;
+pub use object::{ObjectStoreSink, UploadOptions, MIN_PART_SIZE};
+pub use url::{redact_url, sink_from_url, SinkOptions};
 
 use crate::error::Result;
 use crate::paths::Key;

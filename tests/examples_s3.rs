@@ -1,0 +1,123 @@
+//! The S3 example binaries, run end to end against moto and SeaweedFS, configured only
+//! through the standard AWS_* environment variables.
+
+mod common;
+
+use common::servers::{self, announce, Server, ACCESS_KEY, SECRET_KEY};
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Where cargo put the example binaries (`cargo test` builds them).
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        dir.exists(),
+        "{} is missing: run the tests with `cargo test`, which builds the examples",
+        dir.display()
+    );
+    dir
+}
+
+fn run(server: &Server, name: &str, url: &str, args: &[&str]) -> String {
+    let out = Command::new(example(name))
+        .args(args)
+        .env("DAKERA_SNAPSHOT_URL", url)
+        .env("AWS_ENDPOINT", &server.endpoint)
+        .env("AWS_ALLOW_HTTP", "true")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_METADATA_ENDPOINT", "http://127.0.0.1:1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        out.status.success(),
+        "{name} failed on {}:\n{stdout}\n{stderr}",
+        server.name
+    );
+    assert!(!stdout.contains(SECRET_KEY) && !stderr.contains(SECRET_KEY));
+    stdout
+}
+
+fn backup_then_restore(server: &Server) {
+    let url = format!(
+        "s3://{}/examples-{:016x}",
+        servers::BUCKET,
+        getrandom::u64().unwrap()
+    );
+    let out = run(
+        server,
+        "s3_backup",
+        &url,
+        &[
+            "--namespaces",
+            "2",
+            "--vectors",
+            "1500",
+            "--dim",
+            "64",
+            "--seed",
+            "7",
+        ],
+    );
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("snapshot id: "))
+        .expect("s3_backup prints the id")
+        .to_string();
+    // latest snapshot, then the same one by id
+    let latest = run(server, "s3_restore", &url, &[]);
+    assert!(
+        latest.contains("restored data equals the generated data, vector for vector"),
+        "{latest}"
+    );
+    assert!(latest.contains(&id), "{latest}");
+    let by_id = run(server, "s3_restore", &url, &[&id]);
+    assert!(
+        by_id.contains("restored: 2 namespaces, 3000 vectors"),
+        "{by_id}"
+    );
+    announce(&format!(
+        "examples: s3_backup and s3_restore ran end to end against {} ({url})",
+        server.name
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn examples_against_moto() {
+    let Some(server) = servers::start_moto().await else {
+        return;
+    };
+    tokio::task::spawn_blocking(move || backup_then_restore(&server))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn examples_against_seaweedfs() {
+    let Some(server) = servers::start_seaweedfs().await else {
+        return;
+    };
+    tokio::task::spawn_blocking(move || backup_then_restore(&server))
+        .await
+        .unwrap();
+}
+
+#[test]
+fn examples_without_a_repository_say_what_to_set() {
+    let out = Command::new(example("s3_backup"))
+        .env_remove("DAKERA_SNAPSHOT_URL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("set DAKERA_SNAPSHOT_URL"));
+}

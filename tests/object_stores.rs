@@ -315,3 +315,30 @@ async fn docker_containers_when_an_engine_is_reachable() {
         Err(e) => panic!("Docker works (MinIO ran) but LocalStack did not start: {e}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_credentials_are_reported_clearly() {
+    let Some(server) = servers::start_seaweedfs().await else {
+        return;
+    };
+    // No key at all: object_store would ask the cloud's instance metadata service for
+    // credentials; point that at a closed loopback port so nothing leaves the machine.
+    let options = SinkOptions::new()
+        .with("endpoint", &server.endpoint)
+        .with("region", "us-east-1")
+        .with("allow_http", "true")
+        .with("metadata_endpoint", "http://127.0.0.1:1")
+        .with_max_retries(0)
+        .with_retry_timeout(Duration::from_secs(5));
+    let m = SnapshotManager::from_url(&server.url, &options, SnapshotConfig::default()).unwrap();
+    let err = m.list_snapshots().await.unwrap_err().to_string();
+    announce(&format!("S3 with no credentials: {err}"));
+    assert!(err.contains("no credentials"), "{err}");
+
+    let err = sink_from_url("az://container/prefix", &SinkOptions::new())
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    announce(&format!("Azure with no account: {err}"));
+    assert!(err.contains("Azure repository"), "{err}");
+}

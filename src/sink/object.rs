@@ -55,6 +55,9 @@ pub struct ObjectStoreSink {
     upload: UploadOptions,
     description: String,
     conditional_unsupported: Arc<AtomicBool>,
+    /// Set when the store was built without explicit credentials: what to tell the user if
+    /// fetching them (from instance metadata and the like) fails.
+    credentials_hint: Option<&'static str>,
 }
 
 impl ObjectStoreSink {
@@ -67,6 +70,7 @@ impl ObjectStoreSink {
             upload: UploadOptions::default(),
             description,
             conditional_unsupported: Arc::new(AtomicBool::new(false)),
+            credentials_hint: None,
         }
     }
 
@@ -96,6 +100,38 @@ impl ObjectStoreSink {
     pub fn with_description(mut self, description: impl Into<String>) -> Self {
         self.description = description.into();
         self
+    }
+
+    /// Says how to provide credentials if the store, having none configured, fails to find
+    /// any (for example from a cloud's instance metadata service).
+    pub fn with_credentials_hint(mut self, hint: &'static str) -> Self {
+        self.credentials_hint = Some(hint);
+        self
+    }
+
+    /// Maps an object_store error at the sink boundary, attaching operation and key.
+    fn err(&self, op: SinkOp, key: &Key, e: object_store::Error) -> Error {
+        if let Some(hint) = self.credentials_hint {
+            let text = e.to_string();
+            let fetching = [
+                "/latest/api/token",
+                "/latest/meta-data",
+                "169.254.169.254",
+                "metadata.google.internal",
+                "/metadata/identity",
+                "credential",
+            ];
+            if matches!(e, object_store::Error::Generic { .. })
+                && fetching.iter().any(|f| text.contains(f))
+            {
+                return Error::sink(
+                    op,
+                    key.as_str(),
+                    format!("no credentials found: {hint} (looking them up failed: {text})"),
+                );
+            }
+        }
+        map_err(op, key, e)
     }
 
     /// The underlying store.
@@ -132,7 +168,7 @@ impl ObjectStoreSink {
         match self.store.head(&self.path(key)).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(map_err(op, key, e)),
+            Err(e) => Err(self.err(op, key, e)),
         }
     }
 
@@ -173,7 +209,7 @@ impl ObjectStoreSink {
                 }
                 Box::pin(self.put_whole(key, data, mode, op)).await
             }
-            Err(e) => Err(map_err(op, key, e)),
+            Err(e) => Err(self.err(op, key, e)),
         }
     }
 }
@@ -279,17 +315,17 @@ impl SnapshotSink for ObjectStoreSink {
                 {
                     Error::invalid("range", format!("{range:?} of {key}: {source}"))
                 }
-                e => map_err(SinkOp::Get, key, e),
+                e => self.err(SinkOp::Get, key, e),
             })?;
         if let Some(r) = &range {
             if result.range != *r {
                 return Err(range_error(key, r, result.meta.size));
             }
         }
-        let key = key.clone();
+        let (key, this) = (key.clone(), self.clone());
         Ok(result
             .into_stream()
-            .map(move |c| c.map_err(|e| map_err(SinkOp::Get, &key, e)))
+            .map(move |c| c.map_err(|e| this.err(SinkOp::Get, &key, e)))
             .boxed())
     }
 
@@ -298,7 +334,7 @@ impl SnapshotSink for ObjectStoreSink {
             .store
             .head(&self.path(key))
             .await
-            .map_err(|e| map_err(SinkOp::Head, key, e))?;
+            .map_err(|e| self.err(SinkOp::Head, key, e))?;
         Ok(ObjectInfo {
             key: key.clone(),
             size: meta.size,
@@ -320,7 +356,7 @@ impl SnapshotSink for ObjectStoreSink {
                             last_modified_ms: meta.last_modified.timestamp_millis().max(0) as u64,
                         })
                     }),
-                    Err(e) => Some(Err(map_err(SinkOp::List, &prefix_key, e))),
+                    Err(e) => Some(Err(this.err(SinkOp::List, &prefix_key, e))),
                 };
                 futures::future::ready(r)
             })
@@ -330,7 +366,7 @@ impl SnapshotSink for ObjectStoreSink {
     async fn delete(&self, key: &Key) -> Result<()> {
         match self.store.delete(&self.path(key)).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(map_err(SinkOp::Delete, key, e)),
+            Err(e) => Err(self.err(SinkOp::Delete, key, e)),
         }
     }
 
@@ -371,7 +407,7 @@ impl ObjectWriter {
             .store
             .put_multipart(&self.sink.path(&self.key))
             .await
-            .map_err(|e| map_err(SinkOp::PutStreaming, &self.key, e))?;
+            .map_err(|e| self.sink.err(SinkOp::PutStreaming, &self.key, e))?;
         let mut w = WriteMultipart::new_with_chunk_size(upload, self.sink.upload.part_size);
         w.put(std::mem::take(&mut self.buffer).freeze());
         self.multipart = Some(w);
@@ -386,7 +422,7 @@ impl SinkWriter for ObjectWriter {
         if let Some(w) = self.multipart.as_mut() {
             w.wait_for_capacity(self.sink.upload.max_concurrency)
                 .await
-                .map_err(|e| map_err(SinkOp::PutStreaming, &self.key, e))?;
+                .map_err(|e| self.sink.err(SinkOp::PutStreaming, &self.key, e))?;
             w.put(data);
             return Ok(());
         }
@@ -409,7 +445,7 @@ impl SinkWriter for ObjectWriter {
                 // `finish` aborts the upload itself if completing fails.
                 w.finish()
                     .await
-                    .map_err(|e| map_err(SinkOp::PutStreaming, &self.key, e))?;
+                    .map_err(|e| self.sink.err(SinkOp::PutStreaming, &self.key, e))?;
             }
         }
         Ok(ObjectInfo {
@@ -423,7 +459,7 @@ impl SinkWriter for ObjectWriter {
         if let Some(w) = self.multipart.take() {
             w.abort()
                 .await
-                .map_err(|e| map_err(SinkOp::PutStreaming, &self.key, e))?;
+                .map_err(|e| self.sink.err(SinkOp::PutStreaming, &self.key, e))?;
         }
         Ok(())
     }

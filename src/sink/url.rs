@@ -160,7 +160,7 @@ fn parse_key<K: std::str::FromStr>(backend: &str, key: &str) -> Result<K> {
 }
 
 fn build_error(backend: &str, shown: &str, e: object_store::Error) -> Error {
-    Error::Config(format!("cannot use {shown} as a {backend} repository: {e}"))
+    Error::Config(format!("cannot open the {backend} repository {shown}: {e}"))
 }
 
 /// Opens the repository at `url`:
@@ -234,8 +234,28 @@ pub fn sink_from_url(url: &str, options: &SinkOptions) -> Result<Arc<dyn Snapsho
             for (k, v) in options.pairs() {
                 b = b.with_config(parse_key::<AmazonS3ConfigKey>("S3", &k)?, v);
             }
+            let has = |k: AmazonS3ConfigKey| {
+                b.get_config_value(&k)
+                    .is_some_and(|v| !v.is_empty() && v != "false")
+            };
+            let explicit = [
+                AmazonS3ConfigKey::AccessKeyId,
+                AmazonS3ConfigKey::SkipSignature,
+                AmazonS3ConfigKey::WebIdentityTokenFile,
+                AmazonS3ConfigKey::ContainerCredentialsRelativeUri,
+                AmazonS3ConfigKey::ContainerCredentialsFullUri,
+            ]
+            .into_iter()
+            .any(has);
             let store = b.build().map_err(|e| build_error("S3", &shown, e))?;
-            ObjectStoreSink::new(Arc::new(store), prefix)
+            let sink = ObjectStoreSink::new(Arc::new(store), prefix);
+            if explicit {
+                sink
+            } else {
+                sink.with_credentials_hint(
+                    "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the access_key_id and secret_access_key options)",
+                )
+            }
         }
         ObjectStoreScheme::GoogleCloudStorage => {
             let mut b = GoogleCloudStorageBuilder::from_env()
@@ -244,8 +264,27 @@ pub fn sink_from_url(url: &str, options: &SinkOptions) -> Result<Arc<dyn Snapsho
             for (k, v) in options.pairs() {
                 b = b.with_config(parse_key::<GoogleConfigKey>("GCS", &k)?, v);
             }
+            let has = |k: GoogleConfigKey| {
+                b.get_config_value(&k)
+                    .is_some_and(|v| !v.is_empty() && v != "false")
+            };
+            let explicit = [
+                GoogleConfigKey::ServiceAccount,
+                GoogleConfigKey::ServiceAccountKey,
+                GoogleConfigKey::ApplicationCredentials,
+                GoogleConfigKey::SkipSignature,
+            ]
+            .into_iter()
+            .any(has);
             let store = b.build().map_err(|e| build_error("GCS", &shown, e))?;
-            ObjectStoreSink::new(Arc::new(store), prefix)
+            let sink = ObjectStoreSink::new(Arc::new(store), prefix);
+            if explicit {
+                sink
+            } else {
+                sink.with_credentials_hint(
+                    "set GOOGLE_SERVICE_ACCOUNT to a service-account key file (or the service_account_key option)",
+                )
+            }
         }
         ObjectStoreScheme::MicrosoftAzure => {
             let mut b = MicrosoftAzureBuilder::from_env()
@@ -254,8 +293,31 @@ pub fn sink_from_url(url: &str, options: &SinkOptions) -> Result<Arc<dyn Snapsho
             for (k, v) in options.pairs() {
                 b = b.with_config(parse_key::<AzureConfigKey>("Azure", &k)?, v);
             }
+            let has = |k: AzureConfigKey| {
+                b.get_config_value(&k)
+                    .is_some_and(|v| !v.is_empty() && v != "false")
+            };
+            let explicit = [
+                AzureConfigKey::AccessKey,
+                AzureConfigKey::SasKey,
+                AzureConfigKey::Token,
+                AzureConfigKey::ClientSecret,
+                AzureConfigKey::FederatedTokenFile,
+                AzureConfigKey::UseEmulator,
+                AzureConfigKey::UseAzureCli,
+                AzureConfigKey::SkipSignature,
+            ]
+            .into_iter()
+            .any(has);
             let store = b.build().map_err(|e| build_error("Azure", &shown, e))?;
-            ObjectStoreSink::new(Arc::new(store), prefix)
+            let sink = ObjectStoreSink::new(Arc::new(store), prefix);
+            if explicit {
+                sink
+            } else {
+                sink.with_credentials_hint(
+                    "set AZURE_STORAGE_ACCOUNT_KEY (or the access_key option), a SAS token, or client credentials",
+                )
+            }
         }
         _ => {
             return Err(Error::Config(format!(

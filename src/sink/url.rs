@@ -214,6 +214,23 @@ pub fn sink_from_url(url: &str, options: &SinkOptions) -> Result<Arc<dyn Snapsho
         ))
     })?;
     let upload = options.upload();
+    // The three clouds differ only in their builder and key types: build from the
+    // environment and the URL, apply options (unknown keys are errors), and remember whether
+    // any credentials were given, to explain a failed lookup of implicit ones.
+    macro_rules! cloud_sink {
+        ($builder:ty, $key:ident, $name:literal, [$($cred:ident),*], $hint:literal) => {{
+            let mut b = <$builder>::from_env().with_url(url).with_retry(options.retry());
+            for (k, v) in options.pairs() {
+                b = b.with_config(parse_key::<$key>($name, &k)?, v);
+            }
+            let explicit = [$($key::$cred),*]
+                .iter()
+                .any(|k| b.get_config_value(k).is_some_and(|v| !v.is_empty() && v != "false"));
+            let store = b.build().map_err(|e| build_error($name, &shown, e))?;
+            let sink = ObjectStoreSink::new(Arc::new(store), prefix);
+            if explicit { sink } else { sink.with_credentials_hint($hint) }
+        }};
+    }
     let sink = match scheme {
         ObjectStoreScheme::Local => {
             if !options.store.is_empty() {
@@ -227,98 +244,27 @@ pub fn sink_from_url(url: &str, options: &SinkOptions) -> Result<Arc<dyn Snapsho
             return Ok(Arc::new(LocalFsSink::new(path)?));
         }
         ObjectStoreScheme::Memory => ObjectStoreSink::memory(),
-        ObjectStoreScheme::AmazonS3 => {
-            let mut b = AmazonS3Builder::from_env()
-                .with_url(url)
-                .with_retry(options.retry());
-            for (k, v) in options.pairs() {
-                b = b.with_config(parse_key::<AmazonS3ConfigKey>("S3", &k)?, v);
-            }
-            let has = |k: AmazonS3ConfigKey| {
-                b.get_config_value(&k)
-                    .is_some_and(|v| !v.is_empty() && v != "false")
-            };
-            let explicit = [
-                AmazonS3ConfigKey::AccessKeyId,
-                AmazonS3ConfigKey::SkipSignature,
-                AmazonS3ConfigKey::WebIdentityTokenFile,
-                AmazonS3ConfigKey::ContainerCredentialsRelativeUri,
-                AmazonS3ConfigKey::ContainerCredentialsFullUri,
-            ]
-            .into_iter()
-            .any(has);
-            let store = b.build().map_err(|e| build_error("S3", &shown, e))?;
-            let sink = ObjectStoreSink::new(Arc::new(store), prefix);
-            if explicit {
-                sink
-            } else {
-                sink.with_credentials_hint(
-                    "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the access_key_id and secret_access_key options)",
-                )
-            }
-        }
-        ObjectStoreScheme::GoogleCloudStorage => {
-            let mut b = GoogleCloudStorageBuilder::from_env()
-                .with_url(url)
-                .with_retry(options.retry());
-            for (k, v) in options.pairs() {
-                b = b.with_config(parse_key::<GoogleConfigKey>("GCS", &k)?, v);
-            }
-            let has = |k: GoogleConfigKey| {
-                b.get_config_value(&k)
-                    .is_some_and(|v| !v.is_empty() && v != "false")
-            };
-            let explicit = [
-                GoogleConfigKey::ServiceAccount,
-                GoogleConfigKey::ServiceAccountKey,
-                GoogleConfigKey::ApplicationCredentials,
-                GoogleConfigKey::SkipSignature,
-            ]
-            .into_iter()
-            .any(has);
-            let store = b.build().map_err(|e| build_error("GCS", &shown, e))?;
-            let sink = ObjectStoreSink::new(Arc::new(store), prefix);
-            if explicit {
-                sink
-            } else {
-                sink.with_credentials_hint(
-                    "set GOOGLE_SERVICE_ACCOUNT to a service-account key file (or the service_account_key option)",
-                )
-            }
-        }
-        ObjectStoreScheme::MicrosoftAzure => {
-            let mut b = MicrosoftAzureBuilder::from_env()
-                .with_url(url)
-                .with_retry(options.retry());
-            for (k, v) in options.pairs() {
-                b = b.with_config(parse_key::<AzureConfigKey>("Azure", &k)?, v);
-            }
-            let has = |k: AzureConfigKey| {
-                b.get_config_value(&k)
-                    .is_some_and(|v| !v.is_empty() && v != "false")
-            };
-            let explicit = [
-                AzureConfigKey::AccessKey,
-                AzureConfigKey::SasKey,
-                AzureConfigKey::Token,
-                AzureConfigKey::ClientSecret,
-                AzureConfigKey::FederatedTokenFile,
-                AzureConfigKey::UseEmulator,
-                AzureConfigKey::UseAzureCli,
-                AzureConfigKey::SkipSignature,
-            ]
-            .into_iter()
-            .any(has);
-            let store = b.build().map_err(|e| build_error("Azure", &shown, e))?;
-            let sink = ObjectStoreSink::new(Arc::new(store), prefix);
-            if explicit {
-                sink
-            } else {
-                sink.with_credentials_hint(
-                    "set AZURE_STORAGE_ACCOUNT_KEY (or the access_key option), a SAS token, or client credentials",
-                )
-            }
-        }
+        ObjectStoreScheme::AmazonS3 => cloud_sink!(
+            AmazonS3Builder,
+            AmazonS3ConfigKey,
+            "S3",
+            [AccessKeyId, SkipSignature, WebIdentityTokenFile, ContainerCredentialsRelativeUri, ContainerCredentialsFullUri],
+            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the access_key_id and secret_access_key options)"
+        ),
+        ObjectStoreScheme::GoogleCloudStorage => cloud_sink!(
+            GoogleCloudStorageBuilder,
+            GoogleConfigKey,
+            "GCS",
+            [ServiceAccount, ServiceAccountKey, ApplicationCredentials, SkipSignature],
+            "set GOOGLE_SERVICE_ACCOUNT to a service-account key file (or the service_account_key option)"
+        ),
+        ObjectStoreScheme::MicrosoftAzure => cloud_sink!(
+            MicrosoftAzureBuilder,
+            AzureConfigKey,
+            "Azure",
+            [AccessKey, SasKey, Token, ClientSecret, FederatedTokenFile, UseEmulator, UseAzureCli, SkipSignature],
+            "set AZURE_STORAGE_ACCOUNT_KEY (or the access_key option), a SAS token, or client credentials"
+        ),
         _ => {
             return Err(Error::Config(format!(
                 "unsupported repository URL {shown}: plain HTTP(S) stores are not supported; \

@@ -3,7 +3,6 @@
 
 use super::servers::BUCKET;
 use dakera_snapshot::SinkOptions;
-use std::time::Duration;
 use testcontainers_modules::localstack::LocalStack;
 use testcontainers_modules::minio::MinIO;
 use testcontainers_modules::testcontainers::core::ExecCommand;
@@ -18,15 +17,7 @@ pub struct Container<I: testcontainers_modules::testcontainers::Image> {
 }
 
 fn s3_options(port: u16, key: &str, secret: &str) -> SinkOptions {
-    SinkOptions::new()
-        .with("endpoint", format!("http://127.0.0.1:{port}"))
-        .with("region", "us-east-1")
-        .with("allow_http", "true")
-        .with("access_key_id", key)
-        .with("secret_access_key", secret)
-        .with("metadata_endpoint", "http://127.0.0.1:1")
-        .with_max_retries(2)
-        .with_retry_timeout(Duration::from_secs(20))
+    super::servers::s3_options_with(&format!("http://127.0.0.1:{port}"), key, secret)
 }
 
 /// MinIO (signature-checking, conditional writes supported).

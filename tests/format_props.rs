@@ -2,7 +2,8 @@
 //! or mutated bytes never panic the reader.
 
 use dakera_snapshot::format::blob::{
-    compress_member, decode_footer, decode_header, decode_namespace, NamespaceEncoder,
+    compress_member, decode_chunk, decode_footer, decode_header, decode_namespace, encode_chunk,
+    encode_ns_end, encode_ns_header, ContentDigest, Filter,
 };
 use dakera_snapshot::Vector;
 use proptest::prelude::*;
@@ -49,17 +50,22 @@ fn arb_namespace() -> impl Strategy<Value = (u32, Vec<Vector>)> {
     })
 }
 
-fn encode(dim: u32, vs: &[Vector], chunk: usize) -> Vec<u8> {
-    let mut enc = NamespaceEncoder::new("prop", dim, true);
-    let mut out = Vec::new();
-    for v in vs {
-        enc.push(v).unwrap();
-        if enc.buffered() >= chunk {
-            out.extend(compress_member(&enc.take_chunk().0, 1));
-        }
+/// A namespace section: header chunk, data chunks of about `chunk` vectors, end chunk.
+fn encode(dim: u32, vs: &[Vector], chunk: usize, filter: Filter) -> Vec<u8> {
+    let mut out = compress_member(&encode_ns_header("prop", dim, filter), 1);
+    let mut h = ContentDigest::new(dim);
+    for c in vs.chunks(chunk.max(1)) {
+        let e = encode_chunk(c, dim, true, filter, Some(2)).unwrap();
+        h.add(&e.vector_hashes);
+        out.extend(e.bytes);
     }
-    out.extend(compress_member(&enc.finish().0, 1));
+    let digest = h.finish();
+    out.extend(compress_member(&encode_ns_end(vs.len() as u64, &digest), 1));
     out
+}
+
+fn arb_filter() -> impl Strategy<Value = Filter> {
+    prop_oneof![Just(Filter::None), Just(Filter::Shuffle)]
 }
 
 /// A vector with its floats as bit patterns, so NaNs compare equal to themselves.
@@ -89,8 +95,8 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
     #[test]
-    fn namespaces_round_trip_bit_exact((dim, vs) in arb_namespace(), chunk in 64usize..4096, batch in 1usize..50) {
-        let bytes = encode(dim, &vs, chunk);
+    fn namespaces_round_trip_bit_exact((dim, vs) in arb_namespace(), chunk in 1usize..50, batch in 1usize..50, filter in arb_filter()) {
+        let bytes = encode(dim, &vs, chunk, filter);
         let mut got = Vec::new();
         let summary = decode_namespace(&bytes[..], batch, |b| { got.extend(b); Ok(()) }).unwrap();
         prop_assert_eq!(summary.vectors as usize, vs.len());
@@ -98,8 +104,8 @@ proptest! {
     }
 
     #[test]
-    fn mutated_blobs_never_panic_or_decode_wrong((dim, vs) in arb_namespace(), at in any::<prop::sample::Index>(), xor in 1u8..=255) {
-        let mut bytes = encode(dim, &vs, 512);
+    fn mutated_blobs_never_panic_or_decode_wrong((dim, vs) in arb_namespace(), at in any::<prop::sample::Index>(), xor in 1u8..=255, filter in arb_filter()) {
+        let mut bytes = encode(dim, &vs, 8, filter);
         let i = at.index(bytes.len());
         bytes[i] ^= xor;
         let mut got = Vec::new();
@@ -115,5 +121,7 @@ proptest! {
         let _ = decode_namespace(&bytes[..], 8, |_| Ok(()));
         let _ = decode_header(&bytes[..]);
         let _ = decode_footer(&bytes[..]);
+        let _ = decode_chunk(&bytes[..], 3, Filter::Shuffle);
+        let _ = decode_chunk(&bytes[..], 3, Filter::None);
     }
 }

@@ -4,11 +4,13 @@
 mod common;
 
 use common::{dump, make_vectors, store_with, FailSwitches, FailingSink};
+use dakera_snapshot::format::blob::Filter;
 use dakera_snapshot::id::SeededRandom;
 use dakera_snapshot::paths::Key;
 use dakera_snapshot::{
-    CreateOptions, Error, InMemoryStorage, LocalFsSink, ManualClock, RestoreMode, RestoreOptions,
-    RetentionPolicy, SinkExt, SnapshotConfig, SnapshotManager, SnapshotSink, Vector, VectorStorage,
+    CompressionLevel, CreateOptions, Error, InMemoryStorage, LocalFsSink, ManualClock, RestoreMode,
+    RestoreOptions, RetentionPolicy, SinkExt, SnapshotConfig, SnapshotManager, SnapshotSink,
+    Vector, VectorStorage,
 };
 use serde_json::json;
 use std::sync::atomic::Ordering;
@@ -157,8 +159,9 @@ async fn many_members_per_namespace_and_options_are_honoured() {
         .await
         .unwrap();
     let big = snap.namespace("big").unwrap();
-    assert!(big.members.len() > 10, "{} members", big.members.len());
-    assert_eq!(big.members.iter().map(|x| x.vectors).sum::<u64>(), 3000);
+    assert!(big.chunks.len() > 10, "{} chunks", big.chunks.len());
+    assert_eq!(big.chunks.iter().map(|x| x.vectors).sum::<u64>(), 3000);
+    assert_eq!(snap.compression.filter, Filter::Shuffle);
     let target = InMemoryStorage::new();
     m.restore_snapshot(&target, snap.id.as_str(), &RestoreOptions::new())
         .await
@@ -193,19 +196,43 @@ async fn many_members_per_namespace_and_options_are_honoured() {
     let best = repo.manager(
         SnapshotConfig::default()
             .with_max_snapshots(0)
-            .with_compression_level(9),
+            .with_compression_level(CompressionLevel::Best),
     );
     let small = best
         .create_snapshot(&store, CreateOptions::default())
         .await
         .unwrap();
-    assert_eq!((small.compression.level, snap.compression.level), (9, 1));
+    assert_eq!((small.compression.level, snap.compression.level), (9, 2));
     assert!(
         small.size_bytes < snap.size_bytes,
         "{} vs {}",
         small.size_bytes,
         snap.size_bytes
     );
+
+    // shuffle off: plain VECTOR frames, same content digests, same restore
+    let unshuffled = repo.manager(
+        SnapshotConfig::default()
+            .with_max_snapshots(0)
+            .with_shuffle(false),
+    );
+    let u = unshuffled
+        .create_snapshot(&store, CreateOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(u.compression.filter, Filter::None);
+    assert_eq!(
+        u.namespace("big").unwrap().content_sha256,
+        big.content_sha256,
+        "the digest ignores the filter"
+    );
+    unshuffled.verify_snapshot(u.id.as_str()).await.unwrap();
+    let target = InMemoryStorage::new();
+    unshuffled
+        .restore_snapshot(&target, u.id.as_str(), &RestoreOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(dump(&target).await, dump(&store).await);
 
     // include_metadata off: vectors come back without metadata
     let nometa = repo.manager(
@@ -600,7 +627,7 @@ async fn verify_and_restore_catch_flipped_bytes_and_truncation() {
     assert!(err.is_corrupt(), "{err}");
     assert!(err.to_string().contains("namespace \"b\""), "{err}");
     assert_eq!(dump(&target).await, before);
-    // Namespace a is intact and still restores (one ranged read of its own members).
+    // Namespace a is intact and still restores (one ranged read of its own chunks).
     m.restore_snapshot(
         &InMemoryStorage::new(),
         id,

@@ -4,22 +4,26 @@
 //! decompressed content is:
 //!
 //! ```text
-//! MAGIC "DKSNAP\r\n" | major u16 | minor u16 | FILE_HEADER frame     <- header member
-//! NS_HEADER frame | VECTOR frame* | NS_END frame                     <- one or more members
-//! ...one section per namespace...
-//! FILE_END frame                                                     <- footer member
+//! MAGIC "DKSNAP\r\n" | major u16 | minor u16 | FILE_HEADER frame        <- header chunk
+//! per namespace:
+//!   NS_HEADER frame                                                       <- header chunk
+//!   VECTOR frames (filter none) or one BLOCK frame (filter shuffle)      <- data chunks
+//!   NS_END frame                                                          <- end chunk
+//! FILE_END frame                                                          <- footer chunk
 //! ```
 //!
-//! A frame is `kind u8 | len u32 LE | payload[len]`. A member always holds whole frames and
-//! never spans two namespaces, so each namespace (and each member) decodes on its own from the
-//! byte range the sidecar records. All integers are little-endian. `docs/FORMAT.md` has the
+//! A frame is `kind u8 | len u32 LE | payload[len]`. A *chunk* is one or two gzip members
+//! holding whole frames; the sidecar records every chunk's byte range, so chunks are
+//! compressed and decompressed independently and in parallel, and one namespace is read
+//! with one ranged request. All integers are little-endian. `docs/FORMAT.md` has the
 //! byte-level layout of every payload.
 
 use super::{FORMAT_MAJOR, FORMAT_MINOR};
 use crate::storage::Vector;
-use flate2::read::GzDecoder;
+use flate2::read::{GzDecoder, MultiGzDecoder};
 use flate2::write::GzEncoder;
 use flate2::Compression;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::{self, Read, Write};
 
@@ -33,12 +37,14 @@ pub mod kind {
     pub const FILE_HEADER: u8 = 0x01;
     /// Start of a namespace: name, dimension, flags.
     pub const NS_HEADER: u8 = 0x02;
-    /// One vector.
+    /// One vector (filter none).
     pub const VECTOR: u8 = 0x03;
     /// End of a namespace: vector count and content digest.
     pub const NS_END: u8 = 0x04;
     /// End of the blob: namespace count and total vectors.
     pub const FILE_END: u8 = 0x05;
+    /// A block of vectors with byte-shuffled values (filter shuffle).
+    pub const BLOCK: u8 = 0x06;
     /// First optional kind.
     pub const FIRST_OPTIONAL: u8 = 0x40;
 }
@@ -47,10 +53,26 @@ pub mod kind {
 pub const MAX_FRAME_LEN: u32 = 64 << 20;
 /// Largest dimension accepted.
 pub const MAX_DIMENSION: u32 = 1 << 20;
+/// NS_HEADER flag: the namespace's vectors are stored in BLOCK frames.
+pub const NS_FLAG_SHUFFLE: u32 = 1;
 
 const FLAG_METADATA: u8 = 1;
 const FLAG_TTL: u8 = 2;
 const FLAG_EXPIRES: u8 = 4;
+
+/// How vector values are laid out before compression.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Filter {
+    /// One VECTOR frame per vector, values as plain little-endian f32.
+    None,
+    /// Vectors in BLOCK frames: the values' bytes grouped by significance (all sign/exponent
+    /// bytes, then the next byte of every value, ...). The exponent plane is deflated; the
+    /// three mantissa planes, which are close to random, are stored. Smaller and about twice
+    /// as fast as deflating plain floats. The default.
+    #[default]
+    Shuffle,
+}
 
 /// A decoding failure, without snapshot context; the manager adds the snapshot id and
 /// namespace when it turns this into [`crate::Error::Corrupt`].
@@ -82,12 +104,25 @@ fn corrupt<T>(msg: impl Into<String>) -> Result<T, DecodeError> {
     Err(DecodeError::Corrupt(msg.into()))
 }
 
-/// Compresses `raw` into one gzip member at `level` (0 = stored, no compression).
+/// Why vectors could not be encoded.
+#[derive(Debug, PartialEq)]
+pub enum EncodeError {
+    /// A vector's length differs from the namespace's dimension.
+    Dimension {
+        /// The namespace's dimension.
+        expected: u32,
+        /// The vector's length.
+        actual: usize,
+    },
+    /// Something cannot be stored (ids out of order, a vector too large for a frame).
+    Invalid(String),
+}
+
+/// Compresses `raw` into one gzip member at deflate `level` (0 = stored).
 pub fn compress_member(raw: &[u8], level: u32) -> Vec<u8> {
-    let mut enc = GzEncoder::new(
-        Vec::with_capacity(raw.len() / 2 + 64),
-        Compression::new(level),
-    );
+    // Room for the worst case (stored blocks plus framing), so the output never regrows.
+    let capacity = raw.len() + raw.len() / 8192 * 5 + 64;
+    let mut enc = GzEncoder::new(Vec::with_capacity(capacity), Compression::new(level));
     enc.write_all(raw).expect("writing to a Vec cannot fail");
     enc.finish().expect("writing to a Vec cannot fail")
 }
@@ -103,7 +138,17 @@ fn put_str16(buf: &mut Vec<u8>, s: &str) {
     buf.extend_from_slice(s.as_bytes());
 }
 
-/// The decompressed content of the header member.
+fn put_f32s(buf: &mut Vec<u8>, values: &[f32]) {
+    if cfg!(target_endian = "little") {
+        buf.extend_from_slice(bytemuck::cast_slice(values));
+    } else {
+        for x in values {
+            buf.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+}
+
+/// The decompressed content of the header chunk.
 pub fn encode_header(snapshot_id: &str, created_at_ms: u64) -> Vec<u8> {
     let mut buf = Vec::with_capacity(64);
     buf.extend_from_slice(MAGIC);
@@ -116,7 +161,7 @@ pub fn encode_header(snapshot_id: &str, created_at_ms: u64) -> Vec<u8> {
     buf
 }
 
-/// The decompressed content of the footer member.
+/// The decompressed content of the footer chunk.
 pub fn encode_footer(namespaces: u32, total_vectors: u64) -> Vec<u8> {
     let mut p = Vec::with_capacity(12);
     p.extend_from_slice(&namespaces.to_le_bytes());
@@ -126,156 +171,255 @@ pub fn encode_footer(namespaces: u32, total_vectors: u64) -> Vec<u8> {
     buf
 }
 
-/// Frames one namespace's vectors into raw (uncompressed) member content, hashing as it
-/// goes. The caller pushes vectors in id order, takes full chunks with [`take_chunk`]
-/// (each becomes a gzip member) and ends with [`finish`].
-///
-/// The content digest is SHA-256 over the dimension (u32 LE) followed by every VECTOR frame
-/// exactly as encoded; it does not depend on compression or on the namespace's name, so an
-/// unchanged namespace has the same digest in every snapshot written by the same format.
-///
-/// [`take_chunk`]: NamespaceEncoder::take_chunk
-/// [`finish`]: NamespaceEncoder::finish
-#[derive(Debug)]
-pub struct NamespaceEncoder {
-    dimension: u32,
-    include_metadata: bool,
-    buf: Vec<u8>,
-    buf_vectors: u64,
-    hasher: Sha256,
-    count: u64,
-    last_id: Option<String>,
+/// The NS_HEADER frame that starts a namespace section. `dimension` is 0 only for a
+/// namespace that never held a vector.
+pub fn encode_ns_header(name: &str, dimension: u32, filter: Filter) -> Vec<u8> {
+    let mut p = Vec::new();
+    put_str16(&mut p, name);
+    p.extend_from_slice(&dimension.to_le_bytes());
+    let flags = match filter {
+        Filter::None => 0,
+        Filter::Shuffle => NS_FLAG_SHUFFLE,
+    };
+    p.extend_from_slice(&flags.to_le_bytes());
+    let mut buf = Vec::new();
+    put_frame(&mut buf, kind::NS_HEADER, &p);
+    buf
 }
 
-/// Why a vector could not be encoded.
-#[derive(Debug, PartialEq)]
-pub enum EncodeError {
-    /// Its length differs from the namespace's dimension.
-    Dimension {
-        /// The namespace's dimension.
-        expected: u32,
-        /// The vector's length.
-        actual: usize,
-    },
-    /// Something about it cannot be stored (empty values, id too long, ids out of order).
-    Invalid(String),
+/// The NS_END frame that closes a namespace section.
+pub fn encode_ns_end(count: u64, digest: &[u8; 32]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(40);
+    p.extend_from_slice(&count.to_le_bytes());
+    p.extend_from_slice(digest);
+    let mut buf = Vec::new();
+    put_frame(&mut buf, kind::NS_END, &p);
+    buf
 }
 
-impl NamespaceEncoder {
-    /// Starts a namespace section. `dimension` is 0 only for a namespace that never held a
-    /// vector; such a namespace accepts no vectors.
-    pub fn new(name: &str, dimension: u32, include_metadata: bool) -> Self {
-        let mut p = Vec::new();
-        put_str16(&mut p, name);
-        p.extend_from_slice(&dimension.to_le_bytes());
-        p.extend_from_slice(&0u32.to_le_bytes()); // flags: none defined in 1.0
-        let mut buf = Vec::with_capacity(1 << 16);
-        put_frame(&mut buf, kind::NS_HEADER, &p);
-        let mut hasher = Sha256::new();
-        hasher.update(dimension.to_le_bytes());
-        NamespaceEncoder {
-            dimension,
-            include_metadata,
-            buf,
-            buf_vectors: 0,
-            hasher,
-            count: 0,
-            last_id: None,
+/// A namespace's content digest: SHA-256 over the dimension (u32 LE) followed by the
+/// SHA-256 of every vector's canonical VECTOR frame, in order. The per-vector hashes are
+/// computed in parallel with the chunks ([`EncodedChunk::vector_hashes`],
+/// [`DecodedChunk::vector_hashes`]); only 32 bytes per vector are hashed in order. The
+/// digest does not depend on the filter, the level, chunking or the namespace's name.
+#[derive(Clone)]
+pub struct ContentDigest(Sha256);
+
+impl ContentDigest {
+    /// Starts the digest of a namespace of this dimension.
+    pub fn new(dimension: u32) -> Self {
+        let mut h = Sha256::new();
+        h.update(dimension.to_le_bytes());
+        ContentDigest(h)
+    }
+
+    /// Adds the next vectors' hashes.
+    pub fn add(&mut self, vector_hashes: &[[u8; 32]]) {
+        for h in vector_hashes {
+            self.0.update(h);
         }
     }
 
-    /// Appends one vector.
-    pub fn push(&mut self, v: &Vector) -> Result<(), EncodeError> {
-        if v.values.len() != self.dimension as usize || v.values.is_empty() {
+    /// The digest.
+    pub fn finish(self) -> [u8; 32] {
+        self.0.finalize().into()
+    }
+}
+
+/// Hashes a canonical VECTOR frame given in pieces: `head` (flags and id), the values and
+/// `tail` (ttl, expiry, metadata), without assembling it.
+fn hash_vector_frame(head: &[u8], values: &[f32], tail: &[u8]) -> [u8; 32] {
+    let len = head.len() + 4 * values.len() + tail.len();
+    let mut h = Sha256::new();
+    h.update([kind::VECTOR]);
+    h.update((len as u32).to_le_bytes());
+    h.update(head);
+    if cfg!(target_endian = "little") {
+        h.update(bytemuck::cast_slice::<f32, u8>(values));
+    } else {
+        for x in values {
+            h.update(x.to_le_bytes());
+        }
+    }
+    h.update(tail);
+    h.finalize().into()
+}
+
+/// One chunk of vectors, encoded.
+#[derive(Debug)]
+pub struct EncodedChunk {
+    /// The chunk's gzip members, ready to append to the blob.
+    pub bytes: Vec<u8>,
+    /// SHA-256 of `bytes`.
+    pub sha256: [u8; 32],
+    /// Decompressed length of the chunk.
+    pub raw_len: u64,
+    /// Per-vector hashes, for the content digest ([`ContentDigest`]).
+    pub vector_hashes: Vec<[u8; 32]>,
+    /// Vectors in the chunk.
+    pub vectors: u64,
+}
+
+/// Encodes vectors (in strictly ascending id order, all of `dimension` values) into one
+/// chunk. With `level = None`, only the per-vector hashes are produced (`bytes` is empty),
+/// which is what a digest-only pass needs.
+pub fn encode_chunk(
+    vectors: &[Vector],
+    dimension: u32,
+    include_metadata: bool,
+    filter: Filter,
+    level: Option<u32>,
+) -> Result<EncodedChunk, EncodeError> {
+    let dim = dimension as usize;
+    let shuffle = filter == Filter::Shuffle;
+    let write = level.is_some();
+    let mut vector_hashes = Vec::with_capacity(vectors.len());
+    // Filter none: the VECTOR frames. Shuffle: the BLOCK frame's first part, i.e.
+    // [kind][len][count][records...][plane 3], then the stored part [plane 2][plane 1][plane 0].
+    let estimate = if write {
+        vectors.len() * (if shuffle { dim + 48 } else { 4 * dim + 48 })
+    } else {
+        0
+    };
+    let mut out = Vec::with_capacity(estimate);
+    if write && shuffle {
+        out.push(kind::BLOCK);
+        out.extend_from_slice(&[0; 4]); // length, patched below
+        out.extend_from_slice(&(vectors.len() as u32).to_le_bytes());
+    }
+    let mut head = Vec::with_capacity(64);
+    let mut tail = Vec::with_capacity(256);
+    let mut last: Option<&str> = None;
+    for v in vectors {
+        if v.values.len() != dim || dim == 0 {
             return Err(EncodeError::Dimension {
-                expected: self.dimension,
+                expected: dimension,
                 actual: v.values.len(),
             });
         }
-        if let Some(last) = &self.last_id {
-            if v.id.as_bytes() <= last.as_bytes() {
-                return Err(EncodeError::Invalid(format!(
-                    "vector ids must arrive in ascending order without repeats ({:?} after {last:?})",
-                    v.id
-                )));
-            }
+        if last.is_some_and(|l| v.id.as_bytes() <= l.as_bytes()) {
+            return Err(EncodeError::Invalid(format!(
+                "vector ids must arrive in ascending order without repeats ({:?} after {:?})",
+                v.id,
+                last.unwrap_or_default()
+            )));
         }
-        let meta = match (&v.metadata, self.include_metadata) {
-            (Some(m), true) => Some(serde_json::to_vec(m).expect("a Value always serializes")),
-            _ => None,
-        };
+        last = Some(&v.id);
         let mut flags = 0u8;
-        let mut len = 1 + 4 + v.id.len() + 4 * v.values.len();
-        if let Some(m) = &meta {
-            flags |= FLAG_METADATA;
-            len += 4 + m.len();
-        }
-        if v.ttl_seconds.is_some() {
+        tail.clear();
+        if let Some(t) = v.ttl_seconds {
             flags |= FLAG_TTL;
-            len += 8;
+            tail.extend_from_slice(&t.to_le_bytes());
         }
-        if v.expires_at.is_some() {
+        if let Some(t) = v.expires_at {
             flags |= FLAG_EXPIRES;
-            len += 8;
+            tail.extend_from_slice(&t.to_le_bytes());
         }
+        if let (Some(m), true) = (&v.metadata, include_metadata) {
+            flags |= FLAG_METADATA;
+            let at = tail.len();
+            tail.extend_from_slice(&[0; 4]);
+            serde_json::to_writer(&mut tail, m).expect("a Value always serializes");
+            let n = (tail.len() - at - 4) as u32;
+            tail[at..at + 4].copy_from_slice(&n.to_le_bytes());
+        }
+        head.clear();
+        head.push(flags);
+        head.extend_from_slice(&(v.id.len() as u32).to_le_bytes());
+        head.extend_from_slice(v.id.as_bytes());
+        let len = head.len() + 4 * dim + tail.len();
         if len > MAX_FRAME_LEN as usize {
             return Err(EncodeError::Invalid(format!(
                 "vector {:?} encodes to {len} bytes, more than the {MAX_FRAME_LEN}-byte frame limit",
                 v.id
             )));
         }
-        let start = self.buf.len();
-        self.buf.reserve(5 + len);
-        self.buf.push(kind::VECTOR);
-        self.buf.extend_from_slice(&(len as u32).to_le_bytes());
-        self.buf.push(flags);
-        self.buf
-            .extend_from_slice(&(v.id.len() as u32).to_le_bytes());
-        self.buf.extend_from_slice(v.id.as_bytes());
-        for x in &v.values {
-            self.buf.extend_from_slice(&x.to_le_bytes());
+        vector_hashes.push(hash_vector_frame(&head, &v.values, &tail));
+        if !write {
+            continue;
         }
-        if let Some(t) = v.ttl_seconds {
-            self.buf.extend_from_slice(&t.to_le_bytes());
+        if !shuffle {
+            out.push(kind::VECTOR);
+            out.extend_from_slice(&(len as u32).to_le_bytes());
+            out.extend_from_slice(&head);
+            put_f32s(&mut out, &v.values);
+        } else {
+            out.extend_from_slice(&head);
         }
-        if let Some(t) = v.expires_at {
-            self.buf.extend_from_slice(&t.to_le_bytes());
-        }
-        if let Some(m) = &meta {
-            self.buf.extend_from_slice(&(m.len() as u32).to_le_bytes());
-            self.buf.extend_from_slice(m);
-        }
-        self.hasher.update(&self.buf[start..]);
-        self.count += 1;
-        self.buf_vectors += 1;
-        self.last_id = Some(v.id.clone());
-        Ok(())
+        out.extend_from_slice(&tail);
     }
+    let Some(level) = level else {
+        return Ok(EncodedChunk {
+            bytes: Vec::new(),
+            sha256: [0; 32],
+            raw_len: 0,
+            vector_hashes,
+            vectors: vectors.len() as u64,
+        });
+    };
+    let (bytes, raw_len) = if !shuffle {
+        (compress_member(&out, level), out.len())
+    } else {
+        // Byte planes of all values, most significant (sign and exponent) first.
+        let n = dim * vectors.len();
+        let records_end = out.len();
+        out.resize(records_end + n, 0);
+        let mut low = vec![0u8; 3 * n];
+        {
+            let p3 = &mut out[records_end..];
+            let (p2, rest) = low.split_at_mut(n);
+            let (p1, p0) = rest.split_at_mut(n);
+            for (i, x) in vectors.iter().flat_map(|v| v.values.iter()).enumerate() {
+                let b = x.to_bits().to_le_bytes();
+                p0[i] = b[0];
+                p1[i] = b[1];
+                p2[i] = b[2];
+                p3[i] = b[3];
+            }
+        }
+        let payload_len = out.len() - 5 + low.len();
+        if payload_len > MAX_FRAME_LEN as usize {
+            return Err(EncodeError::Invalid(format!(
+                "a block of {} vectors encodes to {payload_len} bytes, more than the {MAX_FRAME_LEN}-byte frame limit",
+                vectors.len()
+            )));
+        }
+        out[1..5].copy_from_slice(&(payload_len as u32).to_le_bytes());
+        let mut bytes = compress_member(&out, level);
+        if !low.is_empty() {
+            let low_level = if mantissas_compress(&low, n, level) {
+                level
+            } else {
+                0
+            };
+            bytes.extend(compress_member(&low, low_level));
+        }
+        (bytes, out.len() + low.len())
+    };
+    let sha256 = Sha256::digest(&bytes).into();
+    Ok(EncodedChunk {
+        bytes,
+        sha256,
+        raw_len: raw_len as u64,
+        vector_hashes,
+        vectors: vectors.len() as u64,
+    })
+}
 
-    /// Bytes buffered for the current member.
-    pub fn buffered(&self) -> usize {
-        self.buf.len()
+/// Whether the three low byte planes (each `n` bytes) are worth deflating: true for
+/// quantized or repetitive data, false for the near-random mantissas of real embeddings,
+/// which are then stored at memory speed. Decided on a 16 KiB sample of each plane.
+fn mantissas_compress(low_planes: &[u8], n: usize, level: u32) -> bool {
+    const SAMPLE: usize = 16 << 10;
+    let take = n.min(SAMPLE);
+    let mut sample = Vec::with_capacity(3 * take);
+    for p in 0..3 {
+        sample.extend_from_slice(&low_planes[p * n..p * n + take]);
     }
-
-    /// Takes the buffered raw member content (whole frames) and the number of vectors in it.
-    pub fn take_chunk(&mut self) -> (Vec<u8>, u64) {
-        let n = std::mem::take(&mut self.buf_vectors);
-        (
-            std::mem::replace(&mut self.buf, Vec::with_capacity(1 << 16)),
-            n,
-        )
+    if level == 0 || sample.len() < 1024 {
+        return false;
     }
-
-    /// Ends the section: returns the last raw member content (with the NS_END frame), its
-    /// vector count, the namespace's total vector count and its content digest.
-    pub fn finish(mut self) -> (Vec<u8>, u64, u64, [u8; 32]) {
-        let digest: [u8; 32] = self.hasher.finalize().into();
-        let mut p = Vec::with_capacity(40);
-        p.extend_from_slice(&self.count.to_le_bytes());
-        p.extend_from_slice(&digest);
-        put_frame(&mut self.buf, kind::NS_END, &p);
-        (self.buf, self.buf_vectors, self.count, digest)
-    }
+    compress_member(&sample, level).len() < sample.len() * 9 / 10
 }
 
 /// Reads frames from decompressed content.
@@ -360,6 +504,9 @@ impl<'a> Payload<'a> {
         self.b = t;
         Ok(h)
     }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
     fn u16(&mut self) -> Result<u16, DecodeError> {
         Ok(u16::from_le_bytes(
             self.take(2)?.try_into().expect("2 bytes"),
@@ -393,7 +540,7 @@ impl<'a> Payload<'a> {
     }
 }
 
-/// What the header member says.
+/// What the header chunk says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobHeader {
     /// Format major version.
@@ -406,7 +553,7 @@ pub struct BlobHeader {
     pub created_at_ms: u64,
 }
 
-/// What the footer member says.
+/// What the footer chunk says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlobFooter {
     /// Number of namespace sections in the blob.
@@ -415,7 +562,7 @@ pub struct BlobFooter {
     pub total_vectors: u64,
 }
 
-/// Decodes the header member (given as its compressed bytes, or a stream starting with it).
+/// Decodes the header chunk (given as its compressed bytes, or a stream starting with it).
 pub fn decode_header(compressed: impl Read) -> Result<BlobHeader, DecodeError> {
     let mut r = GzDecoder::new(compressed);
     let mut fixed = [0u8; 12];
@@ -429,7 +576,7 @@ pub fn decode_header(compressed: impl Read) -> Result<BlobHeader, DecodeError> {
     }
     let mut frames = FrameReader { r, pos: 12 };
     let Some((kind::FILE_HEADER, p)) = frames.next_required()? else {
-        return corrupt("header member lacks its FILE_HEADER frame");
+        return corrupt("header chunk lacks its FILE_HEADER frame");
     };
     let mut p = Payload {
         b: &p,
@@ -439,7 +586,7 @@ pub fn decode_header(compressed: impl Read) -> Result<BlobHeader, DecodeError> {
     let snapshot_id = p.str(n)?;
     let created_at_ms = p.u64()?;
     if frames.next_required()?.is_some() {
-        return corrupt("header member holds more than its header");
+        return corrupt("header chunk holds more than its header");
     }
     Ok(BlobHeader {
         major,
@@ -449,14 +596,14 @@ pub fn decode_header(compressed: impl Read) -> Result<BlobHeader, DecodeError> {
     })
 }
 
-/// Decodes the footer member.
+/// Decodes the footer chunk.
 pub fn decode_footer(compressed: impl Read) -> Result<BlobFooter, DecodeError> {
     let mut frames = FrameReader {
         r: GzDecoder::new(compressed),
         pos: 0,
     };
     let Some((kind::FILE_END, p)) = frames.next_required()? else {
-        return corrupt("footer member lacks its FILE_END frame");
+        return corrupt("footer chunk lacks its FILE_END frame");
     };
     let mut p = Payload {
         b: &p,
@@ -468,9 +615,165 @@ pub fn decode_footer(compressed: impl Read) -> Result<BlobFooter, DecodeError> {
     };
     p.end()?;
     if frames.next_required()?.is_some() {
-        return corrupt("footer member holds more than its footer");
+        return corrupt("footer chunk holds more than its footer");
     }
     Ok(footer)
+}
+
+/// What an NS_HEADER frame says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceHeader {
+    /// The namespace's name.
+    pub name: String,
+    /// Its dimension (0 = never held a vector).
+    pub dimension: u32,
+    /// How its vectors are laid out.
+    pub filter: Filter,
+}
+
+fn parse_ns_header(p: &[u8]) -> Result<NamespaceHeader, DecodeError> {
+    let mut p = Payload {
+        b: p,
+        what: "NS_HEADER",
+    };
+    let n = p.u16()? as usize;
+    let name = p.str(n)?;
+    let dimension = p.u32()?;
+    let flags = p.u32()?;
+    p.end()?;
+    if flags & !NS_FLAG_SHUFFLE != 0 {
+        return corrupt(format!(
+            "namespace {name:?} uses flags {flags:#x} this version does not know (written by a newer version?)"
+        ));
+    }
+    if dimension > MAX_DIMENSION {
+        return corrupt(format!(
+            "dimension {dimension} exceeds the limit of {MAX_DIMENSION}"
+        ));
+    }
+    let filter = if flags & NS_FLAG_SHUFFLE != 0 {
+        Filter::Shuffle
+    } else {
+        Filter::None
+    };
+    Ok(NamespaceHeader {
+        name,
+        dimension,
+        filter,
+    })
+}
+
+fn parse_ns_end(p: &[u8]) -> Result<(u64, [u8; 32]), DecodeError> {
+    let mut p = Payload {
+        b: p,
+        what: "NS_END",
+    };
+    let count = p.u64()?;
+    let digest: [u8; 32] = p.take(32)?.try_into().expect("32 bytes");
+    p.end()?;
+    Ok((count, digest))
+}
+
+/// Decodes a namespace's header chunk.
+pub fn decode_ns_header_chunk(compressed: impl Read) -> Result<NamespaceHeader, DecodeError> {
+    let mut frames = FrameReader {
+        r: MultiGzDecoder::new(compressed),
+        pos: 0,
+    };
+    let Some((kind::NS_HEADER, p)) = frames.next_required()? else {
+        return corrupt("namespace section does not start with an NS_HEADER frame");
+    };
+    let h = parse_ns_header(&p)?;
+    if frames.next_required()?.is_some() {
+        return corrupt(format!(
+            "the header chunk of namespace {:?} holds more than its header",
+            h.name
+        ));
+    }
+    Ok(h)
+}
+
+/// Decodes a namespace's end chunk: the vector count and content digest it records.
+pub fn decode_ns_end_chunk(compressed: impl Read) -> Result<(u64, [u8; 32]), DecodeError> {
+    let mut frames = FrameReader {
+        r: MultiGzDecoder::new(compressed),
+        pos: 0,
+    };
+    let Some((kind::NS_END, p)) = frames.next_required()? else {
+        return corrupt("namespace section does not end with an NS_END frame");
+    };
+    let end = parse_ns_end(&p)?;
+    if frames.next_required()?.is_some() {
+        return corrupt("data after the end of the namespace");
+    }
+    Ok(end)
+}
+
+/// One chunk of vectors, decoded.
+#[derive(Debug, Default)]
+pub struct DecodedChunk {
+    /// The vectors, in id order.
+    pub vectors: Vec<Vector>,
+    /// Per-vector hashes, for the content digest ([`ContentDigest`]).
+    pub vector_hashes: Vec<[u8; 32]>,
+}
+
+/// Appends the vectors of one data frame (VECTOR or BLOCK) to `out`, checking it against the
+/// namespace's dimension and filter, and that ids ascend strictly after `last_id` (which
+/// carries the order check across frames, batches and chunks).
+fn decode_data_frame(
+    k: u8,
+    payload: &[u8],
+    dimension: u32,
+    filter: Filter,
+    out: &mut DecodedChunk,
+    last_id: &mut Option<String>,
+) -> Result<(), DecodeError> {
+    let first_new = out.vectors.len();
+    match (k, filter) {
+        (kind::VECTOR, Filter::None) => {
+            out.vectors.push(decode_vector(payload, dimension)?);
+            let mut h = Sha256::new();
+            h.update([kind::VECTOR]);
+            h.update((payload.len() as u32).to_le_bytes());
+            h.update(payload);
+            out.vector_hashes.push(h.finalize().into());
+        }
+        (kind::BLOCK, Filter::Shuffle) => decode_block(payload, dimension, out)?,
+        (kind::VECTOR | kind::BLOCK, _) => {
+            return corrupt(format!(
+                "frame kind {k:#04x} does not match the namespace's filter {filter:?}"
+            ))
+        }
+        (other, _) => return corrupt(format!("unexpected frame kind {other:#04x} among vectors")),
+    }
+    for v in &out.vectors[first_new..] {
+        if let Some(last) = last_id.as_deref() {
+            if v.id.as_bytes() <= last.as_bytes() {
+                return corrupt(format!("vector ids out of order at {:?}", v.id));
+            }
+        }
+        *last_id = Some(v.id.clone());
+    }
+    Ok(())
+}
+
+/// Decodes one data chunk (its gzip members) of a namespace with this dimension and filter.
+pub fn decode_chunk(
+    compressed: impl Read,
+    dimension: u32,
+    filter: Filter,
+) -> Result<DecodedChunk, DecodeError> {
+    let mut frames = FrameReader {
+        r: MultiGzDecoder::new(compressed),
+        pos: 0,
+    };
+    let mut out = DecodedChunk::default();
+    let mut last_id = None;
+    while let Some((k, payload)) = frames.next_required()? {
+        decode_data_frame(k, &payload, dimension, filter, &mut out, &mut last_id)?;
+    }
+    Ok(out)
 }
 
 /// What a decoded namespace section turned out to hold.
@@ -480,19 +783,21 @@ pub struct NamespaceSummary {
     pub name: String,
     /// The dimension (0 = never held a vector).
     pub dimension: u32,
+    /// How its vectors were laid out.
+    pub filter: Filter,
     /// Vectors decoded.
     pub vectors: u64,
-    /// Content digest recomputed from the frames.
+    /// Content digest recomputed from the data.
     pub digest: [u8; 32],
 }
 
-/// Decodes one namespace section from its compressed byte range (one or more gzip members),
-/// handing vectors to `sink` in batches of up to `batch` vectors.
+/// Decodes one whole namespace section sequentially from its compressed bytes (all its
+/// chunks), handing vectors to `sink` in batches of up to `batch` vectors. Needs no sidecar:
+/// this is how a blob is read without one, and what the fuzz tests drive.
 ///
-/// Every check that can be made without the sidecar is made here: gzip CRCs and lengths,
-/// frame structure, UTF-8, dimensions, ascending ids, and the vector count and digest the
-/// NS_END frame records against what was actually decoded. The caller compares the returned
-/// summary with the sidecar.
+/// Checks gzip CRCs and lengths, frame structure, UTF-8, dimensions, the filter, ascending
+/// ids, and the count and digest the NS_END frame records against what was decoded. The
+/// caller compares the summary with the sidecar.
 pub fn decode_namespace<R, F>(
     compressed: R,
     batch: usize,
@@ -503,95 +808,68 @@ where
     F: FnMut(Vec<Vector>) -> Result<(), DecodeError>,
 {
     let mut frames = FrameReader {
-        r: flate2::read::MultiGzDecoder::new(compressed),
+        r: MultiGzDecoder::new(compressed),
         pos: 0,
     };
     let Some((kind::NS_HEADER, p)) = frames.next_required()? else {
         return corrupt("namespace section does not start with an NS_HEADER frame");
     };
-    let mut p = Payload {
-        b: &p,
-        what: "NS_HEADER",
-    };
-    let n = p.u16()? as usize;
-    let name = p.str(n)?;
-    let dimension = p.u32()?;
-    let flags = p.u32()?;
-    p.end()?;
-    if flags != 0 {
-        return corrupt(format!(
-            "namespace {name:?} uses flags {flags:#x} this version does not know (written by a newer version?)"
-        ));
-    }
-    if dimension > MAX_DIMENSION {
-        return corrupt(format!(
-            "dimension {dimension} exceeds the limit of {MAX_DIMENSION}"
-        ));
-    }
-    let mut hasher = Sha256::new();
-    hasher.update(dimension.to_le_bytes());
+    let header = parse_ns_header(&p)?;
+    let mut digest = ContentDigest::new(header.dimension);
     let mut count = 0u64;
-    let mut pending = Vec::with_capacity(batch.min(4096));
-    let mut last_id: Option<String> = None;
+    let mut last_id = None;
+    let mut pending = DecodedChunk::default();
     loop {
         let Some((k, payload)) = frames.next_required()? else {
             return corrupt(format!(
-                "namespace {name:?} ends without its NS_END frame (truncated?)"
+                "namespace {:?} ends without its NS_END frame (truncated?)",
+                header.name
             ));
         };
-        match k {
-            kind::VECTOR => {
-                let v = decode_vector(&payload, dimension)?;
-                if let Some(last) = &last_id {
-                    if v.id.as_bytes() <= last.as_bytes() {
-                        return corrupt(format!("vector ids out of order at {:?}", v.id));
-                    }
-                }
-                hasher.update([kind::VECTOR]);
-                hasher.update((payload.len() as u32).to_le_bytes());
-                hasher.update(&payload);
-                count += 1;
-                last_id = Some(v.id.clone());
-                pending.push(v);
-                if pending.len() >= batch {
-                    sink(std::mem::take(&mut pending))?;
-                }
-            }
-            kind::NS_END => {
-                let mut p = Payload {
-                    b: &payload,
-                    what: "NS_END",
-                };
-                let recorded = p.u64()?;
-                let digest: [u8; 32] = p.take(32)?.try_into().expect("32 bytes");
-                p.end()?;
-                let actual: [u8; 32] = hasher.finalize().into();
-                if recorded != count {
-                    return corrupt(format!(
-                        "namespace {name:?} holds {count} vectors, its end frame says {recorded}"
-                    ));
-                }
-                if digest != actual {
-                    return corrupt(format!("namespace {name:?} content digest mismatch"));
-                }
-                if frames.next_required()?.is_some() {
-                    return corrupt(format!("data after the end of namespace {name:?}"));
-                }
-                if !pending.is_empty() {
-                    sink(pending)?;
-                }
-                return Ok(NamespaceSummary {
-                    name,
-                    dimension,
-                    vectors: count,
-                    digest,
-                });
-            }
-            other => {
+        if k == kind::NS_END {
+            let (recorded, recorded_digest) = parse_ns_end(&payload)?;
+            digest.add(&pending.vector_hashes);
+            count += pending.vectors.len() as u64;
+            let actual = digest.finish();
+            if recorded != count {
                 return corrupt(format!(
-                    "unexpected frame kind {other:#04x} inside namespace {name:?}"
-                ))
+                    "namespace {:?} holds {count} vectors, its end frame says {recorded}",
+                    header.name
+                ));
             }
+            if recorded_digest != actual {
+                return corrupt(format!(
+                    "namespace {:?} content digest mismatch",
+                    header.name
+                ));
+            }
+            if frames.next_required()?.is_some() {
+                return corrupt(format!("data after the end of namespace {:?}", header.name));
+            }
+            if !pending.vectors.is_empty() {
+                sink(pending.vectors)?;
+            }
+            return Ok(NamespaceSummary {
+                name: header.name,
+                dimension: header.dimension,
+                filter: header.filter,
+                vectors: count,
+                digest: actual,
+            });
+        }
+        decode_data_frame(
+            k,
+            &payload,
+            header.dimension,
+            header.filter,
+            &mut pending,
+            &mut last_id,
+        )?;
+        if pending.vectors.len() >= batch {
+            let full = std::mem::take(&mut pending);
+            digest.add(&full.vector_hashes);
+            count += full.vectors.len() as u64;
+            sink(full.vectors)?;
         }
     }
 }
@@ -601,26 +879,47 @@ fn decode_vector(payload: &[u8], dimension: u32) -> Result<Vector, DecodeError> 
         b: payload,
         what: "VECTOR",
     };
-    let flags = p.take(1)?[0];
+    let flags = p.u8()?;
+    let id = read_id(&mut p, flags)?;
+    if dimension == 0 {
+        return corrupt("vector in a namespace of dimension 0");
+    }
+    let values = f32s(p.take(4 * dimension as usize)?);
+    let (ttl_seconds, expires_at, metadata) = read_tail(&mut p, flags, &id)?;
+    p.end()?;
+    Ok(Vector {
+        id,
+        values,
+        metadata,
+        ttl_seconds,
+        expires_at,
+    })
+}
+
+fn f32s(raw: &[u8]) -> Vec<f32> {
+    raw.chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect()
+}
+
+fn read_id(p: &mut Payload<'_>, flags: u8) -> Result<String, DecodeError> {
     if flags & !(FLAG_METADATA | FLAG_TTL | FLAG_EXPIRES) != 0 {
         return corrupt(format!("unknown vector flags {flags:#04x}"));
     }
     let id_len = p.u32()? as usize;
-    let id = p.str(id_len)?;
-    if dimension == 0 {
-        return corrupt("vector in a namespace of dimension 0");
-    }
-    let raw = p.take(4 * dimension as usize)?;
-    let values = raw
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-        .collect();
-    let ttl_seconds = if flags & FLAG_TTL != 0 {
+    p.str(id_len)
+}
+
+type Tail = (Option<u64>, Option<u64>, Option<serde_json::Value>);
+
+/// The optional fields after a vector's values: ttl, expiry, metadata.
+fn read_tail(p: &mut Payload<'_>, flags: u8, id: &str) -> Result<Tail, DecodeError> {
+    let ttl = if flags & FLAG_TTL != 0 {
         Some(p.u64()?)
     } else {
         None
     };
-    let expires_at = if flags & FLAG_EXPIRES != 0 {
+    let expires = if flags & FLAG_EXPIRES != 0 {
         Some(p.u64()?)
     } else {
         None
@@ -635,14 +934,63 @@ fn decode_vector(payload: &[u8], dimension: u32) -> Result<Vector, DecodeError> 
     } else {
         None
     };
-    p.end()?;
-    Ok(Vector {
-        id,
-        values,
-        metadata,
-        ttl_seconds,
-        expires_at,
-    })
+    Ok((ttl, expires, metadata))
+}
+
+/// Decodes a BLOCK payload: `count`, the records, then the four byte planes.
+fn decode_block(payload: &[u8], dimension: u32, out: &mut DecodedChunk) -> Result<(), DecodeError> {
+    let mut p = Payload {
+        b: payload,
+        what: "BLOCK",
+    };
+    let count = p.u32()? as usize;
+    let dim = dimension as usize;
+    if dim == 0 && count > 0 {
+        return corrupt("vectors in a namespace of dimension 0");
+    }
+    // Every record takes at least 5 bytes and every vector 4 * dim: check before allocating.
+    let values_len = count
+        .checked_mul(4 * dim)
+        .filter(|n| n.saturating_add(5 * count) <= payload.len());
+    let Some(values_len) = values_len else {
+        return corrupt(format!(
+            "BLOCK frame claims {count} vectors, more than it holds"
+        ));
+    };
+    let planes_start = payload.len() - values_len;
+    let (records, planes) = payload.split_at(planes_start);
+    let n = dim * count;
+    let (p3, rest) = planes.split_at(n);
+    let (p2, rest) = rest.split_at(n);
+    let (p1, p0) = rest.split_at(n);
+    let mut p = Payload {
+        b: &records[4..],
+        what: "BLOCK",
+    };
+    out.vectors.reserve(count);
+    out.vector_hashes.reserve(count);
+    for i in 0..count {
+        let rec_start = p.b;
+        let flags = p.u8()?;
+        let id = read_id(&mut p, flags)?;
+        let head_len = rec_start.len() - p.b.len();
+        let values: Vec<f32> = (i * dim..(i + 1) * dim)
+            .map(|j| f32::from_bits(u32::from_le_bytes([p0[j], p1[j], p2[j], p3[j]])))
+            .collect();
+        let tail_start = p.b;
+        let (ttl_seconds, expires_at, metadata) = read_tail(&mut p, flags, &id)?;
+        let tail = &tail_start[..tail_start.len() - p.b.len()];
+        out.vector_hashes
+            .push(hash_vector_frame(&rec_start[..head_len], &values, tail));
+        out.vectors.push(Vector {
+            id,
+            values,
+            metadata,
+            ttl_seconds,
+            expires_at,
+        });
+    }
+    p.end()
 }
 
 #[cfg(test)]
@@ -653,10 +1001,10 @@ mod tests {
     fn vectors(n: usize, dim: usize) -> Vec<Vector> {
         (0..n)
             .map(|i| {
-                let mut v = Vector::new(
-                    format!("v{i:05}"),
-                    (0..dim).map(|j| (i * dim + j) as f32 * 0.5).collect(),
-                );
+                let values = (0..dim)
+                    .map(|j| ((i * dim + j) as f32 * 0.37).sin())
+                    .collect();
+                let mut v = Vector::new(format!("v{i:05}"), values);
                 if i % 2 == 0 {
                     v = v.with_metadata(json!({"i": i, "text": "héllo"}));
                 }
@@ -669,58 +1017,93 @@ mod tests {
             .collect()
     }
 
-    fn encode(vs: &[Vector], dim: u32, chunk: usize) -> (Vec<u8>, [u8; 32]) {
-        let mut enc = NamespaceEncoder::new("ns", dim, true);
-        let mut out = Vec::new();
-        for v in vs {
-            enc.push(v).unwrap();
-            if enc.buffered() >= chunk {
-                out.extend(compress_member(&enc.take_chunk().0, 1));
-            }
+    /// A whole namespace section: header chunk, data chunks of `per_chunk` vectors, end chunk.
+    fn section(vs: &[Vector], dim: u32, filter: Filter, per_chunk: usize) -> (Vec<u8>, [u8; 32]) {
+        let mut out = compress_member(&encode_ns_header("ns", dim, filter), 1);
+        let mut h = ContentDigest::new(dim);
+        for c in vs.chunks(per_chunk.max(1)) {
+            let e = encode_chunk(c, dim, true, filter, Some(2)).unwrap();
+            h.add(&e.vector_hashes);
+            out.extend(e.bytes);
         }
-        let (last, _, _, digest) = enc.finish();
-        out.extend(compress_member(&last, 1));
+        let digest = h.finish();
+        out.extend(compress_member(&encode_ns_end(vs.len() as u64, &digest), 1));
         (out, digest)
     }
 
     #[test]
-    fn namespace_round_trip_across_members() {
+    fn sections_round_trip_with_either_filter_and_any_chunking() {
         let vs = vectors(300, 8);
-        let (bytes, digest) = encode(&vs, 8, 1000);
-        let mut got = Vec::new();
-        let s = decode_namespace(&bytes[..], 7, |b| {
-            assert!(b.len() <= 7);
-            got.extend(b);
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(got, vs);
-        assert_eq!(
-            (s.name.as_str(), s.dimension, s.vectors, s.digest),
-            ("ns", 8, 300, digest)
-        );
+        for filter in [Filter::None, Filter::Shuffle] {
+            for per_chunk in [1, 7, 300] {
+                let (bytes, digest) = section(&vs, 8, filter, per_chunk);
+                let mut got = Vec::new();
+                let s = decode_namespace(&bytes[..], 11, |b| {
+                    assert!(b.len() <= 11 + 300);
+                    got.extend(b);
+                    Ok(())
+                })
+                .unwrap();
+                assert_eq!(got, vs, "{filter:?} {per_chunk}");
+                assert_eq!((s.vectors, s.digest, s.filter), (300, digest, filter));
+            }
+        }
     }
 
     #[test]
-    fn digest_ignores_compression_and_chunking() {
+    fn the_digest_ignores_filter_level_and_chunking() {
         let vs = vectors(50, 4);
-        assert_eq!(encode(&vs, 4, 100).1, encode(&vs, 4, 1 << 20).1);
+        let a = section(&vs, 4, Filter::None, 3).1;
+        let b = section(&vs, 4, Filter::Shuffle, 50).1;
+        assert_eq!(a, b);
     }
 
     #[test]
-    fn encoder_rejects_bad_vectors() {
-        let mut enc = NamespaceEncoder::new("ns", 3, true);
+    fn a_chunk_decodes_alone_and_yields_the_same_vector_hashes() {
+        let vs = vectors(40, 6);
+        let plain = encode_chunk(&vs, 6, true, Filter::None, Some(2)).unwrap();
+        let shuffled = encode_chunk(&vs, 6, true, Filter::Shuffle, Some(2)).unwrap();
+        assert_eq!(plain.vector_hashes, shuffled.vector_hashes);
+        assert_eq!(
+            shuffled.sha256,
+            <[u8; 32]>::from(Sha256::digest(&shuffled.bytes))
+        );
+        let d = decode_chunk(&shuffled.bytes[..], 6, Filter::Shuffle).unwrap();
+        assert_eq!(d.vectors, vs);
+        assert_eq!(d.vector_hashes, plain.vector_hashes);
+        let d = decode_chunk(&plain.bytes[..], 6, Filter::None).unwrap();
+        assert_eq!(d.vector_hashes, plain.vector_hashes);
+        assert!(
+            decode_chunk(&shuffled.bytes[..], 6, Filter::None).is_err(),
+            "filter must match"
+        );
+        assert!(
+            decode_chunk(&plain.bytes[..], 7, Filter::None).is_err(),
+            "dimension must match"
+        );
+        // a digest-only pass produces no bytes
+        let only = encode_chunk(&vs, 6, true, Filter::Shuffle, None).unwrap();
+        assert!(only.bytes.is_empty());
+        assert_eq!(only.vector_hashes, plain.vector_hashes);
+    }
+
+    #[test]
+    fn the_encoder_rejects_bad_vectors() {
+        let bad_dim = [Vector::new("a", vec![1.0; 4])];
         assert!(matches!(
-            enc.push(&Vector::new("a", vec![1.0; 4])),
+            encode_chunk(&bad_dim, 3, true, Filter::Shuffle, Some(2)),
             Err(EncodeError::Dimension { .. })
         ));
-        enc.push(&Vector::new("b", vec![1.0; 3])).unwrap();
+        let disorder = [
+            Vector::new("b", vec![1.0; 3]),
+            Vector::new("a", vec![1.0; 3]),
+        ];
         assert!(matches!(
-            enc.push(&Vector::new("a", vec![1.0; 3])),
+            encode_chunk(&disorder, 3, true, Filter::None, Some(2)),
             Err(EncodeError::Invalid(_))
         ));
-        let mut empty = NamespaceEncoder::new("e", 0, true);
-        assert!(empty.push(&Vector::new("a", vec![])).is_err());
+        let empty = [Vector::new("a", vec![])];
+        assert!(encode_chunk(&empty, 0, true, Filter::None, Some(2)).is_err());
     }
 
     #[test]
@@ -752,65 +1135,129 @@ mod tests {
 
     #[test]
     fn every_truncation_and_flip_is_detected() {
-        let (bytes, _) = encode(&vectors(20, 4), 4, 200);
-        for cut in 0..bytes.len() {
-            assert!(
-                decode_namespace(&bytes[..cut], 16, |_| Ok(())).is_err(),
-                "truncation at {cut}"
-            );
-        }
-        for i in 0..bytes.len() {
-            let mut b = bytes.clone();
-            b[i] ^= 0x20;
-            // Some gzip header bytes (mtime, OS, extra flags) are not covered by any check and
-            // do not change the content; the data itself must decode identically or fail.
-            if let Ok(s) = decode_namespace(&b[..], 16, |_| Ok(())) {
-                assert_eq!(s.vectors, 20, "flip at {i} changed content undetected");
+        for filter in [Filter::None, Filter::Shuffle] {
+            let vs = vectors(20, 4);
+            let (bytes, _) = section(&vs, 4, filter, 6);
+            for cut in 0..bytes.len() {
+                assert!(
+                    decode_namespace(&bytes[..cut], 16, |_| Ok(())).is_err(),
+                    "{filter:?} truncation at {cut}"
+                );
+            }
+            for i in 0..bytes.len() {
+                let mut b = bytes.clone();
+                b[i] ^= 0x20;
+                // Some gzip header bytes (mtime, OS, extra flags) are not covered by any check and
+                // do not change the content; the data itself must decode identically or fail.
+                let mut got = Vec::new();
+                if decode_namespace(&b[..], 16, |v| {
+                    got.extend(v);
+                    Ok(())
+                })
+                .is_ok()
+                {
+                    assert_eq!(
+                        got, vs,
+                        "{filter:?}: flip at {i} changed content undetected"
+                    );
+                }
             }
         }
     }
 
     #[test]
     fn unknown_optional_frames_are_skipped_and_required_ones_rejected() {
-        let mut enc = NamespaceEncoder::new("ns", 2, true);
-        enc.push(&Vector::new("a", vec![1.0, 2.0])).unwrap();
-        let (mut raw, _) = enc.take_chunk();
+        let vs = vec![Vector::new("a", vec![1.0, 2.0])];
+        let mut raw = encode_ns_header("ns", 2, Filter::None);
+        let e = encode_chunk(&vs, 2, true, Filter::None, Some(2)).unwrap();
+        let mut frames = Vec::new();
+        flate2::read::GzDecoder::new(&e.bytes[..])
+            .read_to_end(&mut frames)
+            .unwrap();
+        raw.extend(&frames);
         put_frame(&mut raw, 0x7f, b"future optional data");
-        let (last, _, _, _) = enc.finish();
-        raw.extend(last);
+        let digest = {
+            let mut h = ContentDigest::new(2);
+            h.add(&e.vector_hashes);
+            h.finish()
+        };
+        raw.extend(encode_ns_end(1, &digest));
         assert_eq!(
             decode_namespace(&compress_member(&raw, 1)[..], 8, |_| Ok(()))
                 .unwrap()
                 .vectors,
             1
         );
-        let mut bad = raw.clone();
-        let at = bad.len() - 45; // the NS_END frame's kind byte
-        assert_eq!(bad[at], kind::NS_END);
-        bad[at] = 0x3f;
-        assert!(decode_namespace(&compress_member(&bad, 1)[..], 8, |_| Ok(())).is_err());
+        let at = raw.len() - 45; // the NS_END frame's kind byte
+        assert_eq!(raw[at], kind::NS_END);
+        raw[at] = 0x3f;
+        assert!(decode_namespace(&compress_member(&raw, 1)[..], 8, |_| Ok(())).is_err());
     }
 
     #[test]
     fn unknown_namespace_flags_are_refused() {
-        let (mut raw, _) = NamespaceEncoder::new("ns", 2, true).take_chunk();
+        let mut raw = encode_ns_header("ns", 2, Filter::None);
         let flags_at = raw.len() - 4;
-        raw[flags_at] = 1;
-        let err = decode_namespace(&compress_member(&raw, 1)[..], 8, |_| Ok(())).unwrap_err();
+        raw[flags_at] = 2;
+        let err = decode_ns_header_chunk(&compress_member(&raw, 1)[..]).unwrap_err();
         assert!(matches!(err, DecodeError::Corrupt(m) if m.contains("flags")));
     }
 
     #[test]
-    fn forged_lengths_do_not_allocate() {
-        let mut raw = Vec::new();
-        raw.push(kind::NS_HEADER);
+    fn forged_lengths_and_counts_do_not_allocate() {
+        let mut raw = vec![kind::NS_HEADER];
         raw.extend_from_slice(&u32::MAX.to_le_bytes());
         let err = decode_namespace(&compress_member(&raw, 1)[..], 8, |_| Ok(())).unwrap_err();
         assert!(matches!(err, DecodeError::Corrupt(m) if m.contains("limit")));
-        let mut raw = Vec::new();
-        raw.push(kind::NS_HEADER);
-        raw.extend_from_slice(&(MAX_FRAME_LEN).to_le_bytes());
+        let mut raw = vec![kind::NS_HEADER];
+        raw.extend_from_slice(&MAX_FRAME_LEN.to_le_bytes());
         raw.extend_from_slice(b"short");
         assert!(decode_namespace(&compress_member(&raw, 1)[..], 8, |_| Ok(())).is_err());
+        // a BLOCK that claims a billion vectors of a huge dimension
+        let mut block = Vec::new();
+        put_frame(&mut block, kind::BLOCK, &1_000_000_000u32.to_le_bytes());
+        let err = decode_chunk(
+            &compress_member(&block, 1)[..],
+            MAX_DIMENSION,
+            Filter::Shuffle,
+        )
+        .unwrap_err();
+        assert!(matches!(err, DecodeError::Corrupt(m) if m.contains("more than it holds")));
+    }
+
+    #[test]
+    fn shuffle_beats_plain_on_embeddings_and_keeps_up_on_regular_data() {
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let embeddings: Vec<Vector> = (0..200)
+            .map(|i| Vector::new(format!("{i:04}"), (0..256).map(|_| next() * 0.1).collect()))
+            .collect();
+        let regular: Vec<Vector> = (0..200)
+            .map(|i| {
+                let raw = (0..256)
+                    .map(|j| ((i * 7919 + j * 104_729) % 1000) as f32 / 1000.0 - 0.5)
+                    .collect();
+                Vector::new(format!("{i:04}"), raw)
+            })
+            .collect();
+        let size = |vs: &[Vector], f| encode_chunk(vs, 256, true, f, Some(2)).unwrap().bytes.len();
+        let (p, s) = (
+            size(&embeddings, Filter::None),
+            size(&embeddings, Filter::Shuffle),
+        );
+        assert!(s * 100 < p * 95, "embeddings: shuffle {s} vs plain {p}");
+        let (p, s) = (
+            size(&regular, Filter::None),
+            size(&regular, Filter::Shuffle),
+        );
+        assert!(
+            s <= p * 2,
+            "regular data: shuffle {s} must stay close to plain {p}"
+        );
     }
 }

@@ -46,17 +46,20 @@ impl ByteRange {
     }
 }
 
-/// One gzip member of a namespace section.
+/// One chunk of a namespace section: one or two gzip members holding whole frames.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MemberEntry {
+pub struct ChunkEntry {
     /// Offset in the blob.
     pub offset: u64,
     /// Compressed length.
     pub length: u64,
     /// Decompressed length.
     pub raw_length: u64,
-    /// Vectors framed in this member.
+    /// Vectors in this chunk (0 for the header and end chunks).
     pub vectors: u64,
+    /// Hex SHA-256 of the chunk's compressed bytes: a restore checks every chunk of a
+    /// namespace against it before it changes anything.
+    pub sha256: String,
 }
 
 /// A namespace stored in this snapshot's blob.
@@ -74,10 +77,11 @@ pub struct NamespaceEntry {
     pub length: u64,
     /// Decompressed length of its section.
     pub raw_length: u64,
-    /// Hex SHA-256 content digest (see [`crate::format::blob::NamespaceEncoder`]).
+    /// Hex content digest (see [`crate::format::blob::ContentDigest`]).
     pub content_sha256: String,
-    /// Its gzip members, in order; they tile `offset..offset+length`.
-    pub members: Vec<MemberEntry>,
+    /// Its chunks, in order: the header chunk, data chunks, the end chunk. They tile
+    /// `offset..offset+length`.
+    pub chunks: Vec<ChunkEntry>,
 }
 
 impl NamespaceEntry {
@@ -97,6 +101,8 @@ pub struct CompressionInfo {
     pub codec: String,
     /// Deflate level 0-9 (0 = stored, no compression).
     pub level: u32,
+    /// How vector values were laid out (`"none"` or `"shuffle"`).
+    pub filter: crate::format::blob::Filter,
 }
 
 /// Everything known about one snapshot: the sidecar's content.
@@ -240,20 +246,30 @@ impl SnapshotMetadata {
                     ns.name, ns.offset
                 ));
             }
-            if ns.members.is_empty() {
-                return Err(format!("namespace {:?} has no members", ns.name));
+            if ns.chunks.len() < 2 {
+                return Err(format!(
+                    "namespace {:?} lacks its header or end chunk",
+                    ns.name
+                ));
             }
             let (mut vectors, mut ns_raw) = (0u64, 0u64);
-            for m in &ns.members {
-                if m.offset != at || m.length == 0 {
+            for c in &ns.chunks {
+                if c.offset != at || c.length == 0 {
                     return Err(format!(
-                        "member of {:?} at {} does not follow byte {at}",
-                        ns.name, m.offset
+                        "chunk of {:?} at {} does not follow byte {at}",
+                        ns.name, c.offset
                     ));
                 }
-                at = at.saturating_add(m.length);
-                vectors = vectors.saturating_add(m.vectors);
-                ns_raw = ns_raw.saturating_add(m.raw_length);
+                at = at.saturating_add(c.length);
+                vectors = vectors.saturating_add(c.vectors);
+                ns_raw = ns_raw.saturating_add(c.raw_length);
+            }
+            let (first, last) = (&ns.chunks[0], &ns.chunks[ns.chunks.len() - 1]);
+            if first.vectors != 0 || last.vectors != 0 {
+                return Err(format!(
+                    "the header or end chunk of {:?} claims vectors",
+                    ns.name
+                ));
             }
             if at != ns.end() {
                 return Err(format!("members of {:?} do not fill its range", ns.name));
@@ -264,7 +280,7 @@ impl SnapshotMetadata {
                     ns.name
                 ));
             }
-            if ns.content_sha256.len() != 64 {
+            if ns.content_sha256.len() != 64 || ns.chunks.iter().any(|c| c.sha256.len() != 64) {
                 return Err(format!("digest of {:?} is malformed", ns.name));
             }
             total = total.saturating_add(ns.vector_count);

@@ -6,20 +6,19 @@ mod pipeline;
 
 use crate::config::{CreateOptions, RestoreMode, RestoreOptions, SnapshotConfig};
 use crate::error::{Error, Result};
-use crate::format::blob::{self, DecodeError, EncodeError, NamespaceEncoder};
+use crate::format::blob;
 use crate::format::sidecar::{
     new_format_fields, ByteRange, CompressionInfo, NamespaceEntry, SnapshotMetadata, SnapshotType,
     MAX_SIDECAR_BYTES,
 };
-use crate::format::FORMAT_MAJOR;
 use crate::id::{Clock, IdGenerator, OsRandom, RandomSource, SnapshotId, SystemClock};
-use crate::paths::{validate_namespace, Key, ObjectKind, RepoLayout};
+use crate::paths::{validate_namespace, ObjectKind, RepoLayout};
 use crate::retention::{self, RetentionPlan, RetentionPolicy};
 use crate::sink::{LocalFsSink, PutMode, SinkExt, SnapshotSink};
 use crate::storage::{Vector, VectorStorage};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use pipeline::{BlobWriter, Part};
+use pipeline::{decode_error, BlobWriter, ChunkEncoder, EncodeSettings, NamespaceReader};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -268,6 +267,18 @@ impl SnapshotManager {
         self.write_and_commit(storage, plan, options).await
     }
 
+    fn encode_settings(&self, dimension: u32, level: Option<u32>) -> EncodeSettings {
+        EncodeSettings {
+            dimension,
+            include_metadata: self.config.include_metadata,
+            filter: self.config.effective_filter(),
+            level,
+            chunk_size: self.config.chunk_size,
+            page_size: self.config.scan_page_size,
+            parallelism: self.config.effective_parallelism(),
+        }
+    }
+
     /// Computes a namespace's dimension and content digest without writing anything.
     async fn digest_namespace(
         &self,
@@ -275,23 +286,12 @@ impl SnapshotManager {
         ns: &str,
     ) -> Result<(u32, [u8; 32])> {
         let dim = namespace_dimension(storage, ns).await?;
-        let mut enc = NamespaceEncoder::new(ns, dim, self.config.include_metadata);
-        let mut after: Option<String> = None;
-        loop {
-            let page = storage
-                .scan(ns, after.as_deref(), self.config.scan_page_size)
-                .await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.id.clone());
-            for v in &page {
-                enc.push(v).map_err(|e| encode_error(ns, e))?;
-            }
-            if enc.buffered() >= self.config.chunk_size {
-                enc.take_chunk();
-            }
+        let mut digest = blob::ContentDigest::new(dim);
+        let mut chunks = ChunkEncoder::new(storage, ns, self.encode_settings(dim, None));
+        while let Some(chunk) = chunks.next().await? {
+            digest.add(&chunk.vector_hashes);
         }
-        let (_, _, _, digest) = enc.finish();
-        Ok((dim, digest))
+        Ok((dim, digest.finish()))
     }
 
     async fn write_and_commit(
@@ -304,60 +304,18 @@ impl SnapshotManager {
         let blob_key = self.layout.blob_key(&id);
         tracing::info!(snapshot = %id, repo = %self.sink.describe(), namespaces = plan.store.len(), "creating snapshot");
         let out = self.sink.put_streaming(&blob_key, PutMode::Create).await?;
-        let mut w = BlobWriter::new(
-            out,
-            self.config.effective_level(),
-            self.config.effective_parallelism(),
-        );
+        let mut w = BlobWriter::new(out);
         let body = self
             .write_body(&mut w, storage, &id, created_ms, &plan.store)
             .await;
-        let counts = match body {
-            Ok(counts) => counts,
+        let (header, namespaces, footer) = match body {
+            Ok(parts) => parts,
             Err(e) => {
                 w.abort().await;
                 return Err(e);
             }
         };
-        let (members, size, raw, sha) = w.finish().await?;
-
-        let mut namespaces: Vec<NamespaceEntry> = Vec::with_capacity(plan.store.len());
-        let (mut header, mut footer) = (None, None);
-        for m in members {
-            match m.part {
-                Part::Header => {
-                    header = Some(ByteRange {
-                        offset: m.entry.offset,
-                        length: m.entry.length,
-                    })
-                }
-                Part::Footer => {
-                    footer = Some(ByteRange {
-                        offset: m.entry.offset,
-                        length: m.entry.length,
-                    })
-                }
-                Part::Namespace(i) => {
-                    if namespaces.len() == i {
-                        let (dim, count, digest) = counts[i];
-                        namespaces.push(NamespaceEntry {
-                            name: plan.store[i].clone(),
-                            dimension: (dim > 0).then_some(dim),
-                            vector_count: count,
-                            offset: m.entry.offset,
-                            length: 0,
-                            raw_length: 0,
-                            content_sha256: hex::encode(digest),
-                            members: Vec::new(),
-                        });
-                    }
-                    let ns = &mut namespaces[i];
-                    ns.length += m.entry.length;
-                    ns.raw_length += m.entry.raw_length;
-                    ns.members.push(m.entry);
-                }
-            }
-        }
+        let (size, raw, sha) = w.finish().await?;
         let (format, format_version, writer) = new_format_fields();
         let meta = SnapshotMetadata {
             format,
@@ -377,11 +335,12 @@ impl SnapshotManager {
             size_bytes: size,
             raw_bytes: raw,
             blob_sha256: hex::encode(sha),
-            header: header.expect("header member written"),
-            footer: footer.expect("footer member written"),
+            header,
+            footer,
             compression: CompressionInfo {
                 codec: "gzip".into(),
                 level: self.config.effective_level(),
+                filter: self.config.effective_filter(),
             },
             include_metadata: self.config.include_metadata,
         };
@@ -415,8 +374,8 @@ impl SnapshotManager {
         Ok(meta)
     }
 
-    /// Writes header, namespace sections and footer; returns (dimension, count, digest) per
-    /// stored namespace.
+    /// Writes the header chunk, every namespace section and the footer chunk; returns the
+    /// header range, the namespace entries and the footer range.
     async fn write_body(
         &self,
         w: &mut BlobWriter,
@@ -424,44 +383,59 @@ impl SnapshotManager {
         id: &SnapshotId,
         created_ms: u64,
         names: &[String],
-    ) -> Result<Vec<(u32, u64, [u8; 32])>> {
-        w.submit(
-            blob::encode_header(id.as_str(), created_ms),
-            Part::Header,
-            0,
-        )
-        .await?;
-        let mut counts = Vec::with_capacity(names.len());
-        for (i, ns) in names.iter().enumerate() {
+    ) -> Result<(ByteRange, Vec<NamespaceEntry>, ByteRange)> {
+        let level = self.config.effective_level();
+        let filter = self.config.effective_filter();
+        let range = |c: crate::format::sidecar::ChunkEntry| ByteRange {
+            offset: c.offset,
+            length: c.length,
+        };
+        let header = range(
+            w.write_raw(blob::encode_header(id.as_str(), created_ms), level)
+                .await?,
+        );
+        let mut entries = Vec::with_capacity(names.len());
+        let mut total = 0;
+        for ns in names {
             let dim = namespace_dimension(storage, ns).await?;
-            let mut enc = NamespaceEncoder::new(ns, dim, self.config.include_metadata);
-            let mut after: Option<String> = None;
-            loop {
-                let page = storage
-                    .scan(ns, after.as_deref(), self.config.scan_page_size)
-                    .await?;
-                let Some(last) = page.last() else { break };
-                after = Some(last.id.clone());
-                for v in &page {
-                    enc.push(v).map_err(|e| encode_error(ns, e))?;
-                    if enc.buffered() >= self.config.chunk_size {
-                        let (raw, n) = enc.take_chunk();
-                        w.submit(raw, Part::Namespace(i), n).await?;
-                    }
-                }
+            let mut chunks = vec![
+                w.write_raw(blob::encode_ns_header(ns, dim, filter), level)
+                    .await?,
+            ];
+            let mut digest = blob::ContentDigest::new(dim);
+            let mut count = 0u64;
+            let mut encoder =
+                ChunkEncoder::new(storage, ns, self.encode_settings(dim, Some(level)));
+            while let Some(chunk) = encoder.next().await? {
+                digest.add(&chunk.vector_hashes);
+                count += chunk.vectors;
+                chunks.push(
+                    w.write(chunk.bytes, chunk.sha256, chunk.raw_len, chunk.vectors)
+                        .await?,
+                );
             }
-            let (raw, n, count, digest) = enc.finish();
-            w.submit(raw, Part::Namespace(i), n).await?;
-            counts.push((dim, count, digest));
+            let digest = digest.finish();
+            chunks.push(
+                w.write_raw(blob::encode_ns_end(count, &digest), level)
+                    .await?,
+            );
+            total += count;
+            entries.push(NamespaceEntry {
+                name: ns.clone(),
+                dimension: (dim > 0).then_some(dim),
+                vector_count: count,
+                offset: chunks[0].offset,
+                length: chunks.iter().map(|c| c.length).sum(),
+                raw_length: chunks.iter().map(|c| c.raw_length).sum(),
+                content_sha256: hex::encode(digest),
+                chunks,
+            });
         }
-        let total = counts.iter().map(|c| c.1).sum();
-        w.submit(
-            blob::encode_footer(names.len() as u32, total),
-            Part::Footer,
-            0,
-        )
-        .await?;
-        Ok(counts)
+        let footer = range(
+            w.write_raw(blob::encode_footer(names.len() as u32, total), level)
+                .await?,
+        );
+        Ok((header, entries, footer))
     }
 
     // ----- read side ----------------------------------------------------------------------
@@ -703,20 +677,12 @@ impl SnapshotManager {
         options: &RestoreOptions,
         now: u64,
     ) -> Result<(u64, u64)> {
-        let blob_key = self.layout.blob_key(&holder.id);
-        let spool = self
-            .fetch_blob_range(holder, &blob_key, entry.range())
-            .await?;
-        let spool = if self.config.verify_before_restore {
-            let (spool, summary) = pipeline::with_range(spool, 0, entry.length, |r| {
-                blob::decode_namespace(r, 4096, |_| Ok(()))
-            })
-            .await?;
-            check_summary(holder, entry, summary)?;
-            spool
-        } else {
-            spool
-        };
+        // One ranged read, checked against the namespace's checksum before anything changes:
+        // a corrupt or truncated snapshot never half-replaces a namespace.
+        let spool = self.fetch_namespace(holder, entry).await?;
+        let parallelism = self.config.effective_parallelism();
+        let mut reader =
+            NamespaceReader::open(holder, entry, spool, entry.offset, parallelism).await?;
 
         match options.mode {
             RestoreMode::Replace => {
@@ -727,68 +693,73 @@ impl SnapshotManager {
             }
             RestoreMode::Merge => storage.ensure_namespace(target).await?,
         }
-        let (mut rx, decoder) =
-            pipeline::decode_to_channel(spool, entry.length, self.config.restore_batch_size);
         let (mut written, mut skipped) = (0u64, 0u64);
-        let mut upsert_error = None;
-        while let Some(batch) = rx.recv().await {
-            let before = batch.len();
-            let batch: Vec<Vector> = if options.include_expired {
-                batch
+        while let Some(vectors) = reader.next().await? {
+            let before = vectors.len();
+            let mut live: Vec<Vector> = if options.include_expired {
+                vectors
             } else {
-                batch.into_iter().filter(|v| !v.is_expired(now)).collect()
+                vectors.into_iter().filter(|v| !v.is_expired(now)).collect()
             };
-            skipped += (before - batch.len()) as u64;
-            if batch.is_empty() {
-                continue;
+            skipped += (before - live.len()) as u64;
+            while !live.is_empty() {
+                let rest = live.split_off(live.len().min(self.config.restore_batch_size));
+                let n = live.len() as u64;
+                storage
+                    .upsert(target, std::mem::replace(&mut live, rest))
+                    .await?;
+                written += n;
             }
-            let n = batch.len() as u64;
-            if let Err(e) = storage.upsert(target, batch).await {
-                upsert_error = Some(e);
-                break;
-            }
-            written += n;
         }
-        drop(rx);
-        let summary = decoder.await?;
-        if let Some(e) = upsert_error {
-            return Err(e);
-        }
-        check_summary(holder, entry, summary)?;
+        reader.finish().await?;
         Ok((written, skipped))
     }
 
-    /// Downloads a range of a blob, checking first that the blob is there with the size the
-    /// sidecar records.
-    async fn fetch_blob_range(
+    /// Downloads one namespace's byte range and checks every chunk's SHA-256.
+    async fn fetch_namespace(
         &self,
         meta: &SnapshotMetadata,
-        blob_key: &Key,
-        range: ByteRange,
-    ) -> Result<tempfile::SpooledTempFile> {
-        match pipeline::download(
+        entry: &NamespaceEntry,
+    ) -> Result<Arc<pipeline::Spool>> {
+        let blob_key = self.layout.blob_key(&meta.id);
+        let range = entry.range();
+        let fetched = pipeline::download(
             self.sink.as_ref(),
-            blob_key,
+            &blob_key,
             Some(range.range()),
             range.length,
             None,
         )
-        .await
-        {
-            Err(e) if e.is_not_found() => Err(Error::corrupt(
-                meta.id.as_str(),
-                None,
-                None,
-                "the blob is missing",
-            )),
-            Err(Error::InvalidInput { what: "range", .. }) => Err(Error::corrupt(
-                meta.id.as_str(),
-                None,
-                Some(range.offset),
-                "the blob is shorter than its sidecar records (truncated)",
-            )),
-            other => other,
-        }
+        .await;
+        let spool = match fetched {
+            Err(e) if e.is_not_found() => {
+                return Err(Error::corrupt(
+                    meta.id.as_str(),
+                    None,
+                    None,
+                    "the blob is missing",
+                ))
+            }
+            Err(Error::InvalidInput { what: "range", .. }) => {
+                return Err(Error::corrupt(
+                    meta.id.as_str(),
+                    Some(&entry.name),
+                    Some(range.offset),
+                    "the blob is shorter than its sidecar records (truncated)",
+                ))
+            }
+            other => other?,
+        };
+        let spool = Arc::new(spool);
+        pipeline::check_chunks(
+            &spool,
+            range.offset,
+            meta,
+            entry,
+            self.config.effective_parallelism(),
+        )
+        .await?;
+        Ok(spool)
     }
 
     // ----- verify -------------------------------------------------------------------------
@@ -833,6 +804,7 @@ impl SnapshotManager {
             Some(&mut sha),
         )
         .await?;
+        let spool = Arc::new(spool);
         let sha: [u8; 32] = sha.finalize().into();
         if hex::encode(sha) != meta.blob_sha256 {
             return Err(Error::corrupt(
@@ -842,45 +814,37 @@ impl SnapshotManager {
                 "blob SHA-256 does not match the sidecar",
             ));
         }
-
-        let corrupt_at =
-            |ns: Option<&str>, off: u64, e: DecodeError| decode_error(&meta, ns, off, e);
-        let (spool, header) =
-            pipeline::with_range(spool, 0, meta.header.length, |r| blob::decode_header(r)).await?;
-        let header = header.map_err(|e| corrupt_at(None, 0, e))?;
+        let small = |off: u64, len: u64| {
+            spool
+                .read(off, len)
+                .map_err(|e| Error::sink(crate::error::SinkOp::Get, blob_key.as_str(), e))
+        };
+        let header = blob::decode_header(&small(0, meta.header.length)?[..])
+            .map_err(|e| decode_error(&meta, None, 0, e))?;
         if header.snapshot_id != id.as_str() || header.created_at_ms != meta.created_at_ms {
-            return Err(Error::corrupt(
-                id.as_str(),
-                None,
-                Some(0),
-                format!("the blob was written for snapshot {}", header.snapshot_id),
-            ));
+            let why = format!("the blob was written for snapshot {}", header.snapshot_id);
+            return Err(Error::corrupt(id.as_str(), None, Some(0), why));
         }
-        let mut spool = spool;
+        let parallelism = self.config.effective_parallelism();
         let mut namespaces = Vec::new();
         for entry in &meta.namespaces {
-            let (s, summary) = pipeline::with_range(spool, entry.offset, entry.length, |r| {
-                blob::decode_namespace(r, 4096, |_| Ok(()))
-            })
-            .await?;
-            spool = s;
-            check_summary(&meta, entry, summary)?;
-            namespaces.push((entry.name.clone(), entry.vector_count));
+            pipeline::check_chunks(&spool, 0, &meta, entry, parallelism).await?;
+            let mut reader =
+                NamespaceReader::open(&meta, entry, spool.clone(), 0, parallelism).await?;
+            while reader.next().await?.is_some() {}
+            namespaces.push((entry.name.clone(), reader.finish().await?));
         }
-        let (_, footer) =
-            pipeline::with_range(spool, meta.footer.offset, meta.footer.length, |r| {
-                blob::decode_footer(r)
-            })
-            .await?;
-        let footer = footer.map_err(|e| corrupt_at(None, meta.footer.offset, e))?;
+        let footer = blob::decode_footer(&small(meta.footer.offset, meta.footer.length)?[..])
+            .map_err(|e| decode_error(&meta, None, meta.footer.offset, e))?;
         if footer.namespaces as usize != meta.namespaces.len()
             || footer.total_vectors != meta.total_vectors
         {
+            let why = "the blob's footer disagrees with the sidecar";
             return Err(Error::corrupt(
                 id.as_str(),
                 None,
                 Some(meta.footer.offset),
-                "the blob's footer disagrees with the sidecar",
+                why,
             ));
         }
         let chain = self
@@ -1034,66 +998,4 @@ async fn namespace_dimension(storage: &dyn VectorStorage, ns: &str) -> Result<u3
         )),
         Some(d) => Ok(d as u32),
     }
-}
-
-fn encode_error(ns: &str, e: EncodeError) -> Error {
-    match e {
-        EncodeError::Dimension { expected, actual } => Error::DimensionMismatch {
-            namespace: ns.to_string(),
-            expected: expected as usize,
-            actual,
-        },
-        EncodeError::Invalid(reason) => Error::Storage(format!("namespace {ns:?}: {reason}")),
-    }
-}
-
-fn decode_error(meta: &SnapshotMetadata, ns: Option<&str>, offset: u64, e: DecodeError) -> Error {
-    match e {
-        DecodeError::Corrupt(reason) => Error::corrupt(meta.id.as_str(), ns, Some(offset), reason),
-        DecodeError::Version { major, minor } => Error::UnsupportedVersion {
-            what: format!("blob of snapshot {}", meta.id),
-            found: format!("{major}.{minor}"),
-            supported: FORMAT_MAJOR,
-        },
-    }
-}
-
-/// Compares what decoding a namespace found with what the sidecar records.
-fn check_summary(
-    meta: &SnapshotMetadata,
-    entry: &NamespaceEntry,
-    summary: std::result::Result<blob::NamespaceSummary, DecodeError>,
-) -> Result<()> {
-    let ns = Some(entry.name.as_str());
-    let s = summary.map_err(|e| decode_error(meta, ns, entry.offset, e))?;
-    let fail = |why: String| {
-        Err(Error::corrupt(
-            meta.id.as_str(),
-            ns,
-            Some(entry.offset),
-            why,
-        ))
-    };
-    if s.name != entry.name {
-        return fail(format!(
-            "the blob holds namespace {:?} where the sidecar records {:?}",
-            s.name, entry.name
-        ));
-    }
-    if s.dimension != entry.dimension.unwrap_or(0) {
-        return fail(format!(
-            "dimension {} in the blob, {:?} in the sidecar",
-            s.dimension, entry.dimension
-        ));
-    }
-    if s.vectors != entry.vector_count {
-        return fail(format!(
-            "{} vectors in the blob, {} in the sidecar",
-            s.vectors, entry.vector_count
-        ));
-    }
-    if hex::encode(s.digest) != entry.content_sha256 {
-        return fail("content digest differs from the sidecar".into());
-    }
-    Ok(())
 }

@@ -1,82 +1,210 @@
-//! Byte pipelines between the format codec and a sink: the streaming blob writer (parallel
-//! member compression, ordered output) and the spooled reader used by restore and verify.
+//! Byte pipelines between the format codec and a sink.
+//!
+//! Create: [`ChunkEncoder`] scans a namespace page by page, cuts it into chunks of about
+//! `chunk_size` raw bytes, encodes and compresses chunks on the blocking pool (at most
+//! `parallelism` at once) and yields them in order; [`BlobWriter`] appends them to the
+//! upload. Restore and verify: [`download`] spools a byte range (memory, then a temporary
+//! file) while hashing it; [`NamespaceReader`] decodes its chunks in parallel and yields
+//! checked batches of vectors in order. Memory stays at a few chunks whatever the size of
+//! the snapshot.
 
-use crate::error::{Error, Result};
-use crate::format::blob::{self, DecodeError};
-use crate::format::sidecar::MemberEntry;
+use crate::error::{Error, Result, SinkOp};
+use crate::format::blob::{self, ContentDigest, DecodeError, DecodedChunk, EncodedChunk, Filter};
+use crate::format::sidecar::{ChunkEntry, NamespaceEntry, SnapshotMetadata};
+use crate::format::FORMAT_MAJOR;
 use crate::paths::Key;
 use crate::sink::{SinkWriter, SnapshotSink};
-use crate::storage::Vector;
+use crate::storage::{Vector, VectorStorage};
 use bytes::Bytes;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::ops::Range;
-use tempfile::SpooledTempFile;
+use std::io::Write;
+use std::sync::Arc;
 use tokio::task::JoinHandle;
 
-/// Which part of the blob a member belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Part {
-    Header,
-    Namespace(usize),
-    Footer,
+/// Spools up to this much in memory before moving to a temporary file.
+const SPOOL_MEMORY: usize = 8 << 20;
+
+/// Blocking jobs run at most `max` at once, their results taken in submission order.
+pub(crate) struct Ordered<T> {
+    max: usize,
+    queue: VecDeque<JoinHandle<Result<T>>>,
 }
 
-/// A member as written: where it landed and what it holds.
-#[derive(Debug, Clone)]
-pub(crate) struct Written {
-    pub part: Part,
-    pub entry: MemberEntry,
+impl<T: Send + 'static> Ordered<T> {
+    pub fn new(max: usize) -> Self {
+        Ordered {
+            max: max.max(1),
+            queue: VecDeque::new(),
+        }
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.queue.len() >= self.max
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    pub fn push(&mut self, job: impl FnOnce() -> Result<T> + Send + 'static) {
+        self.queue.push_back(tokio::task::spawn_blocking(job));
+    }
+
+    /// The oldest job's result.
+    pub async fn next(&mut self) -> Option<Result<T>> {
+        let handle = self.queue.pop_front()?;
+        Some(handle.await.map_err(Error::from).and_then(|r| r))
+    }
 }
 
-/// Streams gzip members into a sink upload. Up to `max_in_flight` members compress at once
-/// on the blocking pool; they are written strictly in submission order, so offsets are
-/// known as soon as a member is written. Memory: `max_in_flight` raw chunks plus their
-/// compressed forms.
+/// Maps a codec error to the crate error, naming the snapshot and namespace.
+pub(crate) fn decode_error(
+    meta: &SnapshotMetadata,
+    ns: Option<&str>,
+    offset: u64,
+    e: DecodeError,
+) -> Error {
+    match e {
+        DecodeError::Corrupt(reason) => Error::corrupt(meta.id.as_str(), ns, Some(offset), reason),
+        DecodeError::Version { major, minor } => Error::UnsupportedVersion {
+            what: format!("blob of snapshot {}", meta.id),
+            found: format!("{major}.{minor}"),
+            supported: FORMAT_MAJOR,
+        },
+    }
+}
+
+pub(crate) fn encode_error(ns: &str, e: blob::EncodeError) -> Error {
+    match e {
+        blob::EncodeError::Dimension { expected, actual } => Error::DimensionMismatch {
+            namespace: ns.to_string(),
+            expected: expected as usize,
+            actual,
+        },
+        blob::EncodeError::Invalid(reason) => Error::Storage(format!("namespace {ns:?}: {reason}")),
+    }
+}
+
+/// Settings of one namespace's encoding.
+#[derive(Clone)]
+pub(crate) struct EncodeSettings {
+    pub dimension: u32,
+    pub include_metadata: bool,
+    pub filter: Filter,
+    /// `None`: canonical frames only (a digest pass).
+    pub level: Option<u32>,
+    pub chunk_size: usize,
+    pub page_size: usize,
+    pub parallelism: usize,
+}
+
+/// Scans a namespace and yields its encoded chunks in order.
+pub(crate) struct ChunkEncoder<'a> {
+    storage: &'a dyn VectorStorage,
+    ns: String,
+    s: EncodeSettings,
+    after: Option<String>,
+    scanned_all: bool,
+    pending: Vec<Vector>,
+    pending_bytes: usize,
+    jobs: Ordered<EncodedChunk>,
+}
+
+impl<'a> ChunkEncoder<'a> {
+    pub fn new(storage: &'a dyn VectorStorage, ns: &str, s: EncodeSettings) -> Self {
+        let parallelism = s.parallelism;
+        ChunkEncoder {
+            storage,
+            ns: ns.to_string(),
+            s,
+            after: None,
+            scanned_all: false,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            jobs: Ordered::new(parallelism),
+        }
+    }
+
+    fn submit(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let vectors = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        let (ns, s) = (self.ns.clone(), self.s.clone());
+        self.jobs.push(move || {
+            blob::encode_chunk(&vectors, s.dimension, s.include_metadata, s.filter, s.level)
+                .map_err(|e| encode_error(&ns, e))
+        });
+    }
+
+    /// The next chunk, or `None` when the namespace is done.
+    pub async fn next(&mut self) -> Result<Option<EncodedChunk>> {
+        loop {
+            if self.jobs.is_full() || (self.scanned_all && !self.jobs.is_empty()) {
+                return self.jobs.next().await.transpose();
+            }
+            if self.scanned_all {
+                return Ok(None);
+            }
+            let page = self
+                .storage
+                .scan(&self.ns, self.after.as_deref(), self.s.page_size)
+                .await?;
+            let Some(last) = page.last() else {
+                self.scanned_all = true;
+                self.submit();
+                continue;
+            };
+            // Chunks are encoded apart: check the id order across their boundaries here.
+            if let (Some(prev), Some(first)) = (&self.after, page.first()) {
+                if first.id.as_bytes() <= prev.as_bytes() {
+                    return Err(Error::Storage(format!(
+                        "namespace {:?}: the store's scan returned {:?} after {prev:?}; scans must ascend by id",
+                        self.ns, first.id
+                    )));
+                }
+            }
+            self.after = Some(last.id.clone());
+            for v in page {
+                self.pending_bytes += 4 * v.values.len() + v.id.len() + 64;
+                self.pending.push(v);
+                if self.pending_bytes >= self.s.chunk_size {
+                    self.submit();
+                }
+            }
+        }
+    }
+}
+
+/// Appends chunks to an upload, recording where each lands and hashing the whole blob.
 pub(crate) struct BlobWriter {
     out: Option<Box<dyn SinkWriter>>,
-    level: u32,
-    max_in_flight: usize,
-    in_flight: VecDeque<(JoinHandle<Vec<u8>>, Part, u64, u64)>,
     offset: u64,
     raw_total: u64,
     sha: Sha256,
-    written: Vec<Written>,
 }
 
 impl BlobWriter {
-    pub fn new(out: Box<dyn SinkWriter>, level: u32, parallelism: usize) -> Self {
+    pub fn new(out: Box<dyn SinkWriter>) -> Self {
         BlobWriter {
             out: Some(out),
-            level,
-            max_in_flight: parallelism.max(1),
-            in_flight: VecDeque::new(),
             offset: 0,
             raw_total: 0,
             sha: Sha256::new(),
-            written: Vec::new(),
         }
     }
 
-    /// Queues `raw` (whole frames) as one member.
-    pub async fn submit(&mut self, raw: Vec<u8>, part: Part, vectors: u64) -> Result<()> {
-        while self.in_flight.len() >= self.max_in_flight {
-            self.write_next().await?;
-        }
-        let level = self.level;
-        let raw_len = raw.len() as u64;
-        let handle = tokio::task::spawn_blocking(move || blob::compress_member(&raw, level));
-        self.in_flight.push_back((handle, part, raw_len, vectors));
-        Ok(())
-    }
-
-    async fn write_next(&mut self) -> Result<()> {
-        let Some((handle, part, raw_length, vectors)) = self.in_flight.pop_front() else {
-            return Ok(());
-        };
-        let bytes = handle.await?;
+    /// Appends one encoded chunk.
+    pub async fn write(
+        &mut self,
+        bytes: Vec<u8>,
+        sha256: [u8; 32],
+        raw_length: u64,
+        vectors: u64,
+    ) -> Result<ChunkEntry> {
         self.sha.update(&bytes);
         let length = bytes.len() as u64;
         let out = self
@@ -84,26 +212,27 @@ impl BlobWriter {
             .as_mut()
             .expect("writer present until finish or abort");
         out.write(Bytes::from(bytes)).await?;
-        self.written.push(Written {
-            part,
-            entry: MemberEntry {
-                offset: self.offset,
-                length,
-                raw_length,
-                vectors,
-            },
-        });
+        let entry = ChunkEntry {
+            offset: self.offset,
+            length,
+            raw_length,
+            vectors,
+            sha256: hex::encode(sha256),
+        };
         self.offset += length;
         self.raw_total += raw_length;
-        Ok(())
+        Ok(entry)
     }
 
-    /// Writes everything queued and publishes the blob. Returns the members, the blob size,
-    /// its raw size and its SHA-256.
-    pub async fn finish(mut self) -> Result<(Vec<Written>, u64, u64, [u8; 32])> {
-        while !self.in_flight.is_empty() {
-            self.write_next().await?;
-        }
+    /// Compresses and appends a small chunk of raw frames (headers, ends).
+    pub async fn write_raw(&mut self, raw: Vec<u8>, level: u32) -> Result<ChunkEntry> {
+        let bytes = blob::compress_member(&raw, level);
+        let sha = Sha256::digest(&bytes).into();
+        self.write(bytes, sha, raw.len() as u64, 0).await
+    }
+
+    /// Publishes the blob; returns its size, raw size and SHA-256.
+    pub async fn finish(mut self) -> Result<(u64, u64, [u8; 32])> {
         let out = self
             .out
             .take()
@@ -111,7 +240,7 @@ impl BlobWriter {
         let info = out.finish().await?;
         if info.size != self.offset {
             return Err(Error::sink(
-                crate::error::SinkOp::PutStreaming,
+                SinkOp::PutStreaming,
                 info.key.as_str(),
                 format!(
                     "stored {} bytes but {} were written",
@@ -120,18 +249,12 @@ impl BlobWriter {
             ));
         }
         let sha = std::mem::take(&mut self.sha).finalize().into();
-        Ok((
-            std::mem::take(&mut self.written),
-            self.offset,
-            self.raw_total,
-            sha,
-        ))
+        Ok((self.offset, self.raw_total, sha))
     }
 
-    /// Discards the upload (best effort: a failure to abort is logged, the original error
+    /// Discards the upload (best effort: a failure to abort is logged; the original error
     /// is what the caller reports).
     pub async fn abort(mut self) {
-        self.in_flight.clear();
         if let Some(out) = self.out.take() {
             if let Err(e) = out.abort().await {
                 tracing::warn!(error = %e, "could not abort a failed blob upload; `gc` will remove it");
@@ -140,17 +263,76 @@ impl BlobWriter {
     }
 }
 
-/// Downloads `key` (or a range of it) into a spooled temporary file (memory up to 16 MiB,
-/// then disk), checking its length and optionally hashing it.
+/// Downloaded bytes, readable at any offset from any thread.
+pub(crate) enum Spool {
+    Memory(Vec<u8>),
+    File(std::fs::File),
+    /// The object's own local file; spool offset 0 is file offset `base`.
+    Local {
+        file: std::fs::File,
+        base: u64,
+    },
+}
+
+impl Spool {
+    /// `len` bytes at `offset`.
+    pub fn read(&self, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+        match self {
+            Spool::Local { file, base } => {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0u8; len as usize];
+                file.read_exact_at(&mut buf, base + offset)?;
+                Ok(buf)
+            }
+            Spool::Memory(v) => {
+                let end = offset.checked_add(len).filter(|e| *e <= v.len() as u64);
+                let end = end.ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "read past the spool")
+                })?;
+                Ok(v[offset as usize..end as usize].to_vec())
+            }
+            Spool::File(f) => {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0u8; len as usize];
+                f.read_exact_at(&mut buf, offset)?;
+                Ok(buf)
+            }
+        }
+    }
+}
+
+/// Downloads `key` (or a range of it), checking its length and hashing it.
 pub(crate) async fn download(
     sink: &dyn SnapshotSink,
     key: &Key,
-    range: Option<Range<u64>>,
+    range: Option<std::ops::Range<u64>>,
     expected_len: u64,
     mut sha: Option<&mut Sha256>,
-) -> Result<SpooledTempFile> {
+) -> Result<Spool> {
+    let local_err = |e: std::io::Error| {
+        Error::sink(
+            SinkOp::Get,
+            key.as_str(),
+            format!("local temporary file: {e}"),
+        )
+    };
+    if sha.is_none() {
+        if let Some(file) = sink.open_local(key).await? {
+            let size = file.metadata().map_err(local_err)?.len();
+            let r = range.clone().unwrap_or(0..size);
+            if r.end > size || r.end - r.start != expected_len {
+                let why = format!("{}..{} of {key}, which is {size} bytes", r.start, r.end);
+                return Err(Error::invalid("range", why));
+            }
+            return Ok(Spool::Local {
+                file,
+                base: r.start,
+            });
+        }
+    }
     let mut stream = sink.get(key, range.clone()).await?;
-    let mut spool = SpooledTempFile::new(16 << 20);
+    let mut mem = Vec::new();
+    let mut file: Option<std::fs::File> = None;
     let mut got = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
@@ -161,15 +343,23 @@ pub(crate) async fn download(
         if let Some(h) = sha.as_mut() {
             h.update(&chunk);
         }
-        spool = tokio::task::spawn_blocking(move || spool.write_all(&chunk).map(|_| spool))
-            .await?
-            .map_err(|e| {
-                Error::sink(
-                    crate::error::SinkOp::Get,
-                    key.as_str(),
-                    format!("local temporary file: {e}"),
-                )
-            })?;
+        if file.is_none() && mem.len() + chunk.len() <= SPOOL_MEMORY {
+            mem.extend_from_slice(&chunk);
+            continue;
+        }
+        let mut f = match file.take() {
+            Some(f) => f,
+            None => tempfile::tempfile().map_err(local_err)?,
+        };
+        let head = std::mem::take(&mut mem);
+        f = tokio::task::spawn_blocking(move || {
+            f.write_all(&head)
+                .and_then(|_| f.write_all(&chunk))
+                .map(|_| f)
+        })
+        .await?
+        .map_err(local_err)?;
+        file = Some(f);
     }
     if got != expected_len {
         let what = match range {
@@ -177,57 +367,246 @@ pub(crate) async fn download(
             None => key.to_string(),
         };
         return Err(Error::sink(
-            crate::error::SinkOp::Get,
+            SinkOp::Get,
             key.as_str(),
             format!("read {got} bytes of {what}, expected {expected_len}"),
         ));
     }
-    Ok(spool)
-}
-
-/// Runs `f` over `len` bytes of the spool starting at `start`, on the blocking pool, and
-/// hands the spool back.
-pub(crate) async fn with_range<T, F>(
-    mut spool: SpooledTempFile,
-    start: u64,
-    len: u64,
-    f: F,
-) -> Result<(SpooledTempFile, std::result::Result<T, DecodeError>)>
-where
-    T: Send + 'static,
-    F: FnOnce(&mut dyn Read) -> std::result::Result<T, DecodeError> + Send + 'static,
-{
-    tokio::task::spawn_blocking(move || {
-        let r = match spool.seek(SeekFrom::Start(start)) {
-            Ok(_) => f(&mut (&mut spool).take(len)),
-            Err(e) => Err(DecodeError::Corrupt(format!("local temporary file: {e}"))),
-        };
-        (spool, r)
+    Ok(match file {
+        Some(f) => Spool::File(f),
+        None => Spool::Memory(mem),
     })
-    .await
-    .map_err(Error::from)
 }
 
-/// Decodes a namespace section from the spool and streams its vectors, in batches, to the
-/// returned channel; the join handle yields the section's summary once decoding ends.
-pub(crate) fn decode_to_channel(
-    spool: SpooledTempFile,
-    len: u64,
-    batch: usize,
-) -> (
-    tokio::sync::mpsc::Receiver<Vec<Vector>>,
-    JoinHandle<std::result::Result<blob::NamespaceSummary, DecodeError>>,
-) {
-    let (tx, rx) = tokio::sync::mpsc::channel(2);
-    let handle = tokio::task::spawn_blocking(move || {
-        let mut spool = spool;
-        spool
-            .seek(SeekFrom::Start(0))
-            .map_err(|e| DecodeError::Corrupt(format!("local temporary file: {e}")))?;
-        blob::decode_namespace((&mut spool).take(len), batch, |vectors| {
-            tx.blocking_send(vectors)
-                .map_err(|_| DecodeError::Corrupt("restore stopped".into()))
+/// Checks every chunk of a namespace in the spool (which holds blob bytes from `base` on)
+/// against its recorded SHA-256, in parallel. Run before anything is changed, so damaged
+/// data is refused whole.
+pub(crate) async fn check_chunks(
+    spool: &Arc<Spool>,
+    base: u64,
+    meta: &SnapshotMetadata,
+    entry: &NamespaceEntry,
+    parallelism: usize,
+) -> Result<()> {
+    let mut jobs: Ordered<()> = Ordered::new(parallelism);
+    let mut chunks = entry.chunks.iter();
+    loop {
+        while !jobs.is_full() {
+            let Some(c) = chunks.next().cloned() else {
+                break;
+            };
+            let (spool, id, ns) = (spool.clone(), meta.id.to_string(), entry.name.clone());
+            jobs.push(move || {
+                let bytes = spool.read(c.offset - base, c.length).map_err(|e| {
+                    Error::sink(
+                        SinkOp::Get,
+                        id.as_str(),
+                        format!("local temporary file: {e}"),
+                    )
+                })?;
+                if hex::encode(Sha256::digest(&bytes)) != c.sha256 {
+                    return Err(Error::corrupt(
+                        &id,
+                        Some(&ns),
+                        Some(c.offset),
+                        "chunk bytes do not match their recorded SHA-256 (damaged or truncated)",
+                    ));
+                }
+                Ok(())
+            });
+        }
+        match jobs.next().await {
+            Some(r) => r?,
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Reads one namespace section out of a spool holding blob bytes from `base` on, checking
+/// everything against the sidecar: header, chunks (decoded in parallel), ids in order
+/// across chunks, and at the end the count and content digest.
+pub(crate) struct NamespaceReader<'m> {
+    meta: &'m SnapshotMetadata,
+    entry: &'m NamespaceEntry,
+    spool: Arc<Spool>,
+    base: u64,
+    dimension: u32,
+    filter: Filter,
+    next_chunk: usize,
+    jobs: Ordered<DecodedChunk>,
+    digest: ContentDigest,
+    count: u64,
+    last_id: Option<String>,
+}
+
+impl<'m> NamespaceReader<'m> {
+    pub async fn open(
+        meta: &'m SnapshotMetadata,
+        entry: &'m NamespaceEntry,
+        spool: Arc<Spool>,
+        base: u64,
+        parallelism: usize,
+    ) -> Result<Self> {
+        let first = &entry.chunks[0];
+        let header = read_chunk(&spool, base, first, meta, entry, |b| {
+            blob::decode_ns_header_chunk(&b[..])
         })
-    });
-    (rx, handle)
+        .await?;
+        let fail = |why: String| {
+            Err(Error::corrupt(
+                meta.id.as_str(),
+                Some(&entry.name),
+                Some(first.offset),
+                why,
+            ))
+        };
+        if header.name != entry.name {
+            return fail(format!(
+                "the blob holds namespace {:?} where the sidecar records {:?}",
+                header.name, entry.name
+            ));
+        }
+        if header.dimension != entry.dimension.unwrap_or(0) {
+            return fail(format!(
+                "dimension {} in the blob, {:?} in the sidecar",
+                header.dimension, entry.dimension
+            ));
+        }
+        if header.filter != meta.compression.filter {
+            return fail(format!(
+                "filter {:?} in the blob, {:?} in the sidecar",
+                header.filter, meta.compression.filter
+            ));
+        }
+        Ok(NamespaceReader {
+            meta,
+            entry,
+            spool,
+            base,
+            dimension: header.dimension,
+            filter: header.filter,
+            next_chunk: 1,
+            jobs: Ordered::new(parallelism),
+            digest: ContentDigest::new(header.dimension),
+            count: 0,
+            last_id: None,
+        })
+    }
+
+    fn fill(&mut self) {
+        let data_end = self.entry.chunks.len() - 1;
+        while !self.jobs.is_full() && self.next_chunk < data_end {
+            let c = self.entry.chunks[self.next_chunk].clone();
+            self.next_chunk += 1;
+            let (spool, base, dim, filter) =
+                (self.spool.clone(), self.base, self.dimension, self.filter);
+            let (meta_id, ns) = (self.meta.id.to_string(), self.entry.name.clone());
+            self.jobs.push(move || {
+                let bytes = spool.read(c.offset - base, c.length).map_err(|e| {
+                    Error::sink(
+                        SinkOp::Get,
+                        meta_id.as_str(),
+                        format!("local temporary file: {e}"),
+                    )
+                })?;
+                let decoded = blob::decode_chunk(&bytes[..], dim, filter).map_err(|e| match e {
+                    DecodeError::Corrupt(r) => {
+                        Error::corrupt(&meta_id, Some(&ns), Some(c.offset), r)
+                    }
+                    DecodeError::Version { .. } => Error::corrupt(
+                        &meta_id,
+                        Some(&ns),
+                        Some(c.offset),
+                        "version mismatch inside a chunk",
+                    ),
+                })?;
+                if decoded.vectors.len() as u64 != c.vectors {
+                    return Err(Error::corrupt(
+                        &meta_id,
+                        Some(&ns),
+                        Some(c.offset),
+                        format!(
+                            "chunk holds {} vectors, the sidecar records {}",
+                            decoded.vectors.len(),
+                            c.vectors
+                        ),
+                    ));
+                }
+                Ok(decoded)
+            });
+        }
+    }
+
+    /// The next chunk's vectors, checked; `None` after the last.
+    pub async fn next(&mut self) -> Result<Option<Vec<Vector>>> {
+        self.fill();
+        let Some(chunk) = self.jobs.next().await else {
+            return Ok(None);
+        };
+        let chunk = chunk?;
+        if let (Some(last), Some(first)) = (&self.last_id, chunk.vectors.first()) {
+            if first.id.as_bytes() <= last.as_bytes() {
+                return Err(Error::corrupt(
+                    self.meta.id.as_str(),
+                    Some(&self.entry.name),
+                    None,
+                    format!("vector ids out of order at {:?}", first.id),
+                ));
+            }
+        }
+        if let Some(last) = chunk.vectors.last() {
+            self.last_id = Some(last.id.clone());
+        }
+        self.digest.add(&chunk.vector_hashes);
+        self.count += chunk.vectors.len() as u64;
+        Ok(Some(chunk.vectors))
+    }
+
+    /// Reads the end chunk and compares counts and digests with what was decoded and with
+    /// the sidecar. Call after `next` returned `None`.
+    pub async fn finish(self) -> Result<u64> {
+        let last = &self.entry.chunks[self.entry.chunks.len() - 1];
+        let (recorded, digest) =
+            read_chunk(&self.spool, self.base, last, self.meta, self.entry, |b| {
+                blob::decode_ns_end_chunk(&b[..])
+            })
+            .await?;
+        let actual = self.digest.finish();
+        let fail = |why: String| {
+            Err(Error::corrupt(
+                self.meta.id.as_str(),
+                Some(&self.entry.name),
+                Some(last.offset),
+                why,
+            ))
+        };
+        if recorded != self.count || self.count != self.entry.vector_count {
+            return fail(format!(
+                "{} vectors decoded, the end frame records {recorded}, the sidecar {}",
+                self.count, self.entry.vector_count
+            ));
+        }
+        if digest != actual || hex::encode(actual) != self.entry.content_sha256 {
+            return fail("content digest differs from the one recorded".into());
+        }
+        Ok(self.count)
+    }
+}
+
+/// Reads and decodes one small chunk on the blocking pool.
+async fn read_chunk<T: Send + 'static>(
+    spool: &Arc<Spool>,
+    base: u64,
+    c: &ChunkEntry,
+    meta: &SnapshotMetadata,
+    entry: &NamespaceEntry,
+    decode: impl FnOnce(Vec<u8>) -> std::result::Result<T, DecodeError> + Send + 'static,
+) -> Result<T> {
+    let (spool, off, len) = (spool.clone(), c.offset - base, c.length);
+    let r = tokio::task::spawn_blocking(move || match spool.read(off, len) {
+        Ok(b) => decode(b),
+        Err(e) => Err(DecodeError::Corrupt(format!("local temporary file: {e}"))),
+    })
+    .await?;
+    r.map_err(|e| decode_error(meta, Some(&entry.name), c.offset, e))
 }

@@ -14,7 +14,7 @@ use std::time::UNIX_EPOCH;
 use tempfile::NamedTempFile;
 
 /// Read chunk size for `get`.
-const READ_CHUNK: usize = 1 << 20;
+const READ_CHUNK: usize = 4 << 20;
 
 /// Stores objects as files under a root directory.
 ///
@@ -301,6 +301,17 @@ impl SnapshotSink for LocalFsSink {
 
     async fn remove_incomplete(&self, older_than_ms: u64) -> Result<usize> {
         self.remove_temp_files(older_than_ms).await
+    }
+
+    async fn open_local(&self, key: &Key) -> Result<Option<File>> {
+        let path = self.path_of(key);
+        let k = key.clone();
+        tokio::task::spawn_blocking(move || {
+            File::open(&path)
+                .map(Some)
+                .map_err(|e| io_err(SinkOp::Get, &k, e))
+        })
+        .await?
     }
 }
 

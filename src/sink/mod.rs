@@ -91,6 +91,15 @@ pub trait SnapshotSink: Send + Sync + std::fmt::Debug + 'static {
         let _ = older_than_ms;
         Ok(0)
     }
+
+    /// An open local file holding the object, for sinks that have one (the local
+    /// filesystem): readers then use positional reads on it instead of copying the object
+    /// through a stream. Objects are immutable, and an open file stays readable even if the
+    /// object is deleted meanwhile. `Ok(None)` for sinks without local files.
+    async fn open_local(&self, key: &Key) -> Result<Option<std::fs::File>> {
+        let _ = key;
+        Ok(None)
+    }
 }
 
 /// An upload in progress. Dropping it without `finish` discards it.

@@ -1,0 +1,316 @@
+//! bench: measures snapshot create and restore against the naive JSON baseline, in one run,
+//! on the same generated data.
+//!
+//! ```text
+//! cargo run --release --example bench -- --vectors 50000 --dim 768 [--namespaces 2] [--sink URL]
+//! ```
+//!
+//! Data: normalized random embeddings, ids, ~100 bytes of JSON metadata per vector (every
+//! tenth with a TTL). Measured, each in its own child process of this binary:
+//!
+//! - `create` / `restore`: our pipeline, default settings, into `--sink` (default: a local
+//!   temporary directory);
+//! - `create-1t` / `restore-1t`: the same pipeline forced onto one CPU (the child pins itself
+//!   to a single core with `sched_setaffinity` and uses `parallelism = 1`);
+//! - `baseline-create` / `baseline-restore`: the original module's way: `get_all` of every
+//!   namespace, `serde_json::to_writer` of the whole snapshot into a `BufWriter<File>`; restore
+//!   with `serde_json::from_reader(BufReader<File>)`, then upsert.
+//!
+//! Memory: each child generates the store (or, for restore, starts empty), then resets its
+//! peak-RSS counter (`echo 5 > /proc/self/clear_refs`), runs the phase and reads `VmHWM`.
+//! Create reports the peak above the RSS before the phase (the store is already in memory).
+//! Restore reports the peak above the larger of the RSS before and after the phase (after a
+//! restore, the restored store is "data already in memory"). Linux only.
+//!
+//! MB/s are counted on raw bytes (f32 values + ids + metadata JSON). The last line of output
+//! is one JSON object with every figure.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use dakera_snapshot::{
+    CreateOptions, InMemoryStorage, RestoreOptions, SinkOptions, SnapshotConfig, SnapshotManager,
+    Vector, VectorStorage,
+};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::{BufReader, BufWriter};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.iter().position(|a| a == "--phase") {
+        Some(i) => phase(&args[i + 1], &args),
+        None => parent(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Params {
+    vectors: usize,
+    dim: usize,
+    namespaces: usize,
+}
+
+fn params(args: &[String]) -> Result<Params, String> {
+    Ok(Params {
+        vectors: support::flag(args, "--vectors", 50_000usize)?,
+        dim: support::flag(args, "--dim", 768usize)?,
+        namespaces: support::flag(args, "--namespaces", 2usize)?,
+    })
+}
+
+/// Vectors per namespace.
+fn per_ns(p: &Params) -> usize {
+    p.vectors.div_ceil(p.namespaces)
+}
+
+fn raw_bytes(p: &Params) -> u64 {
+    (0..p.namespaces)
+        .map(|k| {
+            support::vectors(&format!("ns{k}"), per_ns(p), p.dim, 1)
+                .iter()
+                .map(|v| {
+                    (4 * v.values.len() + v.id.len()) as u64
+                        + v.metadata
+                            .as_ref()
+                            .map_or(0, |m| serde_json::to_vec(m).unwrap().len() as u64)
+                })
+                .sum::<u64>()
+        })
+        .sum()
+}
+
+fn parent(args: &[String]) -> Result<(), String> {
+    let p = params(args)?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let work = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let sink = match support::flag(args, "--sink", String::new())? {
+        s if s.is_empty() => format!("file://{}/repo", work.path().display()),
+        s => s,
+    };
+    let raw = raw_bytes(&p);
+    println!(
+        "bench: {} vectors x {} dims in {} namespaces, {:.1} MB raw, sink {}",
+        p.vectors,
+        p.dim,
+        p.namespaces,
+        raw as f64 / 1e6,
+        sink
+    );
+    let common = [
+        "--vectors".to_string(),
+        p.vectors.to_string(),
+        "--dim".into(),
+        p.dim.to_string(),
+        "--namespaces".into(),
+        p.namespaces.to_string(),
+        "--sink".into(),
+        sink.clone(),
+        "--work".into(),
+        work.path().display().to_string(),
+    ];
+    let run = |phase: &str, extra: &[String]| -> Result<Value, String> {
+        let out = Command::new(&exe)
+            .args(["--phase", phase])
+            .args(&common)
+            .args(extra)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(format!(
+                "phase {phase} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let line = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_string();
+        let v: Value =
+            serde_json::from_str(&line).map_err(|e| format!("phase {phase}: {e}: {line}"))?;
+        println!(
+            "  {phase:<17} {:>8.3} s  {:>8.1} MB/s  peak +{:>7.1} MiB",
+            v["secs"].as_f64().unwrap_or(0.0),
+            raw as f64 / 1e6 / v["secs"].as_f64().unwrap_or(1.0),
+            v["peak_extra_mib"].as_f64().unwrap_or(0.0)
+        );
+        Ok(v)
+    };
+
+    let create = run("create", &[])?;
+    let id = create["snapshot_id"]
+        .as_str()
+        .ok_or("create printed no id")?
+        .to_string();
+    let restore = run("restore", &["--id".into(), id.clone()])?;
+    let create1 = run("create-1t", &[])?;
+    let id1 = create1["snapshot_id"]
+        .as_str()
+        .ok_or("create-1t printed no id")?
+        .to_string();
+    let restore1 = run("restore-1t", &["--id".into(), id1])?;
+    let bcreate = run("baseline-create", &[])?;
+    let brestore = run("baseline-restore", &[])?;
+
+    let mbs = |v: &Value| raw as f64 / 1e6 / v["secs"].as_f64().unwrap_or(f64::INFINITY);
+    let blob = create["blob_bytes"].as_u64().unwrap_or(0);
+    let baseline_bytes = bcreate["blob_bytes"].as_u64().unwrap_or(0);
+    let summary = json!({
+        "vectors": p.vectors,
+        "dim": p.dim,
+        "namespaces": p.namespaces,
+        "sink": sink,
+        "raw_bytes": raw,
+        "blob_bytes": blob,
+        "baseline_bytes": baseline_bytes,
+        "blob_pct_of_raw": 100.0 * blob as f64 / raw as f64,
+        "blob_pct_of_baseline": 100.0 * blob as f64 / baseline_bytes as f64,
+        "create_mb_s": mbs(&create),
+        "restore_mb_s": mbs(&restore),
+        "single_thread_create_mb_s": mbs(&create1),
+        "single_thread_restore_mb_s": mbs(&restore1),
+        "baseline_create_mb_s": mbs(&bcreate),
+        "baseline_restore_mb_s": mbs(&brestore),
+        "create_vs_baseline": mbs(&create) / mbs(&bcreate),
+        "restore_vs_baseline": mbs(&restore) / mbs(&brestore),
+        "create_vs_single_thread": mbs(&create) / mbs(&create1),
+        "create_peak_extra_mib": create["peak_extra_mib"],
+        "restore_peak_extra_mib": restore["peak_extra_mib"],
+        "baseline_create_peak_extra_mib": bcreate["peak_extra_mib"],
+        "baseline_restore_peak_extra_mib": brestore["peak_extra_mib"],
+    });
+    println!(
+        "ratios: create {:.2}x baseline, restore {:.2}x baseline, create {:.2}x single thread; blob {:.1}% of raw, {:.1}% of baseline JSON",
+        summary["create_vs_baseline"].as_f64().unwrap_or(0.0),
+        summary["restore_vs_baseline"].as_f64().unwrap_or(0.0),
+        summary["create_vs_single_thread"].as_f64().unwrap_or(0.0),
+        summary["blob_pct_of_raw"].as_f64().unwrap_or(0.0),
+        summary["blob_pct_of_baseline"].as_f64().unwrap_or(0.0),
+    );
+    println!("{summary}");
+    Ok(())
+}
+
+fn status_kib(field: &str) -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn pin_to_one_cpu() {
+    #[cfg(target_os = "linux")]
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+fn phase(name: &str, args: &[String]) -> Result<(), String> {
+    let p = params(args)?;
+    let sink = support::flag(args, "--sink", String::new())?;
+    let work = std::path::PathBuf::from(support::flag(args, "--work", String::new())?);
+    let single = name.ends_with("-1t");
+    if single {
+        pin_to_one_cpu();
+    }
+    let rt = if single {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .max_blocking_threads(1)
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    }
+    .map_err(|e| e.to_string())?;
+    let config = SnapshotConfig::default()
+        .with_max_snapshots(0)
+        .with_parallelism(if single { 1 } else { 0 });
+    let out = rt.block_on(async move {
+        match name {
+            "create" | "create-1t" | "baseline-create" => {
+                let store = InMemoryStorage::new();
+                support::fill(&store, p.namespaces, per_ns(&p), p.dim, 1).await.map_err(|e| e.to_string())?;
+                let before = status_kib("VmRSS:");
+                reset_peak();
+                let started = Instant::now();
+                let (id, blob_bytes) = if name == "baseline-create" {
+                    let mut all: BTreeMap<String, Vec<Vector>> = BTreeMap::new();
+                    for ns in store.list_namespaces().await.map_err(|e| e.to_string())? {
+                        let vs = store.get_all(&ns).await.map_err(|e| e.to_string())?;
+                        all.insert(ns, vs);
+                    }
+                    let path = work.join("baseline.json");
+                    let f = std::fs::File::create(&path).map_err(|e| e.to_string())?;
+                    let mut w = BufWriter::new(f);
+                    serde_json::to_writer(&mut w, &all).map_err(|e| e.to_string())?;
+                    let f = w.into_inner().map_err(|e| e.to_string())?;
+                    f.sync_all().map_err(|e| e.to_string())?;
+                    (String::new(), std::fs::metadata(&path).map_err(|e| e.to_string())?.len())
+                } else {
+                    let m = SnapshotManager::from_url(&sink, &SinkOptions::new(), config).map_err(|e| e.to_string())?;
+                    let s = m.create_snapshot(&store, CreateOptions::described(name)).await.map_err(|e| e.to_string())?;
+                    (s.id.to_string(), s.size_bytes)
+                };
+                let secs = started.elapsed().as_secs_f64();
+                let peak = status_kib("VmHWM:");
+                Ok::<Value, String>(json!({
+                    "secs": secs, "snapshot_id": id, "blob_bytes": blob_bytes,
+                    "peak_extra_mib": peak.saturating_sub(before) as f64 / 1024.0,
+                }))
+            }
+            "restore" | "restore-1t" | "baseline-restore" => {
+                let store = InMemoryStorage::new();
+                let before = status_kib("VmRSS:");
+                reset_peak();
+                let started = Instant::now();
+                if name == "baseline-restore" {
+                    let f = std::fs::File::open(work.join("baseline.json")).map_err(|e| e.to_string())?;
+                    let all: BTreeMap<String, Vec<Vector>> = serde_json::from_reader(BufReader::new(f)).map_err(|e| e.to_string())?;
+                    for (ns, vs) in all {
+                        store.ensure_namespace(&ns).await.map_err(|e| e.to_string())?;
+                        store.upsert(&ns, vs).await.map_err(|e| e.to_string())?;
+                    }
+                } else {
+                    let id = support::flag(args, "--id", String::new())?;
+                    let m = SnapshotManager::from_url(&sink, &SinkOptions::new(), config).map_err(|e| e.to_string())?;
+                    m.restore_snapshot(&store, &id, &RestoreOptions::new()).await.map_err(|e| e.to_string())?;
+                }
+                let secs = started.elapsed().as_secs_f64();
+                let peak = status_kib("VmHWM:");
+                let after = status_kib("VmRSS:");
+                // Correctness: the restored store holds exactly the generated data.
+                let expected = InMemoryStorage::new();
+                support::fill(&expected, p.namespaces, per_ns(&p), p.dim, 1).await.map_err(|e| e.to_string())?;
+                for ns in expected.list_namespaces().await.map_err(|e| e.to_string())? {
+                    let strip = |vs: Vec<Vector>| vs.into_iter().map(|mut v| { v.expires_at = None; v }).collect::<Vec<_>>();
+                    if strip(store.get_all(&ns).await.map_err(|e| e.to_string())?) != strip(expected.get_all(&ns).await.map_err(|e| e.to_string())?) {
+                        return Err(format!("{name}: namespace {ns} differs after restore"));
+                    }
+                }
+                Ok(json!({ "secs": secs, "peak_extra_mib": peak.saturating_sub(before.max(after)) as f64 / 1024.0 }))
+            }
+            other => Err(format!("unknown phase {other}")),
+        }
+    })?;
+    println!("{out}");
+    Ok(())
+}

@@ -179,21 +179,38 @@ impl<'a> ChunkEncoder<'a> {
     }
 }
 
-/// Appends chunks to an upload, recording where each lands and hashing the whole blob.
+/// What the writer task ends with: the upload (to finish or abort) and the blob's SHA-256,
+/// or the error that stopped it.
+type WriterOutcome = (Box<dyn SinkWriter>, Result<[u8; 32]>);
+
+/// Appends chunks to an upload, recording where each lands. A task of its own hashes the
+/// blob and writes to the sink, so the caller goes on scanning while a chunk is written; at
+/// most two chunks wait for it.
 pub(crate) struct BlobWriter {
-    out: Option<Box<dyn SinkWriter>>,
+    tx: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+    task: Option<JoinHandle<WriterOutcome>>,
     offset: u64,
     raw_total: u64,
-    sha: Sha256,
 }
 
 impl BlobWriter {
-    pub fn new(out: Box<dyn SinkWriter>) -> Self {
+    pub fn new(mut out: Box<dyn SinkWriter>) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+        let task = tokio::spawn(async move {
+            let mut sha = Sha256::new();
+            while let Some(bytes) = rx.recv().await {
+                sha.update(&bytes);
+                if let Err(e) = out.write(Bytes::from(bytes)).await {
+                    return (out, Err(e));
+                }
+            }
+            (out, Ok(sha.finalize().into()))
+        });
         BlobWriter {
-            out: Some(out),
+            tx: Some(tx),
+            task: Some(task),
             offset: 0,
             raw_total: 0,
-            sha: Sha256::new(),
         }
     }
 
@@ -205,13 +222,12 @@ impl BlobWriter {
         raw_length: u64,
         vectors: u64,
     ) -> Result<ChunkEntry> {
-        self.sha.update(&bytes);
         let length = bytes.len() as u64;
-        let out = self
-            .out
-            .as_mut()
-            .expect("writer present until finish or abort");
-        out.write(Bytes::from(bytes)).await?;
+        let tx = self.tx.as_ref().expect("writer open until finish or abort");
+        if tx.send(bytes).await.is_err() {
+            // The writer task stopped on an error; `finish` or `abort` reports it.
+            return Err(self.stopped().await);
+        }
         let entry = ChunkEntry {
             offset: self.offset,
             length,
@@ -224,6 +240,27 @@ impl BlobWriter {
         Ok(entry)
     }
 
+    /// The error the writer task stopped with.
+    async fn stopped(&mut self) -> Error {
+        self.tx = None;
+        match self.task.take() {
+            Some(task) => match task.await {
+                Ok((out, Err(e))) => {
+                    if let Err(abort) = out.abort().await {
+                        tracing::warn!(error = %abort, "could not abort a failed blob upload; `gc` will remove it");
+                    }
+                    e
+                }
+                Ok((out, Ok(_))) => {
+                    let _ = out.abort().await;
+                    Error::Task("the blob writer stopped early".into())
+                }
+                Err(e) => e.into(),
+            },
+            None => Error::Task("the blob writer is gone".into()),
+        }
+    }
+
     /// Compresses and appends a small chunk of raw frames (headers, ends).
     pub async fn write_raw(&mut self, raw: Vec<u8>, level: u32) -> Result<ChunkEntry> {
         let bytes = blob::compress_member(&raw, level);
@@ -233,10 +270,19 @@ impl BlobWriter {
 
     /// Publishes the blob; returns its size, raw size and SHA-256.
     pub async fn finish(mut self) -> Result<(u64, u64, [u8; 32])> {
-        let out = self
-            .out
+        self.tx = None;
+        let task = self
+            .task
             .take()
-            .expect("writer present until finish or abort");
+            .ok_or_else(|| Error::Task("the blob writer is gone".into()))?;
+        let (out, sha) = task.await?;
+        let sha = match sha {
+            Ok(sha) => sha,
+            Err(e) => {
+                let _ = out.abort().await;
+                return Err(e);
+            }
+        };
         let info = out.finish().await?;
         if info.size != self.offset {
             return Err(Error::sink(
@@ -248,16 +294,18 @@ impl BlobWriter {
                 ),
             ));
         }
-        let sha = std::mem::take(&mut self.sha).finalize().into();
         Ok((self.offset, self.raw_total, sha))
     }
 
     /// Discards the upload (best effort: a failure to abort is logged; the original error
     /// is what the caller reports).
     pub async fn abort(mut self) {
-        if let Some(out) = self.out.take() {
-            if let Err(e) = out.abort().await {
-                tracing::warn!(error = %e, "could not abort a failed blob upload; `gc` will remove it");
+        self.tx = None;
+        if let Some(task) = self.task.take() {
+            if let Ok((out, _)) = task.await {
+                if let Err(e) = out.abort().await {
+                    tracing::warn!(error = %e, "could not abort a failed blob upload; `gc` will remove it");
+                }
             }
         }
     }

@@ -22,7 +22,9 @@
 //! Restore reports the peak above the larger of the RSS before and after the phase (after a
 //! restore, the restored store is "data already in memory"). Linux only.
 //!
-//! MB/s are counted on raw bytes (f32 values + ids + metadata JSON). The last line of output
+//! Each phase runs `--repeat` times (default 3), each in a fresh child process, and the
+//! fastest run is reported: timings on a shared machine vary by tens of percent from run to
+//! run, and the fastest run is the most reproducible figure. MB/s are counted on raw bytes (f32 values + ids + metadata JSON). The last line of output
 //! is one JSON object with every figure.
 
 #[path = "support/mod.rs"]
@@ -98,12 +100,14 @@ fn parent(args: &[String]) -> Result<(), String> {
     };
     let raw = raw_bytes(&p);
     println!(
-        "bench: {} vectors x {} dims in {} namespaces, {:.1} MB raw, sink {}",
+        "bench: {} vectors x {} dims in {} namespaces, {:.1} MB raw, sink {}, level {}, shuffle {}",
         p.vectors,
         p.dim,
         p.namespaces,
         raw as f64 / 1e6,
-        sink
+        sink,
+        support::flag(args, "--level", "fast".to_string())?,
+        support::flag(args, "--shuffle", "on".to_string())?,
     );
     let common = [
         "--vectors".to_string(),
@@ -116,31 +120,47 @@ fn parent(args: &[String]) -> Result<(), String> {
         sink.clone(),
         "--work".into(),
         work.path().display().to_string(),
+        "--level".into(),
+        support::flag(args, "--level", "fast".to_string())?,
+        "--shuffle".into(),
+        support::flag(args, "--shuffle", "on".to_string())?,
     ];
+    let repeat = support::flag(args, "--repeat", 3usize)?.max(1);
+    // Each phase runs `repeat` times, each time in a fresh child process; the fastest run is
+    // reported (with its own peak memory), which is what the code can do on this machine
+    // without other load in the way.
     let run = |phase: &str, extra: &[String]| -> Result<Value, String> {
-        let out = Command::new(&exe)
-            .args(["--phase", phase])
-            .args(&common)
-            .args(extra)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!(
-                "phase {phase} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
+        let mut best: Option<Value> = None;
+        for _ in 0..repeat {
+            let out = Command::new(&exe)
+                .args(["--phase", phase])
+                .args(&common)
+                .args(extra)
+                .output()
+                .map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(format!(
+                    "phase {phase} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            let line = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .unwrap_or_default()
+                .to_string();
+            let v: Value =
+                serde_json::from_str(&line).map_err(|e| format!("phase {phase}: {e}: {line}"))?;
+            let secs = |v: &Value| v["secs"].as_f64().unwrap_or(f64::INFINITY);
+            if best.as_ref().is_none_or(|b| secs(&v) < secs(b)) {
+                best = Some(v);
+            }
         }
-        let line = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or_default()
-            .to_string();
-        let v: Value =
-            serde_json::from_str(&line).map_err(|e| format!("phase {phase}: {e}: {line}"))?;
+        let v = best.expect("at least one run");
+        let secs = v["secs"].as_f64().unwrap_or(1.0);
         println!(
-            "  {phase:<17} {:>8.3} s  {:>8.1} MB/s  peak +{:>7.1} MiB",
-            v["secs"].as_f64().unwrap_or(0.0),
-            raw as f64 / 1e6 / v["secs"].as_f64().unwrap_or(1.0),
+            "  {phase:<17} {secs:>8.3} s  {:>8.1} MB/s  peak +{:>7.1} MiB",
+            raw as f64 / 1e6 / secs,
             v["peak_extra_mib"].as_f64().unwrap_or(0.0)
         );
         Ok(v)
@@ -169,6 +189,7 @@ fn parent(args: &[String]) -> Result<(), String> {
         "dim": p.dim,
         "namespaces": p.namespaces,
         "sink": sink,
+        "repeat": repeat,
         "raw_bytes": raw,
         "blob_bytes": blob,
         "baseline_bytes": baseline_bytes,
@@ -241,9 +262,18 @@ fn phase(name: &str, args: &[String]) -> Result<(), String> {
             .build()
     }
     .map_err(|e| e.to_string())?;
-    let config = SnapshotConfig::default()
+    let level = support::flag(args, "--level", "fast".to_string())?;
+    let mut config = SnapshotConfig::default()
         .with_max_snapshots(0)
-        .with_parallelism(if single { 1 } else { 0 });
+        .with_parallelism(if single { 1 } else { 0 })
+        .with_shuffle(support::flag(args, "--shuffle", "on".to_string())? == "on");
+    config = match level.as_str() {
+        "none" => config.with_compression(false),
+        other => config.with_compression_level(
+            serde_json::from_value(json!(other))
+                .map_err(|_| format!("--level: {other} is not fast, default, best or none"))?,
+        ),
+    };
     let out = rt.block_on(async move {
         match name {
             "create" | "create-1t" | "baseline-create" => {

@@ -250,8 +250,8 @@ fn hash_vector_frame(head: &[u8], values: &[f32], tail: &[u8]) -> [u8; 32] {
 pub struct EncodedChunk {
     /// The chunk's gzip members, ready to append to the blob.
     pub bytes: Vec<u8>,
-    /// SHA-256 of `bytes`.
-    pub sha256: [u8; 32],
+    /// CRC-32 of `bytes` (the chunk's checksum in the sidecar).
+    pub crc32: u32,
     /// Decompressed length of the chunk.
     pub raw_len: u64,
     /// Per-vector hashes, for the content digest ([`ContentDigest`]).
@@ -270,6 +270,83 @@ pub fn encode_chunk(
     filter: Filter,
     level: Option<u32>,
 ) -> Result<EncodedChunk, EncodeError> {
+    Ok(build_chunk(vectors, dimension, include_metadata, filter, level)?.compress())
+}
+
+/// Like [`encode_chunk`], but takes the vectors and frees them as soon as they are framed,
+/// before compressing: what the create pipeline uses, to keep memory down.
+pub fn encode_chunk_owned(
+    vectors: Vec<Vector>,
+    dimension: u32,
+    include_metadata: bool,
+    filter: Filter,
+    level: Option<u32>,
+) -> Result<EncodedChunk, EncodeError> {
+    let built = build_chunk(&vectors, dimension, include_metadata, filter, level)?;
+    drop(vectors);
+    Ok(built.compress())
+}
+
+/// A chunk framed but not yet compressed.
+struct BuiltChunk {
+    /// VECTOR frames, or the first part of the BLOCK frame (up to and with plane 3).
+    out: Vec<u8>,
+    /// Planes 2, 1, 0 (shuffle only), each `n` bytes.
+    low: Vec<u8>,
+    n: usize,
+    level: Option<u32>,
+    vector_hashes: Vec<[u8; 32]>,
+    vectors: u64,
+}
+
+impl BuiltChunk {
+    fn compress(self) -> EncodedChunk {
+        let Some(level) = self.level else {
+            return EncodedChunk {
+                bytes: Vec::new(),
+                crc32: 0,
+                raw_len: 0,
+                vector_hashes: self.vector_hashes,
+                vectors: self.vectors,
+            };
+        };
+        let raw_len = (self.out.len() + self.low.len()) as u64;
+        // Both members go into one buffer sized for the worst case: no regrowth, no copy.
+        let capacity = raw_len as usize + raw_len as usize / 8192 * 5 + 128;
+        let mut enc = GzEncoder::new(Vec::with_capacity(capacity), Compression::new(level));
+        enc.write_all(&self.out)
+            .expect("writing to a Vec cannot fail");
+        let mut bytes = enc.finish().expect("writing to a Vec cannot fail");
+        drop(self.out);
+        if !self.low.is_empty() {
+            let low_level = if mantissas_compress(&self.low, self.n, level) {
+                level
+            } else {
+                0
+            };
+            let mut enc = GzEncoder::new(bytes, Compression::new(low_level));
+            enc.write_all(&self.low)
+                .expect("writing to a Vec cannot fail");
+            bytes = enc.finish().expect("writing to a Vec cannot fail");
+        }
+        let crc32 = crc32fast::hash(&bytes);
+        EncodedChunk {
+            bytes,
+            crc32,
+            raw_len,
+            vector_hashes: self.vector_hashes,
+            vectors: self.vectors,
+        }
+    }
+}
+
+fn build_chunk(
+    vectors: &[Vector],
+    dimension: u32,
+    include_metadata: bool,
+    filter: Filter,
+    level: Option<u32>,
+) -> Result<BuiltChunk, EncodeError> {
     let dim = dimension as usize;
     let shuffle = filter == Filter::Shuffle;
     let write = level.is_some();
@@ -348,59 +425,56 @@ pub fn encode_chunk(
         }
         out.extend_from_slice(&tail);
     }
-    let Some(level) = level else {
-        return Ok(EncodedChunk {
-            bytes: Vec::new(),
-            sha256: [0; 32],
-            raw_len: 0,
+    if level.is_none() {
+        return Ok(BuiltChunk {
+            out: Vec::new(),
+            low: Vec::new(),
+            n: 0,
+            level,
             vector_hashes,
             vectors: vectors.len() as u64,
         });
-    };
-    let (bytes, raw_len) = if !shuffle {
-        (compress_member(&out, level), out.len())
-    } else {
-        // Byte planes of all values, most significant (sign and exponent) first.
-        let n = dim * vectors.len();
-        let records_end = out.len();
-        out.resize(records_end + n, 0);
-        let mut low = vec![0u8; 3 * n];
-        {
-            let p3 = &mut out[records_end..];
-            let (p2, rest) = low.split_at_mut(n);
-            let (p1, p0) = rest.split_at_mut(n);
-            for (i, x) in vectors.iter().flat_map(|v| v.values.iter()).enumerate() {
-                let b = x.to_bits().to_le_bytes();
-                p0[i] = b[0];
-                p1[i] = b[1];
-                p2[i] = b[2];
-                p3[i] = b[3];
-            }
+    }
+    if !shuffle {
+        return Ok(BuiltChunk {
+            out,
+            low: Vec::new(),
+            n: 0,
+            level,
+            vector_hashes,
+            vectors: vectors.len() as u64,
+        });
+    }
+    // Byte planes of all values, most significant (sign and exponent) first.
+    let n = dim * vectors.len();
+    let records_end = out.len();
+    out.resize(records_end + n, 0);
+    let mut low = vec![0u8; 3 * n];
+    {
+        let p3 = &mut out[records_end..];
+        let (p2, rest) = low.split_at_mut(n);
+        let (p1, p0) = rest.split_at_mut(n);
+        for (i, x) in vectors.iter().flat_map(|v| v.values.iter()).enumerate() {
+            let b = x.to_bits().to_le_bytes();
+            p0[i] = b[0];
+            p1[i] = b[1];
+            p2[i] = b[2];
+            p3[i] = b[3];
         }
-        let payload_len = out.len() - 5 + low.len();
-        if payload_len > MAX_FRAME_LEN as usize {
-            return Err(EncodeError::Invalid(format!(
-                "a block of {} vectors encodes to {payload_len} bytes, more than the {MAX_FRAME_LEN}-byte frame limit",
-                vectors.len()
-            )));
-        }
-        out[1..5].copy_from_slice(&(payload_len as u32).to_le_bytes());
-        let mut bytes = compress_member(&out, level);
-        if !low.is_empty() {
-            let low_level = if mantissas_compress(&low, n, level) {
-                level
-            } else {
-                0
-            };
-            bytes.extend(compress_member(&low, low_level));
-        }
-        (bytes, out.len() + low.len())
-    };
-    let sha256 = Sha256::digest(&bytes).into();
-    Ok(EncodedChunk {
-        bytes,
-        sha256,
-        raw_len: raw_len as u64,
+    }
+    let payload_len = out.len() - 5 + low.len();
+    if payload_len > MAX_FRAME_LEN as usize {
+        return Err(EncodeError::Invalid(format!(
+            "a block of {} vectors encodes to {payload_len} bytes, more than the {MAX_FRAME_LEN}-byte frame limit",
+            vectors.len()
+        )));
+    }
+    out[1..5].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    Ok(BuiltChunk {
+        out,
+        low,
+        n,
+        level,
         vector_hashes,
         vectors: vectors.len() as u64,
     })
@@ -1064,10 +1138,7 @@ mod tests {
         let plain = encode_chunk(&vs, 6, true, Filter::None, Some(2)).unwrap();
         let shuffled = encode_chunk(&vs, 6, true, Filter::Shuffle, Some(2)).unwrap();
         assert_eq!(plain.vector_hashes, shuffled.vector_hashes);
-        assert_eq!(
-            shuffled.sha256,
-            <[u8; 32]>::from(Sha256::digest(&shuffled.bytes))
-        );
+        assert_eq!(shuffled.crc32, crc32fast::hash(&shuffled.bytes));
         let d = decode_chunk(&shuffled.bytes[..], 6, Filter::Shuffle).unwrap();
         assert_eq!(d.vectors, vs);
         assert_eq!(d.vector_hashes, plain.vector_hashes);

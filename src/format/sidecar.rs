@@ -57,9 +57,9 @@ pub struct ChunkEntry {
     pub raw_length: u64,
     /// Vectors in this chunk (0 for the header and end chunks).
     pub vectors: u64,
-    /// Hex SHA-256 of the chunk's compressed bytes: a restore checks every chunk of a
-    /// namespace against it before it changes anything.
-    pub sha256: String,
+    /// CRC-32 (IEEE, as gzip's) of the chunk's compressed bytes: a restore checks every
+    /// chunk of a namespace against it before it changes anything.
+    pub crc32: u32,
 }
 
 /// A namespace stored in this snapshot's blob.
@@ -280,7 +280,7 @@ impl SnapshotMetadata {
                     ns.name
                 ));
             }
-            if ns.content_sha256.len() != 64 || ns.chunks.iter().any(|c| c.sha256.len() != 64) {
+            if ns.content_sha256.len() != 64 {
                 return Err(format!("digest of {:?} is malformed", ns.name));
             }
             total = total.saturating_add(ns.vector_count);

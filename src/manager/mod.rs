@@ -410,7 +410,7 @@ impl SnapshotManager {
                 digest.add(&chunk.vector_hashes);
                 count += chunk.vectors;
                 chunks.push(
-                    w.write(chunk.bytes, chunk.sha256, chunk.raw_len, chunk.vectors)
+                    w.write(chunk.bytes, chunk.crc32, chunk.raw_len, chunk.vectors)
                         .await?,
                 );
             }

@@ -44,10 +44,6 @@ impl<T: Send + 'static> Ordered<T> {
         self.queue.len() >= self.max
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
-    }
-
     pub fn push(&mut self, job: impl FnOnce() -> Result<T> + Send + 'static) {
         self.queue.push_back(tokio::task::spawn_blocking(job));
     }
@@ -109,6 +105,8 @@ pub(crate) struct ChunkEncoder<'a> {
     scanned_all: bool,
     pending: Vec<Vector>,
     pending_bytes: usize,
+    /// Scanned vectors not yet in a chunk.
+    carry: VecDeque<Vector>,
     jobs: Ordered<EncodedChunk>,
 }
 
@@ -123,6 +121,7 @@ impl<'a> ChunkEncoder<'a> {
             scanned_all: false,
             pending: Vec::new(),
             pending_bytes: 0,
+            carry: VecDeque::new(),
             jobs: Ordered::new(parallelism),
         }
     }
@@ -135,19 +134,36 @@ impl<'a> ChunkEncoder<'a> {
         self.pending_bytes = 0;
         let (ns, s) = (self.ns.clone(), self.s.clone());
         self.jobs.push(move || {
-            blob::encode_chunk(&vectors, s.dimension, s.include_metadata, s.filter, s.level)
+            blob::encode_chunk_owned(vectors, s.dimension, s.include_metadata, s.filter, s.level)
                 .map_err(|e| encode_error(&ns, e))
         });
     }
 
     /// The next chunk, or `None` when the namespace is done.
+    ///
+    /// The scan runs one chunk ahead of compression: while every worker is busy, the next
+    /// chunk is read from the store, and only then does this wait for the oldest job.
     pub async fn next(&mut self) -> Result<Option<EncodedChunk>> {
         loop {
-            if self.jobs.is_full() || (self.scanned_all && !self.jobs.is_empty()) {
-                return self.jobs.next().await.transpose();
+            // Move scanned vectors into the pending chunk, up to the chunk size.
+            while self.pending_bytes < self.s.chunk_size {
+                let Some(v) = self.carry.pop_front() else {
+                    break;
+                };
+                self.pending_bytes += 4 * v.values.len() + v.id.len() + 64;
+                self.pending.push(v);
+            }
+            let ready = self.pending_bytes >= self.s.chunk_size
+                || (self.scanned_all && self.carry.is_empty() && !self.pending.is_empty());
+            if ready {
+                if self.jobs.is_full() {
+                    return self.jobs.next().await.transpose();
+                }
+                self.submit();
+                continue;
             }
             if self.scanned_all {
-                return Ok(None);
+                return self.jobs.next().await.transpose();
             }
             let page = self
                 .storage
@@ -155,7 +171,6 @@ impl<'a> ChunkEncoder<'a> {
                 .await?;
             let Some(last) = page.last() else {
                 self.scanned_all = true;
-                self.submit();
                 continue;
             };
             // Chunks are encoded apart: check the id order across their boundaries here.
@@ -168,13 +183,7 @@ impl<'a> ChunkEncoder<'a> {
                 }
             }
             self.after = Some(last.id.clone());
-            for v in page {
-                self.pending_bytes += 4 * v.values.len() + v.id.len() + 64;
-                self.pending.push(v);
-                if self.pending_bytes >= self.s.chunk_size {
-                    self.submit();
-                }
-            }
+            self.carry.extend(page);
         }
     }
 }
@@ -185,7 +194,7 @@ type WriterOutcome = (Box<dyn SinkWriter>, Result<[u8; 32]>);
 
 /// Appends chunks to an upload, recording where each lands. A task of its own hashes the
 /// blob and writes to the sink, so the caller goes on scanning while a chunk is written; at
-/// most two chunks wait for it.
+/// most one chunk waits for it.
 pub(crate) struct BlobWriter {
     tx: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
     task: Option<JoinHandle<WriterOutcome>>,
@@ -195,7 +204,7 @@ pub(crate) struct BlobWriter {
 
 impl BlobWriter {
     pub fn new(mut out: Box<dyn SinkWriter>) -> Self {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
         let task = tokio::spawn(async move {
             let mut sha = Sha256::new();
             while let Some(bytes) = rx.recv().await {
@@ -218,7 +227,7 @@ impl BlobWriter {
     pub async fn write(
         &mut self,
         bytes: Vec<u8>,
-        sha256: [u8; 32],
+        crc32: u32,
         raw_length: u64,
         vectors: u64,
     ) -> Result<ChunkEntry> {
@@ -233,7 +242,7 @@ impl BlobWriter {
             length,
             raw_length,
             vectors,
-            sha256: hex::encode(sha256),
+            crc32,
         };
         self.offset += length;
         self.raw_total += raw_length;
@@ -264,8 +273,8 @@ impl BlobWriter {
     /// Compresses and appends a small chunk of raw frames (headers, ends).
     pub async fn write_raw(&mut self, raw: Vec<u8>, level: u32) -> Result<ChunkEntry> {
         let bytes = blob::compress_member(&raw, level);
-        let sha = Sha256::digest(&bytes).into();
-        self.write(bytes, sha, raw.len() as u64, 0).await
+        let crc = crc32fast::hash(&bytes);
+        self.write(bytes, crc, raw.len() as u64, 0).await
     }
 
     /// Publishes the blob; returns its size, raw size and SHA-256.
@@ -427,7 +436,7 @@ pub(crate) async fn download(
 }
 
 /// Checks every chunk of a namespace in the spool (which holds blob bytes from `base` on)
-/// against its recorded SHA-256, in parallel. Run before anything is changed, so damaged
+/// against its recorded CRC-32, in parallel. Run before anything is changed, so damaged
 /// data is refused whole.
 pub(crate) async fn check_chunks(
     spool: &Arc<Spool>,
@@ -452,12 +461,12 @@ pub(crate) async fn check_chunks(
                         format!("local temporary file: {e}"),
                     )
                 })?;
-                if hex::encode(Sha256::digest(&bytes)) != c.sha256 {
+                if crc32fast::hash(&bytes) != c.crc32 {
                     return Err(Error::corrupt(
                         &id,
                         Some(&ns),
                         Some(c.offset),
-                        "chunk bytes do not match their recorded SHA-256 (damaged or truncated)",
+                        "chunk bytes do not match their recorded checksum (damaged or truncated)",
                     ));
                 }
                 Ok(())

@@ -34,6 +34,7 @@ async fn run_suite(name: &str, url: &str, options: &SinkOptions) {
     conformance::sink_multipart_blob(sink.as_ref()).await;
     let manager = SnapshotManager::new(sink.clone(), SnapshotConfig::default()).unwrap();
     conformance::manager_workflow(&manager).await;
+    conformance::manager_large_namespace(&manager).await;
     let a = SnapshotManager::new(
         sink.clone(),
         SnapshotConfig::default().with_max_snapshots(0),

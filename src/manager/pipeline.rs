@@ -23,8 +23,12 @@ use std::io::Write;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 
-/// Spools up to this much in memory before moving to a temporary file.
+/// Objects up to this size are downloaded into memory with one request.
 const SPOOL_MEMORY: usize = 8 << 20;
+/// Larger ones are fetched in ranged parts of this size...
+const DOWNLOAD_PART: usize = 4 << 20;
+/// ...this many at once (memory: about `DOWNLOAD_PART × DOWNLOAD_CONCURRENCY`).
+const DOWNLOAD_CONCURRENCY: usize = 4;
 
 /// CPU-bound jobs (chunk encoding and decoding) run at most `max` at once, their results
 /// taken in submission order. They run on a small fixed pool of threads rather than the
@@ -411,52 +415,71 @@ pub(crate) async fn download(
             });
         }
     }
-    let mut stream = sink.get(key, range.clone()).await?;
-    let mut mem = Vec::new();
-    let mut file: Option<std::fs::File> = None;
-    let mut got = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        got += chunk.len() as u64;
-        if got > expected_len {
-            break;
-        }
-        if let Some(h) = sha.as_mut() {
-            h.update(&chunk);
-        }
-        if file.is_none() && mem.len() + chunk.len() <= SPOOL_MEMORY {
-            mem.extend_from_slice(&chunk);
-            continue;
-        }
-        let mut f = match file.take() {
-            Some(f) => f,
-            None => tempfile::tempfile().map_err(local_err)?,
-        };
-        let head = std::mem::take(&mut mem);
-        f = tokio::task::spawn_blocking(move || {
-            f.write_all(&head)
-                .and_then(|_| f.write_all(&chunk))
-                .map(|_| f)
-        })
-        .await?
-        .map_err(local_err)?;
-        file = Some(f);
-    }
-    if got != expected_len {
-        let what = match range {
-            Some(r) => format!("bytes {}..{} of {key}", r.start, r.end),
-            None => key.to_string(),
-        };
-        return Err(Error::sink(
-            SinkOp::Get,
-            key.as_str(),
-            format!("read {got} bytes of {what}, expected {expected_len}"),
+    let whole = range.clone().unwrap_or(0..expected_len);
+    if whole.end - whole.start != expected_len {
+        return Err(Error::invalid(
+            "range",
+            format!("{}..{} is not {expected_len} bytes", whole.start, whole.end),
         ));
     }
-    Ok(match file {
-        Some(f) => Spool::File(f),
-        None => Spool::Memory(mem),
-    })
+    let short = |got: u64| {
+        Error::sink(
+            SinkOp::Get,
+            key.as_str(),
+            format!(
+                "read {got} bytes of {key} at {}..{}, expected {expected_len}",
+                whole.start, whole.end
+            ),
+        )
+    };
+    // Small objects: one request into memory.
+    if expected_len <= SPOOL_MEMORY as u64 {
+        let mut stream = sink.get(key, range.clone()).await?;
+        let mut mem = Vec::with_capacity(expected_len as usize);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if mem.len() + chunk.len() > expected_len as usize {
+                return Err(short(mem.len() as u64 + chunk.len() as u64));
+            }
+            mem.extend_from_slice(&chunk);
+        }
+        if mem.len() as u64 != expected_len {
+            return Err(short(mem.len() as u64));
+        }
+        if let Some(h) = sha.as_mut() {
+            h.update(&mem);
+        }
+        return Ok(Spool::Memory(mem));
+    }
+    // Larger ones: ranged requests of DOWNLOAD_PART bytes, DOWNLOAD_CONCURRENCY at once, taken
+    // in order (so hashing stays sequential) and appended to an unnamed temporary file.
+    let parts: Vec<std::ops::Range<u64>> = (whole.start..whole.end)
+        .step_by(DOWNLOAD_PART)
+        .map(|at| at..(at + DOWNLOAD_PART as u64).min(whole.end))
+        .collect();
+    let mut fetched = futures::stream::iter(parts)
+        .map(|r| async move {
+            let want = r.end - r.start;
+            let bytes = crate::sink::SinkExt::get_bytes(sink, key, Some(r)).await?;
+            Ok::<_, Error>((want, bytes))
+        })
+        .buffered(DOWNLOAD_CONCURRENCY);
+    let mut file = tempfile::tempfile().map_err(local_err)?;
+    let mut got = 0u64;
+    while let Some(part) = fetched.next().await {
+        let (want, bytes) = part?;
+        got += bytes.len() as u64;
+        if bytes.len() as u64 != want {
+            return Err(short(got));
+        }
+        if let Some(h) = sha.as_mut() {
+            h.update(&bytes);
+        }
+        file = tokio::task::spawn_blocking(move || file.write_all(&bytes).map(|_| file))
+            .await?
+            .map_err(local_err)?;
+    }
+    Ok(Spool::File(file))
 }
 
 /// Checks every chunk of a namespace in the spool (which holds blob bytes from `base` on)

@@ -358,3 +358,24 @@ pub async fn sink_multipart_blob(sink: &dyn SnapshotSink) {
     assert_eq!(sink.head(&k).await.unwrap().size, total as u64);
     sink.delete(&k).await.unwrap();
 }
+
+/// A namespace larger than one download request (8 MiB): restore and verify fetch it in
+/// parallel ranged parts, and the result is exact.
+pub async fn manager_large_namespace(m: &SnapshotManager) {
+    let store = store_with(&[("big", 3_500, 768)]).await;
+    let snap = m
+        .create_snapshot(&store, CreateOptions::described("large"))
+        .await
+        .unwrap();
+    assert!(
+        snap.namespace("big").unwrap().length > 8 << 20,
+        "the namespace must exceed one request"
+    );
+    m.verify_snapshot(snap.id.as_str()).await.unwrap();
+    let target = InMemoryStorage::new();
+    m.restore_snapshot(&target, snap.id.as_str(), &RestoreOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(dump(&target).await, dump(&store).await);
+    m.delete_snapshot(snap.id.as_str(), false).await.unwrap();
+}

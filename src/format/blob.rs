@@ -648,50 +648,66 @@ pub fn decode_header(compressed: impl Read) -> Result<BlobHeader, DecodeError> {
     if major != FORMAT_MAJOR {
         return Err(DecodeError::Version { major, minor });
     }
-    let mut frames = FrameReader { r, pos: 12 };
-    let Some((kind::FILE_HEADER, p)) = frames.next_required()? else {
-        return corrupt("header chunk lacks its FILE_HEADER frame");
-    };
-    let mut p = Payload {
-        b: &p,
-        what: "FILE_HEADER",
-    };
-    let n = p.u16()? as usize;
-    let snapshot_id = p.str(n)?;
-    let created_at_ms = p.u64()?;
-    if frames.next_required()?.is_some() {
-        return corrupt("header chunk holds more than its header");
-    }
-    Ok(BlobHeader {
-        major,
-        minor,
-        snapshot_id,
-        created_at_ms,
+    let frames = FrameReader { r, pos: 12 };
+    only_frame(frames, kind::FILE_HEADER, "the header chunk", |p| {
+        let mut p = Payload {
+            b: p,
+            what: "FILE_HEADER",
+        };
+        let n = p.u16()? as usize;
+        let snapshot_id = p.str(n)?;
+        let created_at_ms = p.u64()?;
+        Ok(BlobHeader {
+            major,
+            minor,
+            snapshot_id,
+            created_at_ms,
+        })
     })
 }
 
 /// Decodes the footer chunk.
 pub fn decode_footer(compressed: impl Read) -> Result<BlobFooter, DecodeError> {
-    let mut frames = FrameReader {
+    let frames = FrameReader {
         r: GzDecoder::new(compressed),
         pos: 0,
     };
-    let Some((kind::FILE_END, p)) = frames.next_required()? else {
-        return corrupt("footer chunk lacks its FILE_END frame");
+    only_frame(frames, kind::FILE_END, "the footer chunk", |p| {
+        let mut p = Payload {
+            b: p,
+            what: "FILE_END",
+        };
+        let footer = BlobFooter {
+            namespaces: p.u32()?,
+            total_vectors: p.u64()?,
+        };
+        p.end()?;
+        Ok(footer)
+    })
+}
+
+/// Reads the one frame a small chunk holds: it must be of kind `want`, and nothing but
+/// optional frames may follow it.
+fn only_frame<R: Read, T>(
+    mut frames: FrameReader<R>,
+    want: u8,
+    what: &str,
+    parse: impl FnOnce(&[u8]) -> Result<T, DecodeError>,
+) -> Result<T, DecodeError> {
+    let payload = match frames.next_required()? {
+        Some((k, p)) if k == want => p,
+        Some((k, _)) => {
+            return corrupt(format!(
+                "{what} holds a frame of kind {k:#04x}, not {want:#04x}"
+            ))
+        }
+        None => return corrupt(format!("{what} is empty (truncated?)")),
     };
-    let mut p = Payload {
-        b: &p,
-        what: "FILE_END",
-    };
-    let footer = BlobFooter {
-        namespaces: p.u32()?,
-        total_vectors: p.u64()?,
-    };
-    p.end()?;
+    let value = parse(&payload)?;
     if frames.next_required()?.is_some() {
-        return corrupt("footer chunk holds more than its footer");
+        return corrupt(format!("{what} holds more than one frame"));
     }
-    Ok(footer)
+    Ok(value)
 }
 
 /// What an NS_HEADER frame says.
@@ -750,37 +766,30 @@ fn parse_ns_end(p: &[u8]) -> Result<(u64, [u8; 32]), DecodeError> {
 
 /// Decodes a namespace's header chunk.
 pub fn decode_ns_header_chunk(compressed: impl Read) -> Result<NamespaceHeader, DecodeError> {
-    let mut frames = FrameReader {
+    let frames = FrameReader {
         r: MultiGzDecoder::new(compressed),
         pos: 0,
     };
-    let Some((kind::NS_HEADER, p)) = frames.next_required()? else {
-        return corrupt("namespace section does not start with an NS_HEADER frame");
-    };
-    let h = parse_ns_header(&p)?;
-    if frames.next_required()?.is_some() {
-        return corrupt(format!(
-            "the header chunk of namespace {:?} holds more than its header",
-            h.name
-        ));
-    }
-    Ok(h)
+    only_frame(
+        frames,
+        kind::NS_HEADER,
+        "a namespace's header chunk",
+        parse_ns_header,
+    )
 }
 
 /// Decodes a namespace's end chunk: the vector count and content digest it records.
 pub fn decode_ns_end_chunk(compressed: impl Read) -> Result<(u64, [u8; 32]), DecodeError> {
-    let mut frames = FrameReader {
+    let frames = FrameReader {
         r: MultiGzDecoder::new(compressed),
         pos: 0,
     };
-    let Some((kind::NS_END, p)) = frames.next_required()? else {
-        return corrupt("namespace section does not end with an NS_END frame");
-    };
-    let end = parse_ns_end(&p)?;
-    if frames.next_required()?.is_some() {
-        return corrupt("data after the end of the namespace");
-    }
-    Ok(end)
+    only_frame(
+        frames,
+        kind::NS_END,
+        "a namespace's end chunk",
+        parse_ns_end,
+    )
 }
 
 /// One chunk of vectors, decoded.

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{dump, make_vectors, store_with, FailSwitches, FailingSink};
+use common::{dump, make_vectors, restore_all, store_with, FailSwitches, FailingSink};
 use dakera_snapshot::format::blob::Filter;
 use dakera_snapshot::id::SeededRandom;
 use dakera_snapshot::paths::Key;
@@ -61,10 +61,7 @@ async fn round_trip(m: &SnapshotManager, store: &InMemoryStorage) -> InMemorySto
         .await
         .unwrap();
     m.verify_snapshot(snap.id.as_str()).await.unwrap();
-    let target = InMemoryStorage::new();
-    m.restore_snapshot(&target, snap.id.as_str(), &RestoreOptions::new())
-        .await
-        .unwrap();
+    let target = restore_all(m, snap.id.as_str()).await;
     target
 }
 
@@ -162,10 +159,7 @@ async fn many_members_per_namespace_and_options_are_honoured() {
     assert!(big.chunks.len() > 10, "{} chunks", big.chunks.len());
     assert_eq!(big.chunks.iter().map(|x| x.vectors).sum::<u64>(), 3000);
     assert_eq!(snap.compression.filter, Filter::Shuffle);
-    let target = InMemoryStorage::new();
-    m.restore_snapshot(&target, snap.id.as_str(), &RestoreOptions::new())
-        .await
-        .unwrap();
+    let target = restore_all(&m, snap.id.as_str()).await;
     assert_eq!(dump(&target).await, dump(&store).await);
 
     // compression off: stored gzip, bigger than compressed, still one valid gzip stream
@@ -227,11 +221,7 @@ async fn many_members_per_namespace_and_options_are_honoured() {
         "the digest ignores the filter"
     );
     unshuffled.verify_snapshot(u.id.as_str()).await.unwrap();
-    let target = InMemoryStorage::new();
-    unshuffled
-        .restore_snapshot(&target, u.id.as_str(), &RestoreOptions::new())
-        .await
-        .unwrap();
+    let target = restore_all(&unshuffled, u.id.as_str()).await;
     assert_eq!(dump(&target).await, dump(&store).await);
 
     // include_metadata off: vectors come back without metadata
@@ -245,11 +235,7 @@ async fn many_members_per_namespace_and_options_are_honoured() {
         .await
         .unwrap();
     assert!(!s.include_metadata);
-    let target = InMemoryStorage::new();
-    nometa
-        .restore_snapshot(&target, s.id.as_str(), &RestoreOptions::new())
-        .await
-        .unwrap();
+    let target = restore_all(&nometa, s.id.as_str()).await;
     assert!(target
         .get_all("small")
         .await

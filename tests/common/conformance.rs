@@ -1,12 +1,12 @@
 //! The conformance suite: plain async functions over a sink or a manager. Every backend's
 //! test file calls each of them once, so a new backend is tested by adding one call.
 
-use super::{dump, make_vectors, store_with};
+use super::{dump, make_vectors, restore_all, store_with};
 use bytes::Bytes;
 use dakera_snapshot::paths::Key;
 use dakera_snapshot::{
-    CreateOptions, Error, InMemoryStorage, PutMode, RestoreOptions, RetentionPolicy, SinkExt,
-    SnapshotManager, SnapshotSink, SnapshotType, VectorStorage,
+    CreateOptions, Error, PutMode, RetentionPolicy, SinkExt, SnapshotManager, SnapshotSink,
+    SnapshotType, VectorStorage,
 };
 
 fn key(s: &str) -> Key {
@@ -226,15 +226,9 @@ pub async fn manager_workflow(m: &SnapshotManager) {
         let report = m.verify_snapshot(snap.id.as_str()).await.unwrap();
         assert_eq!(report.vectors_checked, snap.total_vectors);
     }
-    let target = InMemoryStorage::new();
-    m.restore_snapshot(&target, inc.id.as_str(), &RestoreOptions::new())
-        .await
-        .unwrap();
+    let target = restore_all(m, inc.id.as_str()).await;
     assert_eq!(dump(&target).await, at_inc);
-    let target = InMemoryStorage::new();
-    m.restore_snapshot(&target, full.id.as_str(), &RestoreOptions::new())
-        .await
-        .unwrap();
+    let target = restore_all(m, full.id.as_str()).await;
     assert_eq!(dump(&target).await, at_full);
 
     let report = m
@@ -372,10 +366,7 @@ pub async fn manager_large_namespace(m: &SnapshotManager) {
         "the namespace must exceed one request"
     );
     m.verify_snapshot(snap.id.as_str()).await.unwrap();
-    let target = InMemoryStorage::new();
-    m.restore_snapshot(&target, snap.id.as_str(), &RestoreOptions::new())
-        .await
-        .unwrap();
+    let target = restore_all(m, snap.id.as_str()).await;
     assert_eq!(dump(&target).await, dump(&store).await);
     m.delete_snapshot(snap.id.as_str(), false).await.unwrap();
 }

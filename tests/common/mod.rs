@@ -71,6 +71,15 @@ pub async fn dump(s: &dyn VectorStorage) -> BTreeMap<String, (Option<usize>, Vec
     out
 }
 
+/// Restores snapshot `id` with default options into a fresh store and returns it.
+pub async fn restore_all(m: &dakera_snapshot::SnapshotManager, id: &str) -> InMemoryStorage {
+    let target = InMemoryStorage::new();
+    m.restore_snapshot(&target, id, &dakera_snapshot::RestoreOptions::new())
+        .await
+        .unwrap_or_else(|e| panic!("restore of {id}: {e}"));
+    target
+}
+
 /// Which operations a [`FailingSink`] fails.
 #[derive(Debug, Default)]
 pub struct FailSwitches {

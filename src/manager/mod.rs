@@ -814,13 +814,9 @@ impl SnapshotManager {
                 "blob SHA-256 does not match the sidecar",
             ));
         }
-        let small = |off: u64, len: u64| {
-            spool
-                .read(off, len)
-                .map_err(|e| Error::sink(crate::error::SinkOp::Get, blob_key.as_str(), e))
-        };
+        let small = |off: u64, len: u64| spool.read(off, len);
         let header = blob::decode_header(&small(0, meta.header.length)?[..])
-            .map_err(|e| decode_error(&meta, None, 0, e))?;
+            .map_err(|e| decode_error(id.as_str(), None, 0, e))?;
         if header.snapshot_id != id.as_str() || header.created_at_ms != meta.created_at_ms {
             let why = format!("the blob was written for snapshot {}", header.snapshot_id);
             return Err(Error::corrupt(id.as_str(), None, Some(0), why));
@@ -835,7 +831,7 @@ impl SnapshotManager {
             namespaces.push((entry.name.clone(), reader.finish().await?));
         }
         let footer = blob::decode_footer(&small(meta.footer.offset, meta.footer.length)?[..])
-            .map_err(|e| decode_error(&meta, None, meta.footer.offset, e))?;
+            .map_err(|e| decode_error(id.as_str(), None, meta.footer.offset, e))?;
         if footer.namespaces as usize != meta.namespaces.len()
             || footer.total_vectors != meta.total_vectors
         {

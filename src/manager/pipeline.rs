@@ -84,16 +84,11 @@ impl<T: Send + 'static> Ordered<T> {
 }
 
 /// Maps a codec error to the crate error, naming the snapshot and namespace.
-pub(crate) fn decode_error(
-    meta: &SnapshotMetadata,
-    ns: Option<&str>,
-    offset: u64,
-    e: DecodeError,
-) -> Error {
+pub(crate) fn decode_error(snapshot: &str, ns: Option<&str>, offset: u64, e: DecodeError) -> Error {
     match e {
-        DecodeError::Corrupt(reason) => Error::corrupt(meta.id.as_str(), ns, Some(offset), reason),
+        DecodeError::Corrupt(reason) => Error::corrupt(snapshot, ns, Some(offset), reason),
         DecodeError::Version { major, minor } => Error::UnsupportedVersion {
-            what: format!("blob of snapshot {}", meta.id),
+            what: format!("blob of snapshot {snapshot}"),
             found: format!("{major}.{minor}"),
             supported: FORMAT_MAJOR,
         },
@@ -348,8 +343,14 @@ impl BlobWriter {
     }
 }
 
-/// Downloaded bytes, readable at any offset from any thread.
-pub(crate) enum Spool {
+/// Downloaded bytes of one object, readable at any offset from any thread.
+pub(crate) struct Spool {
+    data: SpoolData,
+    /// The object's key, for error messages.
+    key: String,
+}
+
+enum SpoolData {
     Memory(Vec<u8>),
     File(std::fs::File),
     /// The object's own local file; spool offset 0 is file offset `base`.
@@ -361,22 +362,32 @@ pub(crate) enum Spool {
 
 impl Spool {
     /// `len` bytes at `offset`.
-    pub fn read(&self, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
-        match self {
-            Spool::Local { file, base } => {
+    pub fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.read_raw(offset, len).map_err(|e| {
+            Error::sink(
+                SinkOp::Get,
+                self.key.as_str(),
+                format!("reading the local copy at {offset}: {e}"),
+            )
+        })
+    }
+
+    fn read_raw(&self, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+        match &self.data {
+            SpoolData::Local { file, base } => {
                 use std::os::unix::fs::FileExt;
                 let mut buf = vec![0u8; len as usize];
                 file.read_exact_at(&mut buf, base + offset)?;
                 Ok(buf)
             }
-            Spool::Memory(v) => {
+            SpoolData::Memory(v) => {
                 let end = offset.checked_add(len).filter(|e| *e <= v.len() as u64);
                 let end = end.ok_or_else(|| {
                     std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "read past the spool")
                 })?;
                 Ok(v[offset as usize..end as usize].to_vec())
             }
-            Spool::File(f) => {
+            SpoolData::File(f) => {
                 use std::os::unix::fs::FileExt;
                 let mut buf = vec![0u8; len as usize];
                 f.read_exact_at(&mut buf, offset)?;
@@ -409,9 +420,12 @@ pub(crate) async fn download(
                 let why = format!("{}..{} of {key}, which is {size} bytes", r.start, r.end);
                 return Err(Error::invalid("range", why));
             }
-            return Ok(Spool::Local {
-                file,
-                base: r.start,
+            return Ok(Spool {
+                data: SpoolData::Local {
+                    file,
+                    base: r.start,
+                },
+                key: key.to_string(),
             });
         }
     }
@@ -449,7 +463,10 @@ pub(crate) async fn download(
         if let Some(h) = sha.as_mut() {
             h.update(&mem);
         }
-        return Ok(Spool::Memory(mem));
+        return Ok(Spool {
+            data: SpoolData::Memory(mem),
+            key: key.to_string(),
+        });
     }
     // Larger ones: ranged requests of DOWNLOAD_PART bytes, DOWNLOAD_CONCURRENCY at once, taken
     // in order (so hashing stays sequential) and appended to an unnamed temporary file.
@@ -479,7 +496,10 @@ pub(crate) async fn download(
             .await?
             .map_err(local_err)?;
     }
-    Ok(Spool::File(file))
+    Ok(Spool {
+        data: SpoolData::File(file),
+        key: key.to_string(),
+    })
 }
 
 /// Checks every chunk of a namespace in the spool (which holds blob bytes from `base` on)
@@ -501,13 +521,7 @@ pub(crate) async fn check_chunks(
             };
             let (spool, id, ns) = (spool.clone(), meta.id.to_string(), entry.name.clone());
             jobs.push(move || {
-                let bytes = spool.read(c.offset - base, c.length).map_err(|e| {
-                    Error::sink(
-                        SinkOp::Get,
-                        id.as_str(),
-                        format!("local temporary file: {e}"),
-                    )
-                })?;
+                let bytes = spool.read(c.offset - base, c.length)?;
                 if crc32fast::hash(&bytes) != c.crc32 {
                     return Err(Error::corrupt(
                         &id,
@@ -606,24 +620,9 @@ impl<'m> NamespaceReader<'m> {
                 (self.spool.clone(), self.base, self.dimension, self.filter);
             let (meta_id, ns) = (self.meta.id.to_string(), self.entry.name.clone());
             self.jobs.push(move || {
-                let bytes = spool.read(c.offset - base, c.length).map_err(|e| {
-                    Error::sink(
-                        SinkOp::Get,
-                        meta_id.as_str(),
-                        format!("local temporary file: {e}"),
-                    )
-                })?;
-                let decoded = blob::decode_chunk(&bytes[..], dim, filter).map_err(|e| match e {
-                    DecodeError::Corrupt(r) => {
-                        Error::corrupt(&meta_id, Some(&ns), Some(c.offset), r)
-                    }
-                    DecodeError::Version { .. } => Error::corrupt(
-                        &meta_id,
-                        Some(&ns),
-                        Some(c.offset),
-                        "version mismatch inside a chunk",
-                    ),
-                })?;
+                let bytes = spool.read(c.offset - base, c.length)?;
+                let decoded = blob::decode_chunk(&bytes[..], dim, filter)
+                    .map_err(|e| decode_error(&meta_id, Some(&ns), c.offset, e))?;
                 if decoded.vectors.len() as u64 != c.vectors {
                     return Err(Error::corrupt(
                         &meta_id,
@@ -707,10 +706,9 @@ async fn read_chunk<T: Send + 'static>(
     decode: impl FnOnce(Vec<u8>) -> std::result::Result<T, DecodeError> + Send + 'static,
 ) -> Result<T> {
     let (spool, off, len) = (spool.clone(), c.offset - base, c.length);
-    let r = tokio::task::spawn_blocking(move || match spool.read(off, len) {
-        Ok(b) => decode(b),
-        Err(e) => Err(DecodeError::Corrupt(format!("local temporary file: {e}"))),
+    let (id, ns, at) = (meta.id.to_string(), entry.name.clone(), c.offset);
+    tokio::task::spawn_blocking(move || {
+        decode(spool.read(off, len)?).map_err(|e| decode_error(&id, Some(&ns), at, e))
     })
-    .await?;
-    r.map_err(|e| decode_error(meta, Some(&entry.name), c.offset, e))
+    .await?
 }

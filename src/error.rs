@@ -175,6 +175,27 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
 
+    /// Reading or writing a local file or stream (an export, an import) failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being read or written, e.g. "writing /tmp/out.jsonl".
+        what: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An input file (e.g. a JSON Lines import) is malformed at a given line.
+    #[error("{input}, line {line}: {reason}")]
+    BadInput {
+        /// The input's name (a path, or "stdin").
+        input: String,
+        /// 1-based line number.
+        line: u64,
+        /// What is wrong with the line.
+        reason: String,
+    },
+
     /// The vector store returned an error.
     #[error("vector storage error: {0}")]
     Storage(String),
@@ -228,6 +249,14 @@ impl Error {
                 offset,
             },
             reason: reason.into(),
+        }
+    }
+
+    /// Builds an [`Error::Io`].
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            what: what.into(),
+            source,
         }
     }
 

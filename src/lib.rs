@@ -43,8 +43,10 @@ pub mod config;
 pub mod error;
 pub mod format;
 pub mod id;
+pub mod jsonl;
 pub mod manager;
 pub mod paths;
+pub mod progress;
 pub mod retention;
 pub mod sink;
 pub mod storage;
@@ -58,7 +60,11 @@ pub use config::{CompressionLevel, CreateOptions, RestoreMode, RestoreOptions, S
 pub use error::{Error, Result};
 pub use format::sidecar::{NamespaceEntry, SnapshotMetadata, SnapshotType};
 pub use id::{Clock, ManualClock, SnapshotId, SystemClock};
-pub use manager::{GcReport, RestoreResult, RetentionReport, SnapshotManager, VerifyReport};
+pub use manager::{
+    CopyOutcome, DiffEntry, DiffKind, ExportReport, GcReport, Lineage, RestoreResult,
+    RetentionReport, SnapshotDiff, SnapshotManager, VerifyOutcome, VerifyReport,
+};
+pub use progress::{NoProgress, Progress};
 pub use retention::{RetentionPlan, RetentionPolicy};
 pub use sink::{
     sink_from_url, LocalFsSink, ObjectStoreSink, PutMode, SinkExt, SinkOptions, SnapshotSink,

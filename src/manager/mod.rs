@@ -3,6 +3,11 @@
 //! through a [`SnapshotSink`].
 
 mod pipeline;
+mod tools;
+
+pub use tools::{
+    CopyOutcome, DiffEntry, DiffKind, ExportReport, Lineage, SnapshotDiff, VerifyOutcome,
+};
 
 use crate::config::{CreateOptions, RestoreMode, RestoreOptions, SnapshotConfig};
 use crate::error::{Error, Result};
@@ -13,6 +18,7 @@ use crate::format::sidecar::{
 };
 use crate::id::{Clock, IdGenerator, OsRandom, RandomSource, SnapshotId, SystemClock};
 use crate::paths::{validate_namespace, ObjectKind, RepoLayout};
+use crate::progress::{NoProgress, Progress};
 use crate::retention::{self, RetentionPlan, RetentionPolicy};
 use crate::sink::{LocalFsSink, PutMode, SinkExt, SnapshotSink};
 use crate::storage::{Vector, VectorStorage};
@@ -118,6 +124,7 @@ pub struct SnapshotManager {
     clock: Arc<dyn Clock>,
     random: Arc<dyn RandomSource>,
     ids: IdGenerator,
+    progress: Arc<dyn Progress>,
 }
 
 impl SnapshotManager {
@@ -133,6 +140,7 @@ impl SnapshotManager {
             ids: IdGenerator::new(clock.clone(), random.clone()),
             clock,
             random,
+            progress: Arc::new(NoProgress),
         })
     }
 
@@ -161,6 +169,12 @@ impl SnapshotManager {
     pub fn with_random(mut self, random: Arc<dyn RandomSource>) -> Self {
         self.ids = IdGenerator::new(self.clock.clone(), random.clone());
         self.random = random;
+        self
+    }
+
+    /// Reports bytes moved by verify, restore, export and copy to `progress`.
+    pub fn with_progress(mut self, progress: Arc<dyn Progress>) -> Self {
+        self.progress = progress;
         self
     }
 
@@ -648,6 +662,12 @@ impl SnapshotManager {
             vectors_skipped_expired: 0,
             namespaces: Vec::new(),
         };
+        let total = targets
+            .iter()
+            .map(|(src, _)| resolved.namespaces[src].1.length)
+            .sum();
+        self.progress.begin(&format!("restore {id}"), Some(total));
+        let _end = EndProgress(self.progress.as_ref());
         for (src, target) in targets {
             let (idx, entry) = &resolved.namespaces[&src];
             let holder = &resolved.chain[*idx];
@@ -729,6 +749,7 @@ impl SnapshotManager {
             Some(range.range()),
             range.length,
             None,
+            self.progress.as_ref(),
         )
         .await;
         let spool = match fetched {
@@ -796,14 +817,19 @@ impl SnapshotManager {
             ));
         }
         let mut sha = Sha256::new();
+        self.progress
+            .begin(&format!("verify {id}"), Some(meta.size_bytes));
         let spool = pipeline::download(
             self.sink.as_ref(),
             &blob_key,
             None,
             meta.size_bytes,
             Some(&mut sha),
+            self.progress.as_ref(),
         )
-        .await?;
+        .await;
+        self.progress.end();
+        let spool = spool?;
         let spool = Arc::new(spool);
         let sha: [u8; 32] = sha.finalize().into();
         if hex::encode(sha) != meta.blob_sha256 {
@@ -957,6 +983,15 @@ impl SnapshotManager {
             report.incomplete_uploads_removed = self.sink.remove_incomplete(cutoff).await?;
         }
         Ok(report)
+    }
+}
+
+/// Ends the current progress phase when dropped, however the phase ends.
+struct EndProgress<'a>(&'a dyn Progress);
+
+impl Drop for EndProgress<'_> {
+    fn drop(&mut self) {
+        self.0.end();
     }
 }
 

@@ -13,6 +13,7 @@ use crate::format::blob::{self, ContentDigest, DecodeError, DecodedChunk, Encode
 use crate::format::sidecar::{ChunkEntry, NamespaceEntry, SnapshotMetadata};
 use crate::format::FORMAT_MAJOR;
 use crate::paths::Key;
+use crate::progress::Progress;
 use crate::sink::{SinkWriter, SnapshotSink};
 use crate::storage::{Vector, VectorStorage};
 use bytes::Bytes;
@@ -404,6 +405,7 @@ pub(crate) async fn download(
     range: Option<std::ops::Range<u64>>,
     expected_len: u64,
     mut sha: Option<&mut Sha256>,
+    progress: &dyn Progress,
 ) -> Result<Spool> {
     let local_err = |e: std::io::Error| {
         Error::sink(
@@ -420,6 +422,7 @@ pub(crate) async fn download(
                 let why = format!("{}..{} of {key}, which is {size} bytes", r.start, r.end);
                 return Err(Error::invalid("range", why));
             }
+            progress.advance(expected_len);
             return Ok(Spool {
                 data: SpoolData::Local {
                     file,
@@ -456,6 +459,7 @@ pub(crate) async fn download(
                 return Err(short(mem.len() as u64 + chunk.len() as u64));
             }
             mem.extend_from_slice(&chunk);
+            progress.advance(chunk.len() as u64);
         }
         if mem.len() as u64 != expected_len {
             return Err(short(mem.len() as u64));
@@ -492,6 +496,7 @@ pub(crate) async fn download(
         if let Some(h) = sha.as_mut() {
             h.update(&bytes);
         }
+        progress.advance(bytes.len() as u64);
         file = tokio::task::spawn_blocking(move || file.write_all(&bytes).map(|_| file))
             .await?
             .map_err(local_err)?;

@@ -1,0 +1,718 @@
+//! `dakera-snapshot`: inspect, verify, export, import, expire and copy snapshot
+//! repositories from a terminal or from cron. A thin shell over the library: every command
+//! is one or two library calls plus output formatting.
+
+mod progress;
+mod render;
+
+use clap::{ArgGroup, Parser, Subcommand};
+use dakera_snapshot::jsonl::{export_jsonl, import_jsonl};
+use dakera_snapshot::{
+    CompressionLevel, CopyOutcome, CreateOptions, Error, Progress, RetentionPolicy, SinkOptions,
+    SnapshotConfig, SnapshotId, SnapshotManager,
+};
+use progress::Bars;
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+const EXAMPLES: &str = "\
+Examples:
+  # import JSON Lines into a local repository, then look at it
+  dakera-snapshot --repo ./backups import vectors.jsonl --description 'first load'
+  dakera-snapshot --repo ./backups list
+  # copy everything to S3 (credentials from AWS_* variables), verify it there
+  dakera-snapshot --repo ./backups copy --all --to s3://my-bucket/dakera
+  DAKERA_SNAPSHOT_URL=s3://my-bucket/dakera dakera-snapshot verify --all
+  # keep a week of dailies, see first what would go
+  dakera-snapshot --repo s3://my-bucket/dakera prune --keep-daily 7 --dry-run
+
+Exit status: 0 success, 1 failure (including a failed verification), 2 usage error.";
+
+/// Inspect, verify, export, import, expire and copy dakera snapshot repositories.
+#[derive(Parser, Debug)]
+#[command(name = "dakera-snapshot", version, after_help = EXAMPLES)]
+struct Cli {
+    /// The repository: a local directory, file:///abs/path, s3://bucket/prefix,
+    /// gs://bucket/prefix or az://container/prefix. Credentials come from the usual
+    /// AWS_*, GOOGLE_*, AZURE_* variables.
+    #[arg(long, env = "DAKERA_SNAPSHOT_URL", global = true, value_name = "URL")]
+    repo: Option<String>,
+
+    /// A backend option, KEY=VALUE (repeatable), e.g. endpoint=http://127.0.0.1:9000,
+    /// allow_http=true, region=eu-west-1. Values are never printed.
+    #[arg(long = "option", short = 'o', global = true, value_name = "KEY=VALUE", value_parser = key_value)]
+    options: Vec<(String, String)>,
+
+    /// Print machine-readable JSON on stdout instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// No progress bars and no informational messages on stderr.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+
+    /// More logging on stderr (-v info, -vv debug, -vvv trace) and the full chain of causes
+    /// of an error. RUST_LOG overrides the level.
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List snapshots, newest first.
+    #[command(
+        after_help = "Example:\n  dakera-snapshot --repo ./backups list --json | jq '.[0].id'"
+    )]
+    List,
+
+    /// Show one snapshot's sidecar (namespaces, sizes, checksums) and its chain of ancestors.
+    #[command(
+        after_help = "Examples:\n  dakera-snapshot --repo ./backups show latest\n  dakera-snapshot --repo ./backups show 20261125T101500123Z-0123456789abcdef --json"
+    )]
+    Show {
+        /// Snapshot id, or `latest`.
+        id: String,
+    },
+
+    /// Download and check snapshots: size, SHA-256, every frame, per-namespace counts and
+    /// digests, and that every ancestor exists. Exits 1 if anything is broken.
+    #[command(
+        group(ArgGroup::new("which").required(true).args(["id", "all"])),
+        after_help = "Examples:\n  dakera-snapshot --repo ./backups verify latest\n  dakera-snapshot --repo s3://bucket/dakera verify --all"
+    )]
+    Verify {
+        /// Snapshot id, or `latest`.
+        id: Option<String>,
+        /// Verify every snapshot in the repository.
+        #[arg(long)]
+        all: bool,
+    },
+
+    /// Write a snapshot's vectors (incremental chains resolved) as JSON Lines:
+    /// {"namespace","id","values","metadata","ttl_seconds","expires_at"} per line.
+    #[command(
+        after_help = "Examples:\n  dakera-snapshot --repo ./backups export latest --output all.jsonl\n  dakera-snapshot --repo ./backups export latest -n docs --output - | head\n  dakera-snapshot --repo ./backups export latest --gzip --output all.jsonl.gz"
+    )]
+    Export {
+        /// Snapshot id, or `latest`.
+        id: String,
+        /// Only this namespace (repeatable).
+        #[arg(long = "namespace", short = 'n', value_name = "NS")]
+        namespaces: Vec<String>,
+        /// Output file, or `-` for stdout. A file appears only once complete.
+        #[arg(long, value_name = "FILE")]
+        output: String,
+        /// Compress the output with gzip.
+        #[arg(long)]
+        gzip: bool,
+    },
+
+    /// Build a full snapshot from JSON Lines (plain or gzip, from a file or `-` for stdin),
+    /// one pass with bounded memory. Prints the new snapshot's id.
+    #[command(
+        after_help = "Examples:\n  dakera-snapshot --repo ./backups import vectors.jsonl --description 'migration' --label env=prod\n  zcat dump.jsonl.gz | dakera-snapshot --repo ./backups import -"
+    )]
+    Import {
+        /// Input file, or `-` for stdin.
+        input: String,
+        /// Free-text description stored with the snapshot.
+        #[arg(long)]
+        description: Option<String>,
+        /// Label KEY=VALUE stored with the snapshot (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE", value_parser = key_value)]
+        labels: Vec<(String, String)>,
+        /// Compression level.
+        #[arg(long, value_enum, default_value = "fast")]
+        level: Level,
+    },
+
+    /// Delete a snapshot. Refuses if other snapshots build on it, unless --force, which
+    /// deletes those too and lists them.
+    #[command(
+        after_help = "Example:\n  dakera-snapshot --repo ./backups delete 20261125T101500123Z-0123456789abcdef --force"
+    )]
+    Delete {
+        /// Snapshot id, or `latest`.
+        id: String,
+        /// Also delete the snapshots that build on it.
+        #[arg(long)]
+        force: bool,
+    },
+
+    /// Delete snapshots no retention rule keeps. Rules combine (a snapshot any rule keeps
+    /// stays); the newest snapshot and every ancestor of a kept one always stay.
+    #[command(
+        group(ArgGroup::new("rules").required(true).multiple(true)
+            .args(["keep_last", "keep_within", "keep_daily", "keep_weekly"])),
+        after_help = "Examples:\n  dakera-snapshot --repo ./backups prune --keep-last 10 --dry-run\n  dakera-snapshot --repo s3://bucket/dakera prune --keep-within 2d --keep-daily 7 --keep-weekly 8"
+    )]
+    Prune {
+        /// Keep the newest N snapshots.
+        #[arg(long, value_name = "N")]
+        keep_last: Option<usize>,
+        /// Keep snapshots younger than this (e.g. 36h, 7d, 2w).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        keep_within: Option<Duration>,
+        /// Keep the newest snapshot of each of the last N days.
+        #[arg(long, value_name = "N")]
+        keep_daily: Option<usize>,
+        /// Keep the newest snapshot of each of the last N ISO weeks.
+        #[arg(long, value_name = "N")]
+        keep_weekly: Option<usize>,
+        /// Show what would be deleted and why the rest stays; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+
+    /// Remove blobs without a sidecar (left by writers that crashed before committing) and
+    /// stale temporary uploads, if older than the grace period.
+    #[command(after_help = "Example:\n  dakera-snapshot --repo ./backups gc --grace 6h --dry-run")]
+    Gc {
+        /// Leave anything younger than this alone (writers may still be at work).
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+        grace: Duration,
+        /// Show what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+
+    /// Copy snapshots (with the ancestors they need) to another repository, checking
+    /// size and SHA-256 on the way and after arrival. Snapshots already there are skipped.
+    #[command(
+        group(ArgGroup::new("which").required(true).args(["ids", "all"])),
+        after_help = "Examples:\n  dakera-snapshot --repo ./backups copy latest --to s3://bucket/dakera\n  dakera-snapshot --repo s3://bucket/dakera copy --all --to gs://other-bucket/dakera"
+    )]
+    Copy {
+        /// Snapshot ids (or `latest`).
+        ids: Vec<String>,
+        /// Copy every snapshot.
+        #[arg(long)]
+        all: bool,
+        /// Destination repository URL (created if it is a missing local directory).
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// A backend option for the destination, KEY=VALUE (repeatable).
+        #[arg(long = "to-option", value_name = "KEY=VALUE", value_parser = key_value)]
+        to_options: Vec<(String, String)>,
+    },
+
+    /// Compare two snapshots namespace by namespace: added, removed, changed (with vector
+    /// counts before and after), unchanged.
+    #[command(
+        after_help = "Example:\n  dakera-snapshot --repo ./backups diff 20261124T000000000Z-00000000000000aa latest"
+    )]
+    Diff {
+        /// The earlier snapshot (id or `latest`).
+        from: String,
+        /// The later snapshot (id or `latest`).
+        to: String,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Level {
+    Fast,
+    Default,
+    Best,
+}
+
+impl From<Level> for CompressionLevel {
+    fn from(l: Level) -> Self {
+        match l {
+            Level::Fast => CompressionLevel::Fast,
+            Level::Default => CompressionLevel::Default,
+            Level::Best => CompressionLevel::Best,
+        }
+    }
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+/// Why the command failed: a usage problem (exit 2) or anything else (exit 1).
+enum Failure {
+    Usage(String),
+    Failed(Error),
+    /// Already reported (e.g. a verification that found problems).
+    Reported,
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Config(_) | Error::InvalidInput { .. } => Failure::Usage(e.to_string()),
+            other => Failure::Failed(other),
+        }
+    }
+}
+
+type CliResult<T = ()> = Result<T, Failure>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let verbose = cli.verbose > 0;
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Reported) => ExitCode::from(1),
+        Err(Failure::Usage(msg)) => {
+            eprintln!("error: {}", one_line(&msg));
+            ExitCode::from(2)
+        }
+        Err(Failure::Failed(e)) => {
+            eprintln!("error: {}", one_line(&e.to_string()));
+            if verbose {
+                let mut cause = std::error::Error::source(&e);
+                while let Some(c) = cause {
+                    eprintln!("  caused by: {}", one_line(&c.to_string()));
+                    cause = c.source();
+                }
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// Everything a command needs: the repository, output settings, progress.
+struct Ctx {
+    manager: SnapshotManager,
+    json: bool,
+    quiet: bool,
+    bars: Arc<Bars>,
+}
+
+impl Ctx {
+    /// An informational line on stderr (suppressed by --quiet).
+    fn note(&self, msg: impl AsRef<str>) {
+        if !self.quiet {
+            self.bars.suspend(|| eprintln!("{}", msg.as_ref()));
+        }
+    }
+}
+
+fn config() -> SnapshotConfig {
+    // Retention is explicit in the CLI (`prune`): an import or copy never deletes anything.
+    SnapshotConfig::default().with_max_snapshots(0)
+}
+
+fn sink_options(pairs: &[(String, String)]) -> SinkOptions {
+    pairs
+        .iter()
+        .fold(SinkOptions::new(), |o, (k, v)| o.with(k, v))
+}
+
+/// Opens a repository. `must_exist`: a local directory that is missing is an error rather
+/// than silently created empty (a typo must not look like an empty repository).
+fn open(url: &str, options: &SinkOptions, must_exist: bool) -> CliResult<SnapshotManager> {
+    if must_exist {
+        if let Some(dir) = local_dir(url) {
+            if !dir.is_dir() {
+                return Err(Failure::Failed(Error::Config(format!(
+                    "repository {} does not exist (import or copy --to create one)",
+                    dir.display()
+                ))));
+            }
+        }
+    }
+    Ok(SnapshotManager::from_url(url, options, config())?)
+}
+
+fn local_dir(url: &str) -> Option<PathBuf> {
+    if let Some(rest) = url.strip_prefix("file://") {
+        return Some(PathBuf::from(rest));
+    }
+    (!url.contains("://")).then(|| PathBuf::from(url))
+}
+
+async fn run(cli: Cli) -> CliResult {
+    let Some(url) = cli.repo.clone() else {
+        return Err(Failure::Usage(
+            "no repository: pass --repo URL or set DAKERA_SNAPSHOT_URL".into(),
+        ));
+    };
+    let creates = matches!(cli.command, Command::Import { .. });
+    let bars = Arc::new(Bars::new(!cli.quiet && std::io::stderr().is_terminal()));
+    let manager = open(&url, &sink_options(&cli.options), !creates)?
+        .with_progress(bars.clone() as Arc<dyn Progress>);
+    let ctx = Ctx {
+        manager,
+        json: cli.json,
+        quiet: cli.quiet,
+        bars,
+    };
+    match cli.command {
+        Command::List => list(&ctx).await,
+        Command::Show { id } => show(&ctx, &id).await,
+        Command::Verify { id, all } => verify(&ctx, id.as_deref(), all).await,
+        Command::Export {
+            id,
+            namespaces,
+            output,
+            gzip,
+        } => export(&ctx, &id, &namespaces, &output, gzip).await,
+        Command::Import {
+            input,
+            description,
+            labels,
+            level,
+        } => import(&ctx, &url, &input, description, labels, level, &cli.options).await,
+        Command::Delete { id, force } => delete(&ctx, &id, force).await,
+        Command::Prune {
+            keep_last,
+            keep_within,
+            keep_daily,
+            keep_weekly,
+            dry_run,
+        } => {
+            let policy = RetentionPolicy {
+                keep_last,
+                keep_within,
+                keep_daily,
+                keep_weekly,
+            };
+            prune(&ctx, &policy, dry_run).await
+        }
+        Command::Gc { grace, dry_run } => gc(&ctx, grace, dry_run).await,
+        Command::Copy {
+            ids,
+            all,
+            to,
+            to_options,
+        } => copy(&ctx, &ids, all, &to, &to_options).await,
+        Command::Diff { from, to } => diff(&ctx, &from, &to).await,
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> CliResult {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)
+        .map_err(|e| Failure::Failed(Error::io("writing to stdout", e.into())))?;
+    writeln!(out).map_err(|e| Failure::Failed(Error::io("writing to stdout", e)))
+}
+
+fn print(text: &str) -> CliResult {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .map_err(|e| Failure::Failed(Error::io("writing to stdout", e)))
+}
+
+async fn list(ctx: &Ctx) -> CliResult {
+    let all = ctx.manager.list_snapshots().await?;
+    if ctx.json {
+        return print_json(&all.iter().map(render::summary).collect::<Vec<_>>());
+    }
+    if all.is_empty() {
+        ctx.note(format!("no snapshots in {}", ctx.manager.sink().describe()));
+        return Ok(());
+    }
+    print(&render::list(&all))
+}
+
+async fn show(ctx: &Ctx, id: &str) -> CliResult {
+    let id = ctx.manager.find_snapshot(id).await?;
+    let lineage = ctx.manager.lineage(id.as_str()).await?;
+    if ctx.json {
+        return print_json(&render::show_json(&lineage));
+    }
+    print(&render::show(&lineage))
+}
+
+async fn verify(ctx: &Ctx, id: Option<&str>, all: bool) -> CliResult {
+    let outcomes = if all {
+        ctx.manager.verify_all().await?
+    } else {
+        let id = ctx.manager.find_snapshot(id.unwrap_or("latest")).await?;
+        // Make sure the snapshot exists first: a missing id is an error, not a "broken" one.
+        ctx.manager.get_snapshot_metadata(id.as_str()).await?;
+        let outcome = match ctx.manager.verify_snapshot(id.as_str()).await {
+            Ok(report) => dakera_snapshot::VerifyOutcome {
+                snapshot_id: id,
+                report: Some(report),
+                problem: None,
+                affects: Vec::new(),
+            },
+            Err(e) => {
+                let affects = descendants_of(ctx, &id).await;
+                dakera_snapshot::VerifyOutcome {
+                    snapshot_id: id,
+                    report: None,
+                    problem: Some(e.to_string()),
+                    affects,
+                }
+            }
+        };
+        vec![outcome]
+    };
+    let broken = outcomes.iter().filter(|o| o.problem.is_some()).count();
+    if ctx.json {
+        print_json(&outcomes)?;
+    } else {
+        print(&render::verify(&outcomes))?;
+    }
+    if broken > 0 {
+        if !ctx.json {
+            eprintln!(
+                "error: {broken} of {} snapshot(s) failed verification",
+                outcomes.len()
+            );
+        }
+        return Err(Failure::Reported);
+    }
+    Ok(())
+}
+
+/// The snapshots that build on `id`, for a report (empty if the listing fails too).
+async fn descendants_of(ctx: &Ctx, id: &SnapshotId) -> Vec<SnapshotId> {
+    ctx.manager.dependents(id).await.unwrap_or_default()
+}
+
+async fn export(ctx: &Ctx, id: &str, namespaces: &[String], output: &str, gzip: bool) -> CliResult {
+    let id = ctx.manager.find_snapshot(id).await?;
+    let only = (!namespaces.is_empty()).then_some(namespaces);
+    let report = if output == "-" {
+        let stdout = std::io::stdout();
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, stdout);
+        let report = write_export(ctx, &id, only, &mut w, gzip).await?;
+        w.flush()
+            .map_err(|e| Failure::Failed(Error::io("writing to stdout", e)))?;
+        report
+    } else {
+        // A temporary file next to the target, renamed into place only when complete.
+        let target = Path::new(output);
+        let dir = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| {
+            Failure::Failed(Error::io(
+                format!("creating a file in {}", dir.display()),
+                e,
+            ))
+        })?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
+        let report = write_export(ctx, &id, only, &mut w, gzip).await?;
+        w.flush()
+            .map_err(|e| Failure::Failed(Error::io(format!("writing {output}"), e)))?;
+        drop(w);
+        tmp.as_file()
+            .sync_all()
+            .map_err(|e| Failure::Failed(Error::io(format!("writing {output}"), e)))?;
+        tmp.persist(target)
+            .map_err(|e| Failure::Failed(Error::io(format!("renaming into {output}"), e.error)))?;
+        report
+    };
+    if ctx.json && output != "-" {
+        return print_json(&report);
+    }
+    ctx.note(format!(
+        "exported {} vectors from {} namespace(s) of snapshot {id} to {}",
+        report.vectors,
+        report.namespaces.len(),
+        if output == "-" { "stdout" } else { output }
+    ));
+    Ok(())
+}
+
+async fn write_export(
+    ctx: &Ctx,
+    id: &SnapshotId,
+    only: Option<&[String]>,
+    w: &mut (dyn Write + Send),
+    gzip: bool,
+) -> CliResult<dakera_snapshot::ExportReport> {
+    if gzip {
+        let mut gz = flate2::write::GzEncoder::new(w, flate2::Compression::new(6));
+        let report = export_jsonl(&ctx.manager, id.as_str(), only, &mut gz).await?;
+        gz.finish()
+            .map_err(|e| Failure::Failed(Error::io("compressing the export", e)))?;
+        Ok(report)
+    } else {
+        Ok(export_jsonl(&ctx.manager, id.as_str(), only, w).await?)
+    }
+}
+
+/// Counts input bytes into the progress bar.
+struct Counted<R> {
+    inner: R,
+    bars: Arc<Bars>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bars.advance(n as u64);
+        Ok(n)
+    }
+}
+
+async fn import(
+    ctx: &Ctx,
+    url: &str,
+    input: &str,
+    description: Option<String>,
+    labels: Vec<(String, String)>,
+    level: Level,
+    options: &[(String, String)],
+) -> CliResult {
+    let manager = SnapshotManager::from_url(
+        url,
+        &sink_options(options),
+        config().with_compression_level(level.into()),
+    )?;
+    let options = CreateOptions {
+        description,
+        labels: labels.into_iter().collect(),
+    };
+    let (reader, name, size): (Box<dyn Read + Send>, String, Option<u64>) = if input == "-" {
+        (Box::new(std::io::stdin()), "stdin".into(), None)
+    } else {
+        let file = std::fs::File::open(input)
+            .map_err(|e| Failure::Failed(Error::io(format!("opening {input}"), e)))?;
+        let size = file.metadata().ok().map(|m| m.len());
+        (Box::new(file), input.to_string(), size)
+    };
+    ctx.bars.begin(&format!("import {name}"), size);
+    let counted = Counted {
+        inner: reader,
+        bars: ctx.bars.clone(),
+    };
+    let result = import_jsonl(&manager, counted, &name, options).await;
+    ctx.bars.end();
+    let report = result?;
+    if ctx.json {
+        return print_json(&render::summary(&report.snapshot));
+    }
+    ctx.note(format!(
+        "imported {} records into {} namespace(s): snapshot {} ({} compressed)",
+        report.records,
+        report.snapshot.namespaces.len(),
+        report.snapshot.id,
+        indicatif::HumanBytes(report.snapshot.size_bytes)
+    ));
+    print(&format!("{}\n", report.snapshot.id))
+}
+
+async fn delete(ctx: &Ctx, id: &str, force: bool) -> CliResult {
+    let id = ctx.manager.find_snapshot(id).await?;
+    let deleted = ctx.manager.delete_snapshot(id.as_str(), force).await?;
+    if ctx.json {
+        return print_json(&deleted);
+    }
+    let mut text = String::new();
+    for d in &deleted {
+        let why = if *d == id { "" } else { " (built on it)" };
+        text.push_str(&format!("deleted {d}{why}\n"));
+    }
+    print(&text)
+}
+
+async fn prune(ctx: &Ctx, policy: &RetentionPolicy, dry_run: bool) -> CliResult {
+    let report = ctx.manager.apply_retention(policy, dry_run).await?;
+    if ctx.json {
+        return print_json(&report);
+    }
+    print(&render::prune(&report, dry_run))
+}
+
+async fn gc(ctx: &Ctx, grace: Duration, dry_run: bool) -> CliResult {
+    let report = ctx.manager.collect_garbage(grace, dry_run).await?;
+    if ctx.json {
+        return print_json(&report);
+    }
+    print(&render::gc(&report, dry_run))
+}
+
+async fn copy(
+    ctx: &Ctx,
+    ids: &[String],
+    all: bool,
+    to: &str,
+    to_options: &[(String, String)],
+) -> CliResult {
+    let wanted: Vec<SnapshotId> = if all {
+        let mut all = ctx.manager.list_snapshots().await?;
+        all.reverse();
+        all.into_iter().map(|m| m.id).collect()
+    } else {
+        let mut v = Vec::new();
+        for id in ids {
+            v.push(ctx.manager.find_snapshot(id).await?);
+        }
+        v
+    };
+    let dest = open(to, &sink_options(to_options), false)?;
+    let plan = ctx.manager.copy_plan(&wanted).await?;
+    let mut outcomes = Vec::new();
+    for id in &plan {
+        let outcome = ctx.manager.copy_snapshot(id.as_str(), &dest).await?;
+        if !ctx.json {
+            match &outcome {
+                CopyOutcome::Copied { snapshot_id, bytes } => print(&format!(
+                    "copied {snapshot_id} ({}), checked at the destination\n",
+                    indicatif::HumanBytes(*bytes)
+                ))?,
+                CopyOutcome::AlreadyPresent { snapshot_id } => {
+                    print(&format!("skipped {snapshot_id}: already present\n"))?
+                }
+            }
+        }
+        outcomes.push(outcome);
+    }
+    if ctx.json {
+        return print_json(&outcomes);
+    }
+    if plan.is_empty() {
+        ctx.note("nothing to copy: the repository is empty");
+    }
+    Ok(())
+}
+
+async fn diff(ctx: &Ctx, from: &str, to: &str) -> CliResult {
+    let from = ctx.manager.find_snapshot(from).await?;
+    let to = ctx.manager.find_snapshot(to).await?;
+    let d = ctx
+        .manager
+        .diff_snapshots(from.as_str(), to.as_str())
+        .await?;
+    if ctx.json {
+        return print_json(&d);
+    }
+    print(&render::diff(&d))
+}

@@ -1,0 +1,344 @@
+//! Human and JSON renderings of library results. Formatting only: no decisions here.
+
+use dakera_snapshot::manager::DiffKind;
+use dakera_snapshot::{
+    GcReport, Lineage, RetentionReport, SnapshotDiff, SnapshotMetadata, SnapshotType, VerifyOutcome,
+};
+use indicatif::HumanBytes;
+use serde_json::{json, Value};
+use std::fmt::Write;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// Pads columns to their widest cell; the last column is not padded.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let last = row.len().saturating_sub(1);
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i == last {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<w$}  ", w = widths[i]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn time(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+fn kind(t: SnapshotType) -> &'static str {
+    match t {
+        SnapshotType::Full => "full",
+        SnapshotType::Incremental => "incremental",
+    }
+}
+
+fn labels(m: &SnapshotMetadata) -> String {
+    m.labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The fields `list --json` prints for one snapshot.
+pub fn summary(m: &SnapshotMetadata) -> Value {
+    json!({
+        "id": m.id,
+        "created_at": m.created_at,
+        "created": time(m.created_at),
+        "type": m.snapshot_type,
+        "parent_id": m.parent_id,
+        "namespaces": m.all_namespaces(),
+        "vectors_stored": m.total_vectors,
+        "size_bytes": m.size_bytes,
+        "raw_bytes": m.raw_bytes,
+        "description": m.description,
+        "labels": m.labels,
+    })
+}
+
+pub fn list(all: &[SnapshotMetadata]) -> String {
+    let rows: Vec<Vec<String>> = all
+        .iter()
+        .map(|m| {
+            vec![
+                m.id.to_string(),
+                time(m.created_at),
+                kind(m.snapshot_type).to_string(),
+                m.parent_id
+                    .as_ref()
+                    .map_or("-".to_string(), |p| p.to_string()),
+                m.all_namespaces().len().to_string(),
+                m.total_vectors.to_string(),
+                HumanBytes(m.size_bytes).to_string(),
+                m.description.clone().unwrap_or_default(),
+                labels(m),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "CREATED",
+            "TYPE",
+            "PARENT",
+            "NAMESPACES",
+            "VECTORS",
+            "SIZE",
+            "DESCRIPTION",
+            "LABELS",
+        ],
+        &rows,
+    )
+}
+
+pub fn show_json(l: &Lineage) -> Value {
+    json!({
+        "snapshot": l.chain[0],
+        "chain": l.chain.iter().map(|m| &m.id).collect::<Vec<_>>(),
+        "missing_ancestor": l.missing,
+    })
+}
+
+pub fn show(l: &Lineage) -> String {
+    let m = &l.chain[0];
+    let mut out = String::new();
+    let mut field = |k: &str, v: String| {
+        let _ = writeln!(out, "{k:<13}{v}");
+    };
+    field("snapshot", m.id.to_string());
+    field("created", time(m.created_at));
+    field(
+        "type",
+        match &m.parent_id {
+            Some(p) => format!("incremental, parent {p}"),
+            None => kind(m.snapshot_type).to_string(),
+        },
+    );
+    field("description", m.description.clone().unwrap_or("-".into()));
+    field(
+        "labels",
+        if m.labels.is_empty() {
+            "-".into()
+        } else {
+            labels(m)
+        },
+    );
+    field(
+        "stored",
+        format!(
+            "{} vectors in {} namespace(s)",
+            m.total_vectors,
+            m.namespaces.len()
+        ),
+    );
+    let ratio = if m.raw_bytes > 0 {
+        format!(
+            " ({:.1}%)",
+            100.0 * m.size_bytes as f64 / m.raw_bytes as f64
+        )
+    } else {
+        String::new()
+    };
+    field(
+        "size",
+        format!(
+            "{} compressed, {} raw{ratio}",
+            HumanBytes(m.size_bytes),
+            HumanBytes(m.raw_bytes)
+        ),
+    );
+    field(
+        "compression",
+        format!(
+            "{} level {}, filter {:?}",
+            m.compression.codec, m.compression.level, m.compression.filter
+        ),
+    );
+    field("blob sha256", m.blob_sha256.clone());
+    field(
+        "format",
+        format!("{} {}, written by {}", m.format, m.format_version, m.writer),
+    );
+    out.push('\n');
+    let rows: Vec<Vec<String>> = m
+        .namespaces
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                n.dimension.map_or("-".into(), |d| d.to_string()),
+                n.vector_count.to_string(),
+                HumanBytes(n.length).to_string(),
+                HumanBytes(n.raw_length).to_string(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &["NAMESPACE", "DIMENSION", "VECTORS", "BYTES", "RAW"],
+        &rows,
+    ));
+    if !m.unchanged_namespaces.is_empty() {
+        let _ = writeln!(
+            out,
+            "unchanged since the parent (stored in an ancestor): {}",
+            m.unchanged_namespaces.join(", ")
+        );
+    }
+    if !m.deleted_namespaces.is_empty() {
+        let _ = writeln!(
+            out,
+            "deleted since the parent: {}",
+            m.deleted_namespaces.join(", ")
+        );
+    }
+    out.push_str("\nchain (newest first):\n");
+    for a in &l.chain {
+        let _ = writeln!(
+            out,
+            "  {}  {}  {}",
+            a.id,
+            kind(a.snapshot_type),
+            time(a.created_at)
+        );
+    }
+    if let Some(missing) = &l.missing {
+        let _ = writeln!(
+            out,
+            "  {missing}  MISSING: this snapshot cannot be fully restored"
+        );
+    }
+    out
+}
+
+pub fn verify(outcomes: &[VerifyOutcome]) -> String {
+    let mut out = String::new();
+    for o in outcomes {
+        match (&o.report, &o.problem) {
+            (Some(r), _) => {
+                let _ = writeln!(
+                    out,
+                    "ok      {}  {} vectors in {} namespace(s), {} checked, chain of {}",
+                    o.snapshot_id,
+                    r.vectors_checked,
+                    r.namespaces.len(),
+                    HumanBytes(r.bytes_checked),
+                    r.chain.len()
+                );
+            }
+            (None, problem) => {
+                let _ = writeln!(
+                    out,
+                    "BROKEN  {}  {}",
+                    o.snapshot_id,
+                    problem.as_deref().unwrap_or("unknown problem")
+                );
+                if !o.affects.is_empty() {
+                    let ids: Vec<String> = o.affects.iter().map(|s| s.to_string()).collect();
+                    let _ = writeln!(
+                        out,
+                        "        affects the snapshots built on it: {}",
+                        ids.join(", ")
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+pub fn prune(r: &RetentionReport, dry_run: bool) -> String {
+    let mut out = String::new();
+    for (id, why) in &r.plan.keep {
+        let _ = writeln!(out, "{:<13}{id}  ({})", "keep", why.join("; "));
+    }
+    let verb = if dry_run { "would delete" } else { "delete" };
+    for id in &r.plan.remove {
+        let _ = writeln!(out, "{verb:<13}{id}  (no rule keeps it)");
+    }
+    let _ = writeln!(
+        out,
+        "{} kept, {} {}",
+        r.plan.keep.len(),
+        if dry_run {
+            r.plan.remove.len()
+        } else {
+            r.deleted.len()
+        },
+        if dry_run {
+            "would be deleted"
+        } else {
+            "deleted"
+        }
+    );
+    out
+}
+
+pub fn gc(r: &GcReport, dry_run: bool) -> String {
+    let mut out = String::new();
+    for key in &r.orphan_blobs {
+        let state = if dry_run || !r.removed.contains(key) {
+            "orphan "
+        } else {
+            "removed"
+        };
+        let _ = writeln!(out, "{state} {key}");
+    }
+    if dry_run {
+        let _ = writeln!(
+            out,
+            "{} orphan blob(s) would be removed",
+            r.orphan_blobs.len()
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "{} orphan blob(s) removed, {} incomplete upload(s) removed",
+            r.removed.len(),
+            r.incomplete_uploads_removed
+        );
+    }
+    out
+}
+
+pub fn diff(d: &SnapshotDiff) -> String {
+    let count = |v: Option<u64>| v.map_or("-".to_string(), |n| n.to_string());
+    let rows: Vec<Vec<String>> = d
+        .namespaces
+        .iter()
+        .map(|e| {
+            vec![
+                e.namespace.clone(),
+                format!("{:?}", e.kind).to_lowercase(),
+                count(e.vectors_before),
+                count(e.vectors_after),
+            ]
+        })
+        .collect();
+    let mut out = format!("{} -> {}\n", d.from, d.to);
+    out.push_str(&table(&["NAMESPACE", "CHANGE", "BEFORE", "AFTER"], &rows));
+    let n = |k: DiffKind| d.namespaces.iter().filter(|e| e.kind == k).count();
+    let _ = writeln!(
+        out,
+        "{} added, {} removed, {} changed, {} unchanged",
+        n(DiffKind::Added),
+        n(DiffKind::Removed),
+        n(DiffKind::Changed),
+        n(DiffKind::Unchanged)
+    );
+    out
+}

@@ -135,22 +135,40 @@ pub async fn import_jsonl<R: Read + Send + 'static>(
     name: &str,
     options: CreateOptions,
 ) -> Result<ImportReport> {
+    import_jsonl_with_buffer(manager, input, name, options, SORT_BUFFER_BYTES).await
+}
+
+/// [`import_jsonl`] with the memory for in-memory sorting set to about `sort_buffer_bytes`
+/// (default 64 MiB); beyond it, sorted runs go to temporary files and are merged.
+pub async fn import_jsonl_with_buffer<R: Read + Send + 'static>(
+    manager: &SnapshotManager,
+    input: R,
+    name: &str,
+    options: CreateOptions,
+    sort_buffer_bytes: usize,
+) -> Result<ImportReport> {
     options.validate()?;
     let name = name.to_string();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let staged = tokio::task::spawn_blocking(move || stage(input, name, now)).await??;
+    let staged =
+        tokio::task::spawn_blocking(move || stage(input, name, now, sort_buffer_bytes)).await??;
     let records = staged.records;
     let snapshot = manager.create_snapshot(&staged, options).await?;
     Ok(ImportReport { snapshot, records })
 }
 
-/// Approximate memory for the records sorted in memory at once.
-const SORT_BUFFER_BYTES: usize = 64 << 20;
+/// Approximate memory for the records sorted in memory at once (the default).
+pub const SORT_BUFFER_BYTES: usize = 64 << 20;
 
-fn stage<R: Read + Send + 'static>(input: R, name: String, now: u64) -> Result<StagedStore> {
+fn stage<R: Read + Send + 'static>(
+    input: R,
+    name: String,
+    now: u64,
+    sort_buffer_bytes: usize,
+) -> Result<StagedStore> {
     let mut reader = maybe_gunzip(input)?;
     let bad = |line: u64, reason: String| Error::BadInput {
         input: name.clone(),
@@ -226,7 +244,7 @@ fn stage<R: Read + Send + 'static>(input: R, name: String, now: u64) -> Result<S
         let sorter = sorter.get_or_insert_with(|| {
             let size = 4 * item.vector.values.len() + item.vector.id.len() + 256;
             ExternalSorter::new()
-                .with_segment_size((SORT_BUFFER_BYTES / size).clamp(64, 1 << 20))
+                .with_segment_size((sort_buffer_bytes / size).clamp(16, 1 << 20))
                 .pushed_by(staged_order as fn(&Staged, &Staged) -> Ordering)
         });
         sorter

@@ -46,6 +46,14 @@ struct Cli {
     #[arg(long = "option", short = 'o', global = true, value_name = "KEY=VALUE", value_parser = key_value)]
     options: Vec<(String, String)>,
 
+    /// Retries of a failed request to object storage (default 10).
+    #[arg(long, global = true, value_name = "N")]
+    retries: Option<usize>,
+
+    /// Give up retrying a request after this long (default 3m).
+    #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    retry_timeout: Option<Duration>,
+
     /// Print machine-readable JSON on stdout instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -277,7 +285,19 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
         Err(Failure::Failed(e)) => {
-            eprintln!("error: {}", one_line(&e.to_string()));
+            let mut line = one_line(&e.to_string());
+            // The innermost cause ("Connection refused", "No such file") is often the one
+            // that tells what to fix; name it when the message does not already.
+            let mut root = std::error::Error::source(&e);
+            while let Some(next) = root.and_then(|c| c.source()) {
+                root = Some(next);
+            }
+            if let Some(root) = root.map(|r| one_line(&r.to_string())) {
+                if !line.contains(&root) {
+                    line = format!("{line} (cause: {root})");
+                }
+            }
+            eprintln!("error: {line}");
             if verbose {
                 let mut cause = std::error::Error::source(&e);
                 while let Some(c) = cause {
@@ -332,10 +352,15 @@ fn config() -> SnapshotConfig {
     SnapshotConfig::default().with_max_snapshots(0)
 }
 
-fn sink_options(pairs: &[(String, String)]) -> SinkOptions {
-    pairs
+type Retry = (Option<usize>, Option<Duration>);
+
+/// Backend options: KEY=VALUE pairs plus the global retry settings.
+fn sink_options(retry: Retry, pairs: &[(String, String)]) -> SinkOptions {
+    let mut o = pairs
         .iter()
-        .fold(SinkOptions::new(), |o, (k, v)| o.with(k, v))
+        .fold(SinkOptions::new(), |o, (k, v)| o.with(k, v));
+    (o.max_retries, o.retry_timeout) = retry;
+    o
 }
 
 /// Opens a repository. `must_exist`: a local directory that is missing is an error rather
@@ -369,8 +394,10 @@ async fn run(cli: Cli) -> CliResult {
     };
     let creates = matches!(cli.command, Command::Import { .. });
     let bars = Arc::new(Bars::new(!cli.quiet && std::io::stderr().is_terminal()));
-    let manager = open(&url, &sink_options(&cli.options), !creates)?
-        .with_progress(bars.clone() as Arc<dyn Progress>);
+    let retry = (cli.retries, cli.retry_timeout);
+    let repo_options = sink_options(retry, &cli.options);
+    let manager =
+        open(&url, &repo_options, !creates)?.with_progress(bars.clone() as Arc<dyn Progress>);
     let ctx = Ctx {
         manager,
         json: cli.json,
@@ -392,7 +419,18 @@ async fn run(cli: Cli) -> CliResult {
             description,
             labels,
             level,
-        } => import(&ctx, &url, &input, description, labels, level, &cli.options).await,
+        } => {
+            import(
+                &ctx,
+                &url,
+                &repo_options,
+                &input,
+                description,
+                labels,
+                level,
+            )
+            .await
+        }
         Command::Delete { id, force } => delete(&ctx, &id, force).await,
         Command::Prune {
             keep_last,
@@ -415,7 +453,7 @@ async fn run(cli: Cli) -> CliResult {
             all,
             to,
             to_options,
-        } => copy(&ctx, &ids, all, &to, &to_options).await,
+        } => copy(&ctx, &ids, all, &to, &sink_options(retry, &to_options)).await,
         Command::Diff { from, to } => diff(&ctx, &from, &to).await,
     }
 }
@@ -585,15 +623,15 @@ impl<R: Read> Read for Counted<R> {
 async fn import(
     ctx: &Ctx,
     url: &str,
+    repo_options: &SinkOptions,
     input: &str,
     description: Option<String>,
     labels: Vec<(String, String)>,
     level: Level,
-    options: &[(String, String)],
 ) -> CliResult {
     let manager = SnapshotManager::from_url(
         url,
-        &sink_options(options),
+        repo_options,
         config().with_compression_level(level.into()),
     )?;
     let options = CreateOptions {
@@ -664,7 +702,7 @@ async fn copy(
     ids: &[String],
     all: bool,
     to: &str,
-    to_options: &[(String, String)],
+    to_options: &SinkOptions,
 ) -> CliResult {
     let wanted: Vec<SnapshotId> = if all {
         let mut all = ctx.manager.list_snapshots().await?;
@@ -677,7 +715,7 @@ async fn copy(
         }
         v
     };
-    let dest = open(to, &sink_options(to_options), false)?;
+    let dest = open(to, to_options, false)?;
     let plan = ctx.manager.copy_plan(&wanted).await?;
     let mut outcomes = Vec::new();
     for id in &plan {

@@ -1,0 +1,628 @@
+//! End-to-end tests of the `dakera-snapshot` binary (built by `cargo test`), run as a user
+//! would: against a local directory and against the S3 server the suite starts (moto),
+//! configured through the standard environment variables.
+#![cfg(feature = "cli")]
+
+mod common;
+
+use common::servers::{self, announce, ACCESS_KEY, SECRET_KEY};
+use common::store_with;
+use dakera_snapshot::jsonl::JsonlRecord;
+use dakera_snapshot::paths::Key;
+use dakera_snapshot::{
+    sink_from_url, CreateOptions, PutMode, SinkOptions, SnapshotConfig, SnapshotManager, Vector,
+    VectorStorage,
+};
+use serde_json::{json, Value};
+use std::path::Path;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dakera-snapshot");
+
+/// Runs the binary with a controlled environment.
+struct Cli {
+    env: Vec<(String, String)>,
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Cli {
+    fn local() -> Self {
+        Cli { env: Vec::new() }
+    }
+
+    fn s3(endpoint: &str) -> Self {
+        let env = [
+            ("AWS_ENDPOINT", endpoint),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+            ("AWS_METADATA_ENDPOINT", "http://127.0.0.1:1"),
+        ];
+        Cli {
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn run_with(&self, repo: Option<&str>, args: &[&str], stdin: Option<Vec<u8>>) -> Out {
+        let mut cmd = assert_cmd::Command::new(BIN);
+        cmd.env_remove("DAKERA_SNAPSHOT_URL").env_remove("RUST_LOG");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        if let Some(repo) = repo {
+            cmd.args(["--repo", repo]);
+        }
+        cmd.args(args);
+        if let Some(input) = stdin {
+            cmd.write_stdin(input);
+        }
+        let out = cmd.output().unwrap();
+        let out = Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        assert!(
+            !out.stdout.contains(SECRET_KEY) && !out.stderr.contains(SECRET_KEY),
+            "a secret was printed by {args:?}"
+        );
+        assert!(
+            !out.stderr.contains("panicked"),
+            "{args:?} panicked:\n{}",
+            out.stderr
+        );
+        out
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    fn ok(&self, repo: &str, args: &[&str]) -> String {
+        let out = self.run_with(Some(repo), args, None);
+        assert_eq!(
+            out.code, 0,
+            "{args:?} failed:\nstdout: {}\nstderr: {}",
+            out.stdout, out.stderr
+        );
+        out.stdout
+    }
+
+    fn json(&self, repo: &str, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let text = self.ok(repo, &all);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
+    }
+
+    /// Runs a command that must fail with `code` and a one-line error; returns that line.
+    fn fails(&self, repo: Option<&str>, args: &[&str], code: i32) -> String {
+        let out = self.run_with(repo, args, None);
+        assert_eq!(
+            out.code, code,
+            "{args:?}:\nstdout: {}\nstderr: {}",
+            out.stdout, out.stderr
+        );
+        let lines: Vec<&str> = out.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: not one line: {}", out.stderr);
+        assert!(lines[0].starts_with("error: "), "{}", lines[0]);
+        lines[0].to_string()
+    }
+}
+
+/// Test records: three namespaces, metadata, TTLs, in an order the import must sort.
+fn records() -> Vec<JsonlRecord> {
+    let mut out = Vec::new();
+    for (ns, n, dim) in [("docs", 120, 8), ("images", 40, 3), ("notes", 5, 1)] {
+        for i in 0..n {
+            out.push(JsonlRecord {
+                namespace: ns.to_string(),
+                id: format!("{ns}-{:04}", (i * 37) % n),
+                values: common::values(i as u64 * 31 + dim as u64, dim),
+                metadata: (i % 3 == 0).then(|| json!({"i": i, "tags": ["a", "b"]})),
+                ttl_seconds: (i % 5 == 0).then_some(86_400),
+                expires_at: (i % 5 == 0).then_some(4_000_000_000),
+            });
+        }
+    }
+    // interleave namespaces
+    out.sort_by_key(|r| (r.id.len() * 7 + r.values.len()) % 5);
+    out
+}
+
+fn to_jsonl(records: &[JsonlRecord]) -> String {
+    records
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap() + "\n")
+        .collect()
+}
+
+fn parse_jsonl(text: &str) -> Vec<JsonlRecord> {
+    let mut v: Vec<JsonlRecord> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    v.sort_by(|a, b| (&a.namespace, &a.id).cmp(&(&b.namespace, &b.id)));
+    v
+}
+
+fn sorted(mut v: Vec<JsonlRecord>) -> Vec<JsonlRecord> {
+    v.sort_by(|a, b| (&a.namespace, &a.id).cmp(&(&b.namespace, &b.id)));
+    v
+}
+
+fn ids(list: &Value) -> Vec<String> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The workflow: import -> list -> show -> verify -> export (equals the import) ->
+/// copy -> prune (dry run, then real) -> gc -> delete.
+fn workflow(cli: &Cli, repo: &str, dest: &str, options: &SinkOptions, work: &Path) {
+    let input = work.join("vectors.jsonl");
+    let recs = records();
+    std::fs::write(&input, to_jsonl(&recs)).unwrap();
+    let input = input.to_str().unwrap();
+
+    // import
+    let first = cli
+        .ok(
+            repo,
+            &[
+                "import",
+                input,
+                "--description",
+                "first load",
+                "--label",
+                "env=test",
+            ],
+        )
+        .trim()
+        .to_string();
+    assert_eq!(first.len(), 36, "the id on stdout: {first}");
+
+    // list
+    let text = cli.ok(repo, &["list"]);
+    assert!(
+        text.contains(&first) && text.contains("first load") && text.contains("env=test"),
+        "{text}"
+    );
+    let list = cli.json(repo, &["list"]);
+    assert_eq!(ids(&list), vec![first.clone()]);
+    assert_eq!(list[0]["vectors_stored"], 165);
+    assert_eq!(list[0]["namespaces"], json!(["docs", "images", "notes"]));
+
+    // show
+    let text = cli.ok(repo, &["show", &first]);
+    for want in [
+        "docs",
+        "images",
+        "notes",
+        "first load",
+        "chain (newest first)",
+    ] {
+        assert!(text.contains(want), "show lacks {want}: {text}");
+    }
+    let shown = cli.json(repo, &["show", "latest"]);
+    assert_eq!(shown["snapshot"]["id"], first.as_str());
+    assert_eq!(shown["chain"], json!([first]));
+    assert_eq!(shown["snapshot"]["namespaces"][0]["dimension"], 8);
+
+    // verify
+    let text = cli.ok(repo, &["verify", &first]);
+    assert!(text.starts_with("ok"), "{text}");
+
+    // export equals the import (and a gzip export, imported again, too)
+    let out = work.join("out.jsonl");
+    cli.ok(repo, &["export", &first, "--output", out.to_str().unwrap()]);
+    assert_eq!(
+        parse_jsonl(&std::fs::read_to_string(&out).unwrap()),
+        sorted(recs.clone())
+    );
+    let one = cli.ok(repo, &["export", "latest", "-n", "images", "--output", "-"]);
+    assert_eq!(one.lines().count(), 40);
+    let gz = work.join("out.jsonl.gz");
+    cli.ok(
+        repo,
+        &["export", &first, "--gzip", "--output", gz.to_str().unwrap()],
+    );
+    let second = cli
+        .ok(repo, &["-q", "import", gz.to_str().unwrap()])
+        .trim()
+        .to_string();
+    let diff = cli.ok(repo, &["diff", &first, &second]);
+    assert!(
+        diff.contains("0 added, 0 removed, 0 changed, 3 unchanged"),
+        "{diff}"
+    );
+    let list = cli.json(repo, &["list"]);
+    assert_eq!(ids(&list), vec![second.clone(), first.clone()]);
+
+    // copy to another repository, then again (skips), and check it there
+    let text = cli.ok(repo, &["copy", "--all", "--to", dest]);
+    assert_eq!(text.matches("copied ").count(), 2, "{text}");
+    let text = cli.ok(repo, &["copy", "--all", "--to", dest]);
+    assert_eq!(text.matches("already present").count(), 2, "{text}");
+    let verified = cli.json(dest, &["verify", "--all"]);
+    assert_eq!(verified.as_array().unwrap().len(), 2);
+    assert!(verified
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|o| o["problem"].is_null()));
+    let copied = cli.ok(dest, &["export", &first, "--output", "-"]);
+    assert_eq!(parse_jsonl(&copied), sorted(recs));
+
+    // prune: a dry run deletes nothing, then the real run
+    let text = cli.ok(repo, &["prune", "--keep-last", "1", "--dry-run"]);
+    assert!(text.contains(&format!("would delete {first}")), "{text}");
+    assert_eq!(ids(&cli.json(repo, &["list"])).len(), 2);
+    let text = cli.ok(repo, &["prune", "--keep-last", "1"]);
+    assert!(text.contains("1 kept, 1 deleted"), "{text}");
+    assert_eq!(ids(&cli.json(repo, &["list"])), vec![second.clone()]);
+
+    // gc: an orphan blob (a writer that died before committing) goes, the snapshot stays
+    let sink = sink_from_url(repo, options).unwrap();
+    let orphan = "snapshots/20200101T000000000Z-00000000000000aa.snap.gz";
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(sink.put(
+        &Key::parse(orphan).unwrap(),
+        bytes::Bytes::from_static(b"half a blob"),
+        PutMode::Create,
+    ))
+    .unwrap();
+    let text = cli.ok(repo, &["gc", "--grace", "0s", "--dry-run"]);
+    assert!(
+        text.contains(orphan) && text.contains("would be removed"),
+        "{text}"
+    );
+    let text = cli.ok(repo, &["gc", "--grace", "0s"]);
+    assert!(text.contains(&format!("removed {orphan}")), "{text}");
+    assert!(rt
+        .block_on(sink.head(&Key::parse(orphan).unwrap()))
+        .unwrap_err()
+        .is_not_found());
+    cli.ok(repo, &["verify", "--all"]);
+
+    // delete
+    let text = cli.ok(repo, &["delete", &second]);
+    assert!(text.contains(&format!("deleted {second}")), "{text}");
+    assert!(ids(&cli.json(repo, &["list"])).is_empty());
+}
+
+#[test]
+fn workflow_on_a_local_directory() {
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    let dest = format!("file://{}", work.path().join("copy").display());
+    workflow(
+        &Cli::local(),
+        repo.to_str().unwrap(),
+        &dest,
+        &SinkOptions::new(),
+        work.path(),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflow_on_s3_and_from_local_to_s3() {
+    let Some(server) = servers::start_moto().await else {
+        return;
+    };
+    tokio::task::spawn_blocking(move || {
+        let work = tempfile::tempdir().unwrap();
+        let cli = Cli::s3(&server.endpoint);
+        let prefix = format!("{}/cli-{:016x}", server.url, getrandom::u64().unwrap());
+        // S3 to S3
+        workflow(
+            &cli,
+            &format!("{prefix}/a"),
+            &format!("{prefix}/b"),
+            &server.options,
+            work.path(),
+        );
+        // local to S3, the README's path: import locally, copy up, verify and export there
+        let local = work.path().join("local");
+        let input = work.path().join("v.jsonl");
+        std::fs::write(&input, to_jsonl(&records())).unwrap();
+        let local = local.to_str().unwrap();
+        let id = cli
+            .ok(local, &["import", input.to_str().unwrap()])
+            .trim()
+            .to_string();
+        let up = format!("{prefix}/uploaded");
+        let text = cli.ok(local, &["copy", &id, "--to", &up]);
+        assert!(text.contains(&format!("copied {id}")), "{text}");
+        cli.ok(&up, &["verify", &id]);
+        let back = cli.ok(&up, &["export", &id, "--output", "-"]);
+        assert_eq!(parse_jsonl(&back), sorted(records()));
+        announce(&format!(
+            "cli: workflow ran end to end against {} ({prefix})",
+            server.name
+        ));
+    })
+    .await
+    .unwrap();
+}
+
+/// A repository with a chain full <- inc1 <- inc2 made through the library.
+async fn chain_repo(dir: &Path) -> (SnapshotManager, Vec<String>) {
+    let m = SnapshotManager::local(dir, SnapshotConfig::default().with_max_snapshots(0)).unwrap();
+    let store = store_with(&[("a", 30, 4), ("b", 20, 2), ("c", 5, 3)]).await;
+    let full = m
+        .create_snapshot(&store, CreateOptions::described("full"))
+        .await
+        .unwrap();
+    store
+        .upsert("a", vec![Vector::new("new", vec![1.0; 4])])
+        .await
+        .unwrap();
+    let inc1 = m
+        .create_incremental_snapshot(&store, full.id.as_str(), None, CreateOptions::default())
+        .await
+        .unwrap();
+    store.delete_namespace("c").await.unwrap();
+    store
+        .upsert("b", vec![Vector::new("new", vec![1.0; 2])])
+        .await
+        .unwrap();
+    let inc2 = m
+        .create_incremental_snapshot(&store, inc1.id.as_str(), None, CreateOptions::default())
+        .await
+        .unwrap();
+    let ids = [full, inc1, inc2].map(|s| s.id.to_string()).to_vec();
+    (m, ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chains_show_diff_copy_delete_and_corruption() {
+    let work = tempfile::tempdir().unwrap();
+    let repo_dir = work.path().join("repo");
+    let (m, chain) = chain_repo(&repo_dir).await;
+    let [full, inc1, inc2] = [&chain[0], &chain[1], &chain[2]];
+    let repo = repo_dir.to_str().unwrap().to_string();
+    let expected = {
+        let store = common::restore_all(&m, inc2).await;
+        let mut out = Vec::new();
+        for ns in store.list_namespaces().await.unwrap() {
+            for v in store.get_all(&ns).await.unwrap() {
+                out.push((ns.clone(), v.id, v.values));
+            }
+        }
+        out
+    };
+    let (full, inc1, inc2) = (full.clone(), inc1.clone(), inc2.clone());
+    tokio::task::spawn_blocking(move || {
+        let cli = Cli::local();
+        // show: the chain, newest first; unchanged and deleted namespaces named
+        let text = cli.ok(&repo, &["show", &inc2]);
+        let at = |id: &str| text.find(&format!("  {id}  ")).unwrap();
+        assert!(at(&inc2) < at(&inc1) && at(&inc1) < at(&full), "{text}");
+        assert!(text.contains("deleted since the parent: c"), "{text}");
+        assert!(text.contains("unchanged since the parent"), "{text}");
+        // diff across the chain
+        let d = cli.json(&repo, &["diff", &full, &inc2]);
+        let kinds: Vec<(String, String)> = d["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["namespace"].as_str().unwrap().into(),
+                    e["kind"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        let want = [("a", "changed"), ("b", "changed"), ("c", "removed")];
+        assert_eq!(
+            kinds,
+            want.map(|(a, b)| (a.to_string(), b.to_string())).to_vec()
+        );
+        // export resolves the chain
+        let text = cli.ok(&repo, &["export", &inc2, "--output", "-"]);
+        let got: Vec<(String, String, Vec<f32>)> = text
+            .lines()
+            .map(|l| {
+                let r: JsonlRecord = serde_json::from_str(l).unwrap();
+                (r.namespace, r.id, r.values)
+            })
+            .collect();
+        assert_eq!(got, expected);
+        // copying the newest brings its ancestors, oldest first
+        let dest = work.path().join("dest");
+        let dest = dest.to_str().unwrap();
+        let text = cli.ok(&repo, &["copy", &inc2, "--to", dest]);
+        let order: Vec<&str> = text.lines().filter_map(|l| l.split(' ').nth(1)).collect();
+        assert_eq!(order, vec![full.as_str(), inc1.as_str(), inc2.as_str()]);
+        cli.ok(dest, &["verify", "--all"]);
+        // delete refuses to orphan, --force says what it removed
+        let line = cli.fails(Some(dest), &["delete", &inc1], 1);
+        assert!(line.contains(&inc2) && line.contains("force"), "{line}");
+        let text = cli.ok(dest, &["delete", &inc1, "--force"]);
+        assert!(
+            text.contains(&format!("deleted {inc2} (built on it)"))
+                && text.contains(&format!("deleted {inc1}")),
+            "{text}"
+        );
+        assert_eq!(ids(&cli.json(dest, &["list"])), vec![full.clone()]);
+
+        // corrupt one byte in the middle of the full snapshot's blob
+        let blob = repo_dir.join(format!("snapshots/{full}.snap.gz"));
+        let mut bytes = std::fs::read(&blob).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x40;
+        std::fs::write(&blob, &bytes).unwrap();
+        let out = cli.run_with(Some(&repo), &["verify", "--all"], None);
+        assert_eq!(out.code, 1, "{}", out.stdout);
+        let broken = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("BROKEN"))
+            .unwrap();
+        assert!(broken.contains(&full), "{}", out.stdout);
+        assert!(
+            out.stdout.contains(&format!(
+                "affects the snapshots built on it: {inc1}, {inc2}"
+            )),
+            "{}",
+            out.stdout
+        );
+        assert!(out
+            .stderr
+            .contains("1 of 3 snapshot(s) failed verification"));
+        let out = cli.run_with(Some(&repo), &["--json", "verify", &full], None);
+        assert_eq!(out.code, 1);
+        let v: Value = serde_json::from_str(&out.stdout).unwrap();
+        assert!(v[0]["problem"].as_str().unwrap().contains(&full));
+        // exporting the damaged snapshot fails, naming it, and leaves no file
+        let target = work.path().join("never.jsonl");
+        let line = cli.fails(
+            Some(&repo),
+            &["export", &full, "--output", target.to_str().unwrap()],
+            1,
+        );
+        assert!(line.contains(&format!("snapshot {full}")), "{line}");
+        assert!(!target.exists());
+        assert_eq!(
+            std::fs::read_dir(work.path())
+                .unwrap()
+                .filter(|e| e
+                    .as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".tmp"))
+                .count(),
+            0,
+            "the partial export was left behind"
+        );
+    })
+    .await
+    .unwrap();
+}
+
+#[test]
+fn bad_input_gives_one_line_and_the_right_exit_code() {
+    let work = tempfile::tempdir().unwrap();
+    let cli = Cli::local();
+    let repo = work.path().join("repo");
+    let repo = repo.to_str().unwrap();
+
+    // usage errors: 2
+    let line = cli.fails(None, &["list"], 2);
+    assert!(line.contains("DAKERA_SNAPSHOT_URL"), "{line}");
+    let line = cli.fails(Some("ftp://host/x"), &["list"], 2);
+    assert!(line.contains("unsupported repository URL"), "{line}");
+    let line = cli.fails(Some("s3://"), &["list"], 2);
+    assert!(line.contains("names no bucket"), "{line}");
+    let out = cli.run_with(Some(repo), &["verify"], None);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let out = cli.run_with(Some(repo), &["prune", "--dry-run"], None);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let out = cli.run_with(Some(repo), &["list", "--no-such-flag"], None);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+
+    // a missing repository is not silently created
+    let line = cli.fails(Some(repo), &["list"], 1);
+    assert!(line.contains("does not exist"), "{line}");
+    assert!(!Path::new(repo).exists());
+
+    // a malformed line: exit 1, the line named, nothing committed
+    let input = work.path().join("bad.jsonl");
+    std::fs::write(
+        &input,
+        "{\"namespace\":\"a\",\"id\":\"x\",\"values\":[1,2]}\n\n{\"namespace\":\"a\",\"id\":\"y\",\"values\":[1]}\n",
+    )
+    .unwrap();
+    let line = cli.fails(Some(repo), &["import", input.to_str().unwrap()], 1);
+    assert!(
+        line.contains("bad.jsonl, line 3") && line.contains("dimension"),
+        "{line}"
+    );
+    assert!(cli.ok(repo, &["list", "--json"]).trim() == "[]");
+    let line = cli.fails(Some(repo), &["import", "/no/such/file.jsonl"], 1);
+    assert!(line.contains("opening /no/such/file.jsonl"), "{line}");
+
+    // stdin import works; a missing id is exit 1 naming the id
+    let id = {
+        let out = cli.run_with(
+            Some(repo),
+            &["import", "-"],
+            Some(b"{\"namespace\":\"a\",\"id\":\"x\",\"values\":[1,2]}\n".to_vec()),
+        );
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        out.stdout.trim().to_string()
+    };
+    let missing = format!("{}0", &id[..id.len() - 1]);
+    let missing = if missing == id {
+        format!("{}1", &id[..id.len() - 1])
+    } else {
+        missing
+    };
+    let line = cli.fails(Some(repo), &["show", &missing], 1);
+    assert!(
+        line.contains(&missing) && line.contains("not found"),
+        "{line}"
+    );
+    let line = cli.fails(Some(repo), &["verify", &missing], 1);
+    assert!(line.contains("not found"), "{line}");
+    let line = cli.fails(Some(repo), &["export", "nonsense", "--output", "-"], 1);
+    assert!(line.contains("nonsense"), "{line}");
+
+    // -v adds the chain of causes and logs, still no panic
+    let out = cli.run_with(Some(repo), &["-v", "verify", "latest"], None);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+#[test]
+fn wrong_credentials_fail_in_one_line_without_the_secret() {
+    // Nothing listens on port 1: an unreachable endpoint is reported, not hung on.
+    let cli = Cli {
+        env: vec![
+            ("AWS_ENDPOINT".into(), "http://127.0.0.1:1".into()),
+            ("AWS_ALLOW_HTTP".into(), "true".into()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),
+            ("AWS_METADATA_ENDPOINT".into(), "http://127.0.0.1:1".into()),
+        ],
+    };
+    let line = cli.fails(
+        Some("s3://bucket/x"),
+        &["--option", "no_such_key=1", "list"],
+        2,
+    );
+    assert!(line.contains("no_such_key"), "{line}");
+    let line = cli.fails(Some("s3://bucket/x"), &["--retries", "0", "list"], 1);
+    assert!(line.contains("list of snapshots"), "{line}");
+}
+
+#[test]
+fn every_command_has_help_with_examples() {
+    let cli = Cli::local();
+    let top = cli.run_with(None, &["--help"], None);
+    assert_eq!(top.code, 0);
+    for cmd in [
+        "list", "show", "verify", "export", "import", "delete", "prune", "gc", "copy", "diff",
+    ] {
+        assert!(top.stdout.contains(cmd), "top-level help lacks {cmd}");
+        let out = cli.run_with(None, &[cmd, "--help"], None);
+        assert_eq!(out.code, 0, "{cmd} --help");
+        assert!(
+            out.stdout.contains("Example"),
+            "{cmd} --help has no example:\n{}",
+            out.stdout
+        );
+    }
+}

@@ -6,12 +6,26 @@ mod common;
 use common::{dump, restore_all, store_with};
 use dakera_snapshot::jsonl::{export_jsonl, import_jsonl, import_jsonl_with_buffer, JsonlRecord};
 use dakera_snapshot::{
-    CreateOptions, Error, InMemoryStorage, SnapshotConfig, SnapshotManager, Vector, VectorStorage,
+    CreateOptions, Error, InMemoryStorage, SnapshotConfig, SnapshotManager, SnapshotMetadata,
+    Vector, VectorStorage,
 };
 use std::io::Write;
 
 fn manager(dir: &tempfile::TempDir) -> SnapshotManager {
     SnapshotManager::local(dir.path(), SnapshotConfig::default().with_max_snapshots(0)).unwrap()
+}
+
+/// A repository holding one snapshot of `store`.
+async fn snapshot_of(
+    store: &InMemoryStorage,
+) -> (tempfile::TempDir, SnapshotManager, SnapshotMetadata) {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manager(&dir);
+    let snap = m
+        .create_snapshot(store, CreateOptions::default())
+        .await
+        .unwrap();
+    (dir, m, snap)
 }
 
 async fn export_all(m: &SnapshotManager, id: &str) -> Vec<u8> {
@@ -47,12 +61,7 @@ async fn export_then_import_spilling_to_disk_reproduces_the_store() {
         )
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let m = manager(&dir);
-    let snap = m
-        .create_snapshot(&store, CreateOptions::default())
-        .await
-        .unwrap();
+    let (_dir, m, snap) = snapshot_of(&store).await;
     let jsonl = export_all(&m, snap.id.as_str()).await;
     assert_eq!(
         jsonl.iter().filter(|b| **b == b'\n').count(),
@@ -89,12 +98,7 @@ async fn export_then_import_spilling_to_disk_reproduces_the_store() {
 #[tokio::test]
 async fn gzip_input_is_recognised() {
     let store = store_with(&[("a", 50, 4)]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let m = manager(&dir);
-    let snap = m
-        .create_snapshot(&store, CreateOptions::default())
-        .await
-        .unwrap();
+    let (_dir, m, snap) = snapshot_of(&store).await;
     let jsonl = export_all(&m, snap.id.as_str()).await;
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&jsonl).unwrap();
@@ -272,12 +276,7 @@ async fn non_finite_values_are_not_exported_as_something_else() {
         .upsert("a", vec![Vector::new("nan", vec![f32::NAN, 1.0])])
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let m = manager(&dir);
-    let snap = m
-        .create_snapshot(&store, CreateOptions::default())
-        .await
-        .unwrap();
+    let (_dir, m, snap) = snapshot_of(&store).await;
     let mut out = Vec::new();
     let err = export_jsonl(&m, snap.id.as_str(), None, &mut out)
         .await

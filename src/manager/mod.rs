@@ -572,26 +572,40 @@ impl SnapshotManager {
                     "namespace is recorded as unchanged but no ancestor stores it",
                 ));
             };
-            if chain.len() >= MAX_CHAIN || chain.iter().any(|s| s.id == parent) {
-                return Err(Error::corrupt(
-                    id.as_str(),
-                    None,
-                    None,
-                    "the ancestor chain loops",
-                ));
-            }
-            match self.read_sidecar(&parent).await {
-                Ok(p) => chain.push(p),
-                Err(Error::SnapshotNotFound { .. }) => {
+            match self.read_ancestor(id, &chain, &parent).await? {
+                Some(p) => chain.push(p),
+                None => {
                     return Err(Error::BrokenChain {
                         id: id.to_string(),
                         missing: parent.to_string(),
                     })
                 }
-                Err(e) => return Err(e),
             }
         }
         Ok(ResolvedSnapshot { chain, namespaces })
+    }
+
+    /// Reads `parent`, the next ancestor of the chain from `id` read so far: `None` if it
+    /// does not exist, an error if following it would loop.
+    async fn read_ancestor(
+        &self,
+        id: &SnapshotId,
+        chain: &[SnapshotMetadata],
+        parent: &SnapshotId,
+    ) -> Result<Option<SnapshotMetadata>> {
+        if chain.len() >= MAX_CHAIN || chain.iter().any(|s| &s.id == parent) {
+            return Err(Error::corrupt(
+                id.as_str(),
+                None,
+                None,
+                "the ancestor chain loops",
+            ));
+        }
+        match self.read_sidecar(parent).await {
+            Ok(p) => Ok(Some(p)),
+            Err(Error::SnapshotNotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     // ----- restore ------------------------------------------------------------------------

@@ -134,23 +134,14 @@ impl SnapshotManager {
         let id = SnapshotId::parse(id)?;
         let mut chain = vec![self.read_sidecar(&id).await?];
         while let Some(parent) = chain.last().and_then(|m| m.parent_id.clone()) {
-            if chain.iter().any(|m| m.id == parent) || chain.len() >= super::MAX_CHAIN {
-                return Err(Error::corrupt(
-                    id.as_str(),
-                    None,
-                    None,
-                    "the ancestor chain loops",
-                ));
-            }
-            match self.read_sidecar(&parent).await {
-                Ok(m) => chain.push(m),
-                Err(Error::SnapshotNotFound { .. }) => {
+            match self.read_ancestor(&id, &chain, &parent).await? {
+                Some(m) => chain.push(m),
+                None => {
                     return Ok(Lineage {
                         chain,
                         missing: Some(parent),
                     })
                 }
-                Err(e) => return Err(e),
             }
         }
         Ok(Lineage {

@@ -767,14 +767,7 @@ impl SnapshotManager {
         )
         .await;
         let spool = match fetched {
-            Err(e) if e.is_not_found() => {
-                return Err(Error::corrupt(
-                    meta.id.as_str(),
-                    None,
-                    None,
-                    "the blob is missing",
-                ))
-            }
+            Err(e) if e.is_not_found() => return Err(blob_missing(meta.id.as_str())),
             Err(Error::InvalidInput { what: "range", .. }) => {
                 return Err(Error::corrupt(
                     meta.id.as_str(),
@@ -809,14 +802,7 @@ impl SnapshotManager {
         let meta = self.read_sidecar(&id).await?;
         let blob_key = self.layout.blob_key(&id);
         let info = match self.sink.head(&blob_key).await {
-            Err(e) if e.is_not_found() => {
-                return Err(Error::corrupt(
-                    id.as_str(),
-                    None,
-                    None,
-                    "the blob is missing",
-                ))
-            }
+            Err(e) if e.is_not_found() => return Err(blob_missing(id.as_str())),
             other => other?,
         };
         if info.size != meta.size_bytes {
@@ -998,6 +984,11 @@ impl SnapshotManager {
         }
         Ok(report)
     }
+}
+
+/// The error for a committed snapshot whose blob is gone.
+fn blob_missing(id: &str) -> Error {
+    Error::corrupt(id, None, None, "the blob is missing")
 }
 
 /// Ends the current progress phase when dropped, however the phase ends.

@@ -2,7 +2,7 @@
 //! snapshot, diffing two snapshots and copying snapshots between repositories. The CLI is a
 //! thin shell over these.
 
-use super::{pipeline, EndProgress, SnapshotManager};
+use super::{blob_missing, pipeline, EndProgress, SnapshotManager};
 use crate::error::{Error, Result};
 use crate::format::sidecar::SnapshotMetadata;
 use crate::id::SnapshotId;
@@ -378,14 +378,7 @@ impl SnapshotManager {
         to: &SnapshotManager,
     ) -> Result<()> {
         let mut source = match self.sink.get(key, None).await {
-            Err(e) if e.is_not_found() => {
-                return Err(Error::corrupt(
-                    meta.id.as_str(),
-                    None,
-                    None,
-                    "the blob is missing",
-                ))
-            }
+            Err(e) if e.is_not_found() => return Err(blob_missing(meta.id.as_str())),
             other => other?,
         };
         // Overwrite: a blob without a sidecar at the destination is an orphan of an earlier

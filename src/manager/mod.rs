@@ -10,6 +10,7 @@ pub use tools::{
 };
 
 use crate::config::{CreateOptions, RestoreMode, RestoreOptions, SnapshotConfig};
+use crate::error::SinkOp;
 use crate::error::{Error, Result};
 use crate::format::blob;
 use crate::format::sidecar::{
@@ -17,7 +18,7 @@ use crate::format::sidecar::{
     MAX_SIDECAR_BYTES,
 };
 use crate::id::{Clock, IdGenerator, OsRandom, RandomSource, SnapshotId, SystemClock};
-use crate::paths::{validate_namespace, ObjectKind, RepoLayout};
+use crate::paths::{validate_namespace, Key, ObjectKind, RepoLayout};
 use crate::progress::{NoProgress, Progress};
 use crate::retention::{self, RetentionPlan, RetentionPolicy};
 use crate::sink::{LocalFsSink, PutMode, SinkExt, SnapshotSink};
@@ -329,7 +330,32 @@ impl SnapshotManager {
                 return Err(e);
             }
         };
-        let (size, raw, sha) = w.finish().await?;
+        let (size, raw, sha) = match w.finish().await {
+            Ok(done) => done,
+            Err(e) => {
+                self.discard_blob(&blob_key).await;
+                return Err(e);
+            }
+        };
+        // What the backend holds, not what the upload reported: a short blob never commits.
+        match self.sink.head(&blob_key).await {
+            Ok(info) if info.size == size => {}
+            Ok(info) => {
+                self.discard_blob(&blob_key).await;
+                return Err(Error::sink(
+                    SinkOp::PutStreaming,
+                    blob_key.as_str(),
+                    format!(
+                        "the repository holds {} bytes of the blob but {size} were written",
+                        info.size
+                    ),
+                ));
+            }
+            Err(e) => {
+                self.discard_blob(&blob_key).await;
+                return Err(e);
+            }
+        }
         let (format, format_version, writer) = new_format_fields();
         let meta = SnapshotMetadata {
             format,
@@ -365,17 +391,8 @@ impl SnapshotManager {
             )));
         }
         // The commit point.
-        let sidecar_key = self.layout.sidecar_key(&id);
-        if let Err(e) = self
-            .sink
-            .put(&sidecar_key, Bytes::from(meta.to_json()), PutMode::Create)
-            .await
-        {
-            if let Err(cleanup) = self.sink.delete(&blob_key).await {
-                tracing::warn!(error = %cleanup, blob = %blob_key, "could not remove the uncommitted blob; `gc` will");
-            }
-            return Err(e);
-        }
+        self.commit_sidecar(&id, Bytes::from(meta.to_json()))
+            .await?;
         tracing::info!(snapshot = %id, vectors = meta.total_vectors, bytes = meta.size_bytes, "snapshot committed");
 
         if self.config.max_snapshots > 0 {
@@ -386,6 +403,57 @@ impl SnapshotManager {
             }
         }
         Ok(meta)
+    }
+
+    /// Removes a blob that will not be committed (best effort: `gc` removes what is left).
+    async fn discard_blob(&self, blob_key: &Key) {
+        if let Err(cleanup) = self.sink.delete(blob_key).await {
+            tracing::warn!(error = %cleanup, blob = %blob_key, "could not remove the uncommitted blob; `gc` will");
+        }
+    }
+
+    /// Writes the sidecar (create-if-absent): the commit. Handles the ambiguous cases: a put
+    /// reported as failed may have taken effect (a lost response, or a retry that found its
+    /// own first attempt and reports a conflict), so the sidecar is read back before the blob
+    /// is given up; and a put reported as done is read back too, so a damaged sidecar never
+    /// stays committed.
+    async fn commit_sidecar(&self, id: &SnapshotId, bytes: Bytes) -> Result<()> {
+        let (sidecar_key, blob_key) = (self.layout.sidecar_key(id), self.layout.blob_key(id));
+        let put = self
+            .sink
+            .put(&sidecar_key, bytes.clone(), PutMode::Create)
+            .await;
+        let stored = self.sink.get_bytes(&sidecar_key, None).await;
+        match (put, stored) {
+            (Ok(()), Ok(back)) if back == bytes => Ok(()),
+            (Ok(()), Ok(_)) => {
+                // Ours, but damaged on the way: withdraw the commit.
+                self.sink.delete(&sidecar_key).await?;
+                self.discard_blob(&blob_key).await;
+                Err(Error::corrupt(
+                    id.as_str(),
+                    None,
+                    None,
+                    "the sidecar did not read back as written; the snapshot was withdrawn",
+                ))
+            }
+            (Ok(()), Err(e)) => {
+                tracing::warn!(snapshot = %id, error = %e, "the sidecar was written but could not be read back to check it");
+                Ok(())
+            }
+            (Err(e), Ok(back)) if back == bytes => {
+                tracing::warn!(snapshot = %id, error = %e, "the sidecar write reported an error but took effect");
+                Ok(())
+            }
+            // Another writer's sidecar under this id: the blob key is theirs too, leave it.
+            (Err(e), Ok(_)) => Err(e),
+            (Err(e), Err(read)) if read.is_not_found() => {
+                self.discard_blob(&blob_key).await;
+                Err(e)
+            }
+            // Unknown whether the commit happened: keep the blob (gc re-checks the sidecar).
+            (Err(e), Err(_)) => Err(e),
+        }
     }
 
     /// Writes the header chunk, every namespace section and the footer chunk; returns the

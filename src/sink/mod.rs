@@ -4,6 +4,8 @@
 //! manager only ever talks to a sink through this trait, so a new backend, or a wrapper that
 //! injects faults or counts calls, plugs in without touching the snapshot logic.
 
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 mod local;
 mod object;
 mod url;

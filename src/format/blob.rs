@@ -501,6 +501,9 @@ struct FrameReader<R: Read> {
     r: R,
     /// Decompressed bytes consumed so far.
     pos: u64,
+    /// Most decompressed bytes accepted (the size a sidecar records, when known): a forged
+    /// or damaged member cannot make the reader allocate more.
+    limit: u64,
 }
 
 impl<R: Read> FrameReader<R> {
@@ -522,6 +525,12 @@ impl<R: Read> FrameReader<R> {
         if len > MAX_FRAME_LEN {
             return corrupt(format!(
                 "frame of {len} bytes exceeds the {MAX_FRAME_LEN}-byte limit"
+            ));
+        }
+        if self.pos + 5 + u64::from(len) > self.limit {
+            return corrupt(format!(
+                "decompresses to more than the {} bytes recorded for it",
+                self.limit
             ));
         }
         // Read through `take` so a forged length cannot allocate more than the data holds.
@@ -648,7 +657,11 @@ pub fn decode_header(compressed: impl Read) -> Result<BlobHeader, DecodeError> {
     if major != FORMAT_MAJOR {
         return Err(DecodeError::Version { major, minor });
     }
-    let frames = FrameReader { r, pos: 12 };
+    let frames = FrameReader {
+        r,
+        pos: 12,
+        limit: u64::MAX,
+    };
     only_frame(frames, kind::FILE_HEADER, "the header chunk", |p| {
         let mut p = Payload {
             b: p,
@@ -671,6 +684,7 @@ pub fn decode_footer(compressed: impl Read) -> Result<BlobFooter, DecodeError> {
     let frames = FrameReader {
         r: GzDecoder::new(compressed),
         pos: 0,
+        limit: u64::MAX,
     };
     only_frame(frames, kind::FILE_END, "the footer chunk", |p| {
         let mut p = Payload {
@@ -769,6 +783,7 @@ pub fn decode_ns_header_chunk(compressed: impl Read) -> Result<NamespaceHeader, 
     let frames = FrameReader {
         r: MultiGzDecoder::new(compressed),
         pos: 0,
+        limit: u64::MAX,
     };
     only_frame(
         frames,
@@ -783,6 +798,7 @@ pub fn decode_ns_end_chunk(compressed: impl Read) -> Result<(u64, [u8; 32]), Dec
     let frames = FrameReader {
         r: MultiGzDecoder::new(compressed),
         pos: 0,
+        limit: u64::MAX,
     };
     only_frame(
         frames,
@@ -847,9 +863,22 @@ pub fn decode_chunk(
     dimension: u32,
     filter: Filter,
 ) -> Result<DecodedChunk, DecodeError> {
+    decode_chunk_within(compressed, dimension, filter, u64::MAX)
+}
+
+/// [`decode_chunk`] that refuses to decompress more than `raw_limit` bytes (the chunk's
+/// `raw_length` from the sidecar), so damaged or forged data cannot make it allocate more
+/// than the sidecar declared.
+pub fn decode_chunk_within(
+    compressed: impl Read,
+    dimension: u32,
+    filter: Filter,
+    raw_limit: u64,
+) -> Result<DecodedChunk, DecodeError> {
     let mut frames = FrameReader {
         r: MultiGzDecoder::new(compressed),
         pos: 0,
+        limit: raw_limit,
     };
     let mut out = DecodedChunk::default();
     let mut last_id = None;
@@ -893,6 +922,7 @@ where
     let mut frames = FrameReader {
         r: MultiGzDecoder::new(compressed),
         pos: 0,
+        limit: u64::MAX,
     };
     let Some((kind::NS_HEADER, p)) = frames.next_required()? else {
         return corrupt("namespace section does not start with an NS_HEADER frame");
@@ -1131,6 +1161,21 @@ mod tests {
                 assert_eq!((s.vectors, s.digest, s.filter), (300, digest, filter));
             }
         }
+    }
+
+    #[test]
+    fn a_chunk_never_decompresses_past_its_recorded_size() {
+        let vs = vectors(40, 8);
+        let chunk = encode_chunk(&vs, 8, true, Filter::Shuffle, Some(2)).unwrap();
+        let exact = chunk.raw_len as u64;
+        let ok = decode_chunk_within(&chunk.bytes[..], 8, Filter::Shuffle, exact).unwrap();
+        assert_eq!(ok.vectors, vs);
+        let err = decode_chunk_within(&chunk.bytes[..], 8, Filter::Shuffle, exact - 1).unwrap_err();
+        assert!(format!("{err:?}").contains("more than the"), "{err:?}");
+        // A member inflating to far more than recorded stops at the limit.
+        let bomb = compress_member(&vec![0u8; 8 << 20], 9);
+        assert!(bomb.len() < 64 << 10);
+        assert!(decode_chunk_within(&bomb[..], 8, Filter::None, 4096).is_err());
     }
 
     #[test]

@@ -12,6 +12,9 @@ use std::collections::BTreeMap;
 
 /// The `format` field of every sidecar.
 pub const FORMAT_NAME: &str = "dakera-snapshot";
+/// Largest decompressed chunk a reader accepts: the largest chunk size plus two frames of
+/// the largest size (a chunk closes after the frame that crosses its size).
+pub const MAX_CHUNK_RAW: u64 = (32 << 20) + 2 * crate::format::blob::MAX_FRAME_LEN as u64;
 /// Largest sidecar a reader accepts (a bound against forged or runaway files).
 pub const MAX_SIDECAR_BYTES: u64 = 64 << 20;
 
@@ -254,6 +257,12 @@ impl SnapshotMetadata {
             }
             let (mut vectors, mut ns_raw) = (0u64, 0u64);
             for c in &ns.chunks {
+                if c.raw_length > MAX_CHUNK_RAW {
+                    return Err(format!(
+                        "a chunk of {:?} claims {} decompressed bytes, more than the {MAX_CHUNK_RAW} a writer produces",
+                        ns.name, c.raw_length
+                    ));
+                }
                 if c.offset != at || c.length == 0 {
                     return Err(format!(
                         "chunk of {:?} at {} does not follow byte {at}",

@@ -900,12 +900,22 @@ impl SnapshotManager {
         let spool = spool?;
         let spool = Arc::new(spool);
         let sha: [u8; 32] = sha.finalize().into();
+        let parallelism = self.config.effective_parallelism();
         if hex::encode(sha) != meta.blob_sha256 {
+            // Say where: the first chunk whose checksum fails names the namespace.
+            for entry in &meta.namespaces {
+                if let Err(Error::Corrupt { location, reason }) =
+                    pipeline::check_chunks(&spool, 0, &meta, entry, parallelism).await
+                {
+                    let reason = format!("blob SHA-256 does not match the sidecar: {reason}");
+                    return Err(Error::Corrupt { location, reason });
+                }
+            }
             return Err(Error::corrupt(
                 id.as_str(),
                 None,
                 None,
-                "blob SHA-256 does not match the sidecar",
+                "blob SHA-256 does not match the sidecar (the namespaces' chunks are intact: the damage is in the header or footer)",
             ));
         }
         let small = |off: u64, len: u64| spool.read(off, len);
@@ -915,7 +925,6 @@ impl SnapshotManager {
             let why = format!("the blob was written for snapshot {}", header.snapshot_id);
             return Err(Error::corrupt(id.as_str(), None, Some(0), why));
         }
-        let parallelism = self.config.effective_parallelism();
         let mut namespaces = Vec::new();
         for entry in &meta.namespaces {
             pipeline::check_chunks(&spool, 0, &meta, entry, parallelism).await?;

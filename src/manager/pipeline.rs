@@ -626,7 +626,7 @@ impl<'m> NamespaceReader<'m> {
             let (meta_id, ns) = (self.meta.id.to_string(), self.entry.name.clone());
             self.jobs.push(move || {
                 let bytes = spool.read(c.offset - base, c.length)?;
-                let decoded = blob::decode_chunk(&bytes[..], dim, filter)
+                let decoded = blob::decode_chunk_within(&bytes[..], dim, filter, c.raw_length)
                     .map_err(|e| decode_error(&meta_id, Some(&ns), c.offset, e))?;
                 if decoded.vectors.len() as u64 != c.vectors {
                     return Err(Error::corrupt(

@@ -1167,7 +1167,7 @@ mod tests {
     fn a_chunk_never_decompresses_past_its_recorded_size() {
         let vs = vectors(40, 8);
         let chunk = encode_chunk(&vs, 8, true, Filter::Shuffle, Some(2)).unwrap();
-        let exact = chunk.raw_len as u64;
+        let exact = chunk.raw_len;
         let ok = decode_chunk_within(&chunk.bytes[..], 8, Filter::Shuffle, exact).unwrap();
         assert_eq!(ok.vectors, vs);
         let err = decode_chunk_within(&chunk.bytes[..], 8, Filter::Shuffle, exact - 1).unwrap_err();

@@ -1,0 +1,128 @@
+//! Crash consistency of the local sink: a real process (the CLI importing into a local
+//! repository) is killed with SIGKILL at points spread over its whole run, again and again
+//! on the same repository. After every kill: only complete snapshots are listed, every one
+//! verifies, nothing committed before is lost; `gc` then removes every leftover.
+#![cfg(feature = "cli")]
+
+mod common;
+
+use common::servers::announce;
+use dakera_snapshot::{SnapshotConfig, SnapshotManager};
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_dakera-snapshot");
+const RUNS: usize = 40;
+
+fn import(repo: &Path, input: &Path) -> std::process::Child {
+    Command::new(BIN)
+        .args(["--repo", repo.to_str().unwrap(), "-q", "import"])
+        .arg(input)
+        .env_remove("DAKERA_SNAPSHOT_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Files in the repository's snapshots folder.
+fn files(repo: &Path) -> Vec<String> {
+    match std::fs::read_dir(repo.join("snapshots")) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_writer_at_any_point_loses_nothing_committed() {
+    let work = tempfile::tempdir().unwrap();
+    let input = work.path().join("in.jsonl");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+        for i in 0..6000u64 {
+            let values: Vec<f32> = common::values(i, 96);
+            let line = serde_json::json!({
+                "namespace": format!("ns{}", i % 3),
+                "id": format!("v{:06}", (i * 7919) % 6000),
+                "values": values,
+            });
+            writeln!(f, "{line}").unwrap();
+        }
+    }
+    let repo = work.path().join("repo");
+    let m = SnapshotManager::local(&repo, SnapshotConfig::default().with_max_snapshots(0)).unwrap();
+
+    // One undisturbed run: how long an import takes, and a first committed snapshot.
+    let started = Instant::now();
+    assert!(import(&repo, &input).wait().unwrap().success());
+    let full_run = started.elapsed();
+    let mut committed: BTreeSet<String> = m
+        .list_snapshots()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id.to_string())
+        .collect();
+    assert_eq!(committed.len(), 1);
+
+    let (mut killed, mut finished, mut leftovers) = (0, 0, 0);
+    for run in 0..RUNS {
+        // Kill points spread evenly over the whole run (a little past its end, too).
+        let at = full_run.mul_f64((run as f64 + 0.5) / RUNS as f64 * 1.1);
+        let mut child = import(&repo, &input);
+        std::thread::sleep(at);
+        let was_running = child.try_wait().unwrap().is_none();
+        let _ = child.kill();
+        let _ = child.wait();
+        if was_running {
+            killed += 1;
+        } else {
+            finished += 1;
+        }
+        let context = format!("run {run}: killed after {at:?} (running: {was_running})");
+
+        let listed: BTreeSet<String> = m
+            .list_snapshots()
+            .await
+            .unwrap_or_else(|e| panic!("{context}: listing failed: {e}"))
+            .into_iter()
+            .map(|s| s.id.to_string())
+            .collect();
+        assert!(
+            committed.is_subset(&listed),
+            "{context}: a committed snapshot was lost"
+        );
+        assert!(listed.len() <= committed.len() + 1, "{context}");
+        for id in &listed {
+            m.verify_snapshot(id)
+                .await
+                .unwrap_or_else(|e| panic!("{context}: {id} is listed but does not verify: {e}"));
+        }
+        committed = listed;
+
+        // Whatever the killed writer left (a temporary file, a blob without sidecar) is
+        // removed by gc; then only sidecar + blob pairs remain.
+        let before = files(&repo).len();
+        m.collect_garbage(Duration::ZERO, false).await.unwrap();
+        let after = files(&repo);
+        leftovers += before - after.len();
+        assert_eq!(after.len(), 2 * committed.len(), "{context}: {after:?}");
+        for name in &after {
+            assert!(
+                name.ends_with(".meta.json") || name.ends_with(".snap.gz"),
+                "{context}: {name} survived gc"
+            );
+        }
+    }
+    announce(&format!(
+        "crash consistency: {RUNS} kills over a {full_run:?} import ({killed} while running, {finished} after it ended): \
+         {} snapshots committed, none lost, every listed one verifies; gc removed {leftovers} leftovers",
+        committed.len()
+    ));
+    assert!(killed >= RUNS * 3 / 4, "most kills must land while the writer runs");
+}

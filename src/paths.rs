@@ -107,6 +107,9 @@ pub enum ObjectKind {
 /// ```text
 /// snapshots/<id>.snap.gz     the gzip blob
 /// snapshots/<id>.meta.json   the sidecar; its presence is what makes the snapshot exist
+/// pins/<parent id>.<16 hex>.pin
+///                            an incremental snapshot being written on top of <parent id>:
+///                            retention and delete leave that parent alone while it exists
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RepoLayout;
@@ -114,6 +117,8 @@ pub struct RepoLayout;
 const SNAPSHOTS: &str = "snapshots";
 const BLOB_SUFFIX: &str = ".snap.gz";
 const SIDECAR_SUFFIX: &str = ".meta.json";
+const PINS: &str = "pins";
+const PIN_SUFFIX: &str = ".pin";
 
 impl RepoLayout {
     /// The folder every snapshot object lives in.
@@ -129,6 +134,27 @@ impl RepoLayout {
     /// The sidecar key of a snapshot.
     pub fn sidecar_key(&self, id: &SnapshotId) -> Key {
         Key(format!("{SNAPSHOTS}/{id}{SIDECAR_SUFFIX}"))
+    }
+
+    /// The folder of pins.
+    pub fn pins_dir(&self) -> Key {
+        Key(PINS.to_string())
+    }
+
+    /// A pin on `parent`; `token` (16 hex digits) tells concurrent writers' pins apart.
+    pub fn pin_key(&self, parent: &SnapshotId, token: u64) -> Key {
+        Key(format!("{PINS}/{parent}.{token:016x}{PIN_SUFFIX}"))
+    }
+
+    /// The snapshot a listed pin key protects, if it is a pin key.
+    pub fn parse_pin(&self, key: &Key) -> Option<SnapshotId> {
+        let rest = key.as_str().strip_prefix(PINS)?.strip_prefix('/')?;
+        let stem = rest.strip_suffix(PIN_SUFFIX)?;
+        let (id, token) = stem.rsplit_once('.')?;
+        if token.len() != 16 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        SnapshotId::parse(id).ok()
     }
 
     /// Recognises a listed key as a blob or sidecar of a valid snapshot id; anything else

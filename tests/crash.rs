@@ -124,5 +124,8 @@ async fn killing_a_writer_at_any_point_loses_nothing_committed() {
          {} snapshots committed, none lost, every listed one verifies; gc removed {leftovers} leftovers",
         committed.len()
     ));
-    assert!(killed >= RUNS * 3 / 4, "most kills must land while the writer runs");
+    assert!(
+        killed >= RUNS * 3 / 4,
+        "most kills must land while the writer runs"
+    );
 }

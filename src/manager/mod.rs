@@ -35,6 +35,9 @@ use std::time::Duration;
 
 /// Sidecars fetched at once when listing.
 const LIST_CONCURRENCY: usize = 16;
+/// How long a pin protects its parent: a writer that crashed leaves its pin behind, and
+/// after this long retention ignores it and `gc` removes it.
+pub const PIN_TTL: Duration = Duration::from_secs(6 * 3600);
 /// Longest ancestor chain followed before the chain is declared corrupt (a cycle).
 const MAX_CHAIN: usize = 100_000;
 
@@ -109,6 +112,8 @@ pub struct GcReport {
     pub removed: Vec<String>,
     /// Incomplete uploads / temporary files the sink removed.
     pub incomplete_uploads_removed: usize,
+    /// Pins left by incremental writers that died, removed after [`PIN_TTL`].
+    pub stale_pins_removed: usize,
 }
 
 /// Takes, restores, verifies and expires snapshots in one repository (a [`SnapshotSink`]).
@@ -225,6 +230,58 @@ impl SnapshotManager {
     ) -> Result<SnapshotMetadata> {
         options.validate()?;
         let parent_id = SnapshotId::parse(parent_id)?;
+        // Pin the parent first, so a concurrent prune or delete leaves it alone; then check,
+        // after the commit, that it survived (the pin narrows the race, the check closes it).
+        let pin = self.layout.pin_key(&parent_id, self.random.next_u64());
+        self.sink.put(&pin, Bytes::new(), PutMode::Create).await?;
+        let made = self
+            .create_incremental_pinned(storage, &parent_id, changed, options)
+            .await;
+        let made = match made {
+            Ok(meta) => self.check_parent_survived(meta, &parent_id).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = self.sink.delete(&pin).await {
+            tracing::warn!(pin = %pin, error = %e, "could not remove the pin; it expires by itself and `gc` removes it");
+        }
+        made
+    }
+
+    /// After an incremental commit: if its parent was deleted meanwhile (a prune or delete
+    /// that ran despite the pin), the new snapshot cannot be restored; withdraw it.
+    async fn check_parent_survived(
+        &self,
+        meta: SnapshotMetadata,
+        parent: &SnapshotId,
+    ) -> Result<SnapshotMetadata> {
+        match self.sink.head(&self.layout.sidecar_key(parent)).await {
+            Ok(_) => Ok(meta),
+            Err(e) if e.is_not_found() => {
+                tracing::warn!(snapshot = %meta.id, parent = %parent, "the parent was deleted while the snapshot was written; withdrawing it");
+                self.remove(&meta.id).await?;
+                Err(Error::Conflict {
+                    key: parent.to_string(),
+                    reason: format!(
+                        "the parent was deleted by a concurrent prune or delete while incremental snapshot {} was written; it was withdrawn (take a full snapshot, or an incremental on a surviving parent)",
+                        meta.id
+                    ),
+                })
+            }
+            Err(e) => {
+                tracing::warn!(snapshot = %meta.id, error = %e, "could not check that the parent still exists; the snapshot is committed");
+                Ok(meta)
+            }
+        }
+    }
+
+    async fn create_incremental_pinned(
+        &self,
+        storage: &dyn VectorStorage,
+        parent_id: &SnapshotId,
+        changed: Option<&[String]>,
+        options: CreateOptions,
+    ) -> Result<SnapshotMetadata> {
+        let parent_id = parent_id.clone();
         let parent = self.resolve(&parent_id).await?;
         let current = store_namespaces(storage).await?;
         let current_set: BTreeSet<&String> = current.iter().collect();
@@ -332,6 +389,8 @@ impl SnapshotManager {
         };
         let (size, raw, sha) = match w.finish().await {
             Ok(done) => done,
+            // The key is taken: the blob there is another writer's, leave it.
+            Err(e @ Error::Conflict { .. }) => return Err(e),
             Err(e) => {
                 self.discard_blob(&blob_key).await;
                 return Err(e);
@@ -990,6 +1049,15 @@ impl SnapshotManager {
                 children: doomed[1..].iter().map(|s| s.to_string()).collect(),
             });
         }
+        let pins = self.live_pins().await?;
+        if let Some(p) = doomed.iter().find(|d| pins.contains(*d)) {
+            return Err(Error::Conflict {
+                key: p.to_string(),
+                reason:
+                    "an incremental snapshot is being written on top of it; retry when that is done"
+                        .into(),
+            });
+        }
         doomed.reverse();
         for s in &doomed {
             self.remove(s).await?;
@@ -1016,15 +1084,50 @@ impl SnapshotManager {
         dry_run: bool,
     ) -> Result<RetentionReport> {
         let all = self.list_snapshots().await?;
-        let plan = retention::plan(&all, policy, self.clock.now_secs());
+        let pins = self.live_pins().await?;
+        let mut plan = retention::plan(&all, policy, self.clock.now_secs());
+        let mut protected = BTreeSet::new();
+        for p in &pins {
+            protected.extend(ancestry(&all, p));
+        }
+        keep_protected(&mut plan, &protected);
         let mut deleted = Vec::new();
         if !dry_run {
-            for id in &plan.remove {
-                self.remove(id).await?;
-                deleted.push(id.clone());
+            for id in plan.remove.clone() {
+                // Pins placed since the plan: look again right before each delete.
+                let pins = self.live_pins().await?;
+                if pins.contains(&id) || protected.contains(&id) {
+                    for p in &pins {
+                        protected.extend(ancestry(&all, p));
+                    }
+                    continue;
+                }
+                self.remove(&id).await?;
+                deleted.push(id);
             }
+            for gone in &deleted {
+                protected.remove(gone);
+            }
+            keep_protected(&mut plan, &protected);
         }
         Ok(RetentionReport { plan, deleted })
+    }
+
+    /// Snapshots pinned by incremental snapshots being written (pins younger than
+    /// [`PIN_TTL`]; pins whose age the backend cannot tell count as live).
+    async fn live_pins(&self) -> Result<BTreeSet<SnapshotId>> {
+        let cutoff = self
+            .clock
+            .now_ms()
+            .saturating_sub(PIN_TTL.as_millis() as u64);
+        Ok(self
+            .sink
+            .list_all(&self.layout.pins_dir())
+            .await?
+            .iter()
+            .filter(|o| o.last_modified_ms == 0 || o.last_modified_ms >= cutoff)
+            .filter_map(|o| self.layout.parse_pin(&o.key))
+            .collect())
     }
 
     /// Removes blobs that have no sidecar and were last modified more than `grace` ago
@@ -1058,8 +1161,53 @@ impl SnapshotManager {
         }
         if !dry_run {
             report.incomplete_uploads_removed = self.sink.remove_incomplete(cutoff).await?;
+            // Pins of writers that died: only once retention ignores them anyway.
+            let pin_cutoff = cutoff.min(
+                self.clock
+                    .now_ms()
+                    .saturating_sub(PIN_TTL.as_millis() as u64),
+            );
+            for o in self.sink.list_all(&self.layout.pins_dir()).await? {
+                if self.layout.parse_pin(&o.key).is_some()
+                    && o.last_modified_ms != 0
+                    && o.last_modified_ms < pin_cutoff
+                {
+                    self.sink.delete(&o.key).await?;
+                    report.stale_pins_removed += 1;
+                }
+            }
         }
         Ok(report)
+    }
+}
+
+/// `id` and its ancestors among `all`.
+fn ancestry(all: &[SnapshotMetadata], id: &SnapshotId) -> Vec<SnapshotId> {
+    let mut out = vec![id.clone()];
+    while let Some(parent) = all
+        .iter()
+        .find(|m| &m.id == out.last().expect("not empty"))
+        .and_then(|m| m.parent_id.clone())
+    {
+        if out.contains(&parent) {
+            break;
+        }
+        out.push(parent);
+    }
+    out
+}
+
+/// Moves protected snapshots from the plan's removals to its keeps.
+fn keep_protected(plan: &mut RetentionPlan, protected: &BTreeSet<SnapshotId>) {
+    let (spared, remove): (Vec<SnapshotId>, Vec<SnapshotId>) = std::mem::take(&mut plan.remove)
+        .into_iter()
+        .partition(|id| protected.contains(id));
+    plan.remove = remove;
+    for id in spared {
+        plan.keep.push((
+            id,
+            vec!["pinned: an incremental snapshot is being written on top of it".into()],
+        ));
     }
 }
 

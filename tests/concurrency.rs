@@ -1,0 +1,281 @@
+//! Several managers on one repository at once: creating (full and incremental), pruning and
+//! deleting concurrently never loses a snapshot nobody deleted and never leaves a listed
+//! snapshot that does not verify (a broken chain). Run on a local directory and on moto.
+//! Plus the two halves of the protocol that makes it so, provoked deterministically: pins
+//! (a prune spares the parent of an incremental being written) and the post-commit parent
+//! check (an incremental whose parent vanished anyway is withdrawn, not left broken).
+
+mod common;
+
+use common::servers::{self, announce};
+use common::store_with;
+use dakera_snapshot::sink::fault::{Call, Fault, FaultySink};
+use dakera_snapshot::{
+    sink_from_url, CreateOptions, Error, LocalFsSink, RetentionPolicy, SinkOptions, SnapshotConfig,
+    SnapshotManager, SnapshotSink, Vector, VectorStorage,
+};
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn config() -> SnapshotConfig {
+    SnapshotConfig::default().with_max_snapshots(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prune_spares_the_parent_of_an_incremental_being_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner: Arc<dyn SnapshotSink> = Arc::new(LocalFsSink::new(dir.path()).unwrap());
+    let plain = SnapshotManager::new(inner.clone(), config()).unwrap();
+    let store = store_with(&[("a", 50, 8)]).await;
+    let old = plain
+        .create_snapshot(&store, CreateOptions::default())
+        .await
+        .unwrap();
+    let newer = plain
+        .create_snapshot(&store, CreateOptions::default())
+        .await
+        .unwrap();
+    store
+        .upsert("a", vec![Vector::new("x", vec![0.0; 8])])
+        .await
+        .unwrap();
+    // The incremental on `old` stalls in its upload while a prune runs.
+    let slow = FaultySink::new(inner.clone());
+    slow.inject_nth(Call::Write, 0, Fault::Delay(Duration::from_millis(600)));
+    let writer = SnapshotManager::new(slow.clone(), config()).unwrap();
+    let parent = old.id.to_string();
+    let create = tokio::spawn(async move {
+        writer
+            .create_incremental_snapshot(&store, &parent, None, CreateOptions::default())
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let report = plain
+        .apply_retention(&RetentionPolicy::keep_last(1), false)
+        .await
+        .unwrap();
+    assert!(report.deleted.is_empty(), "{report:?}");
+    let why = &report
+        .plan
+        .keep
+        .iter()
+        .find(|(id, _)| *id == old.id)
+        .unwrap()
+        .1;
+    assert!(why.iter().any(|r| r.contains("pinned")), "{why:?}");
+    let inc = create.await.unwrap().unwrap();
+    plain.verify_snapshot(inc.id.as_str()).await.unwrap();
+    // With the incremental committed, retention keeps `old` as its ancestor; the pin is gone.
+    let listed: Vec<_> = plain.list_snapshots().await.unwrap();
+    assert_eq!(listed.len(), 3);
+    assert!(std::fs::read_dir(dir.path().join("pins"))
+        .unwrap()
+        .next()
+        .is_none());
+    let report = plain
+        .apply_retention(&RetentionPolicy::keep_last(1), false)
+        .await
+        .unwrap();
+    assert_eq!(report.deleted, vec![newer.id]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incremental_whose_parent_vanishes_is_withdrawn_not_left_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let inner: Arc<dyn SnapshotSink> = Arc::new(LocalFsSink::new(dir.path()).unwrap());
+    let plain = SnapshotManager::new(inner.clone(), config()).unwrap();
+    let store = store_with(&[("a", 50, 8)]).await;
+    let parent = plain
+        .create_snapshot(&store, CreateOptions::default())
+        .await
+        .unwrap();
+    store
+        .upsert("a", vec![Vector::new("x", vec![0.0; 8])])
+        .await
+        .unwrap();
+    let slow = FaultySink::new(inner.clone());
+    slow.inject_nth(Call::Write, 0, Fault::Delay(Duration::from_millis(500)));
+    let writer = SnapshotManager::new(slow, config()).unwrap();
+    let pid = parent.id.to_string();
+    let create = tokio::spawn(async move {
+        writer
+            .create_incremental_snapshot(&store, &pid, None, CreateOptions::default())
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Something that ignores pins (an older version, a manual rm) removes the parent.
+    std::fs::remove_file(
+        dir.path()
+            .join(format!("snapshots/{}.meta.json", parent.id)),
+    )
+    .unwrap();
+    let err = create.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, Error::Conflict { .. }) && err.to_string().contains("withdrawn"),
+        "{err}"
+    );
+    assert!(plain.list_snapshots().await.unwrap().is_empty());
+}
+
+/// What the stress workers saw.
+#[derive(Default)]
+struct Ledger {
+    committed: BTreeSet<String>,
+    deleted: BTreeSet<String>,
+    refused: usize,
+}
+
+async fn stress(sink: Arc<dyn SnapshotSink>, rounds: usize) -> (usize, usize, usize) {
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let manager = |seed: u64| {
+        SnapshotManager::new(sink.clone(), config())
+            .unwrap()
+            .with_random(dakera_snapshot::id::SeededRandom::new(seed))
+    };
+    let mut tasks = Vec::new();
+    // Two writers: full snapshots and incrementals on whatever is newest.
+    for w in 0..2u64 {
+        let (m, ledger) = (manager(100 + w), ledger.clone());
+        tasks.push(tokio::spawn(async move {
+            let store = store_with(&[("a", 40, 8), ("b", 10, 4)]).await;
+            for i in 0..rounds {
+                store
+                    .upsert(
+                        "a",
+                        vec![Vector::new(format!("w{w}-{i}"), vec![i as f32; 8])],
+                    )
+                    .await
+                    .unwrap();
+                let newest = m
+                    .list_snapshots()
+                    .await
+                    .unwrap()
+                    .first()
+                    .map(|s| s.id.clone());
+                let made = match (i % 3, newest) {
+                    (0, _) | (_, None) => m.create_snapshot(&store, CreateOptions::default()).await,
+                    (_, Some(p)) => {
+                        m.create_incremental_snapshot(
+                            &store,
+                            p.as_str(),
+                            None,
+                            CreateOptions::default(),
+                        )
+                        .await
+                    }
+                };
+                match made {
+                    Ok(s) => {
+                        ledger.lock().unwrap().committed.insert(s.id.to_string());
+                    }
+                    // The parent went away before or during the write: reported, not broken.
+                    Err(
+                        Error::Conflict { .. }
+                        | Error::SnapshotNotFound { .. }
+                        | Error::BrokenChain { .. },
+                    ) => {
+                        ledger.lock().unwrap().refused += 1;
+                    }
+                    Err(e) => panic!("writer {w}: {e}"),
+                }
+            }
+        }));
+    }
+    // A pruner.
+    {
+        let (m, ledger) = (manager(200), ledger.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..rounds {
+                match m
+                    .apply_retention(&RetentionPolicy::keep_last(2), false)
+                    .await
+                {
+                    Ok(r) => ledger
+                        .lock()
+                        .unwrap()
+                        .deleted
+                        .extend(r.deleted.iter().map(|d| d.to_string())),
+                    // A snapshot deleted by the deleter between listing and reading.
+                    Err(e) => panic!("prune: {e}"),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    // A deleter: removes the oldest snapshot (and what builds on it).
+    {
+        let (m, ledger) = (manager(300), ledger.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..rounds / 2 {
+                let all = m.list_snapshots().await.unwrap();
+                if let Some(oldest) = all.last().filter(|_| all.len() > 2) {
+                    match m.delete_snapshot(oldest.id.as_str(), true).await {
+                        Ok(gone) => ledger
+                            .lock()
+                            .unwrap()
+                            .deleted
+                            .extend(gone.iter().map(|d| d.to_string())),
+                        Err(Error::Conflict { .. } | Error::SnapshotNotFound { .. }) => {}
+                        Err(e) => panic!("delete: {e}"),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let m = manager(400);
+    let listed: BTreeSet<String> = m
+        .list_snapshots()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id.to_string())
+        .collect();
+    for id in &listed {
+        m.verify_snapshot(id)
+            .await
+            .unwrap_or_else(|e| panic!("listed {id} does not verify: {e}"));
+    }
+    let l = ledger.lock().unwrap();
+    let lost: Vec<&String> = l
+        .committed
+        .iter()
+        .filter(|id| !l.deleted.contains(*id) && !listed.contains(*id))
+        .collect();
+    assert!(lost.is_empty(), "snapshots lost: {lost:?}");
+    (l.committed.len(), l.deleted.len(), l.refused)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_pruners_and_deleters_on_a_local_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink: Arc<dyn SnapshotSink> = Arc::new(LocalFsSink::new(dir.path()).unwrap());
+    let (made, deleted, refused) = stress(sink, 24).await;
+    announce(&format!(
+        "concurrency (local): 2 writers, a pruner and a deleter: {made} snapshots committed, {deleted} deleted by prune/delete, \
+         {refused} incrementals refused because their parent went; none lost, every listed one verifies"
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_pruners_and_deleters_on_s3() {
+    let Some(server) = servers::start_moto().await else {
+        return;
+    };
+    let url = format!(
+        "{}/concurrency-{:016x}",
+        server.url,
+        getrandom::u64().unwrap()
+    );
+    let options: SinkOptions = server.options.clone();
+    let sink = sink_from_url(&url, &options).unwrap();
+    let (made, deleted, refused) = stress(sink, 12).await;
+    announce(&format!(
+        "concurrency ({}): 2 writers, a pruner and a deleter: {made} committed, {deleted} deleted, {refused} refused; none lost, all verify",
+        server.name
+    ));
+}

@@ -28,9 +28,15 @@ impl SnapshotId {
     /// Validates `s` as a snapshot id.
     pub fn parse(s: &str) -> Result<SnapshotId> {
         if s.is_empty() || s.len() > MAX_ID_LEN {
+            // Echo at most the start of a long value: errors end up in logs and terminals.
+            let shown: String = s.chars().take(48).collect();
+            let more = if shown.len() < s.len() { "..." } else { "" };
             return Err(Error::invalid(
                 "snapshot id",
-                format!("{s:?}: must be 1 to {MAX_ID_LEN} characters"),
+                format!(
+                    "{shown:?}{more} ({} bytes): must be 1 to {MAX_ID_LEN} characters",
+                    s.len()
+                ),
             ));
         }
         if let Some(c) = s

@@ -222,6 +222,16 @@ fn conflict(key: &Key) -> Error {
 }
 
 /// Maps an object_store error at the sink boundary, attaching operation and key.
+/// Error codes (S3, Azure) that mean the credentials themselves are wrong.
+const AUTH_CODES: [&str; 6] = [
+    "SignatureDoesNotMatch",
+    "InvalidAccessKeyId",
+    "AuthenticationFailed",
+    "AuthorizationFailure",
+    "InvalidToken",
+    "ExpiredToken",
+];
+
 fn map_err(op: SinkOp, key: &Key, e: object_store::Error) -> Error {
     match e {
         object_store::Error::NotFound { .. } if matches!(op, SinkOp::Get | SinkOp::Head) => {
@@ -237,22 +247,21 @@ fn map_err(op: SinkOp, key: &Key, e: object_store::Error) -> Error {
             key.as_str(),
             format!("authentication failed (check the access key and secret): {source}"),
         ),
-        object_store::Error::PermissionDenied { source, .. } => Error::sink(
-            op,
-            key.as_str(),
-            format!("permission denied (check the credentials' rights on this bucket): {source}"),
-        ),
+        // Some servers answer a bad signature with 403: the body's code tells which it is.
+        object_store::Error::PermissionDenied { source, .. }
+            if !AUTH_CODES.iter().any(|c| source.to_string().contains(c)) =>
+        {
+            Error::sink(
+                op,
+                key.as_str(),
+                format!(
+                    "permission denied (check the credentials' rights on this bucket): {source}"
+                ),
+            )
+        }
         other => {
             let text = other.to_string();
-            let auth = [
-                "SignatureDoesNotMatch",
-                "InvalidAccessKeyId",
-                "AuthenticationFailed",
-                "AuthorizationFailure",
-                "InvalidToken",
-                "ExpiredToken",
-            ];
-            if let Some(code) = auth.iter().find(|c| text.contains(*c)) {
+            if let Some(code) = AUTH_CODES.iter().find(|c| text.contains(*c)) {
                 Error::sink(
                     op,
                     key.as_str(),

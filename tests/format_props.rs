@@ -5,9 +5,13 @@ use dakera_snapshot::format::blob::{
     compress_member, decode_chunk, decode_footer, decode_header, decode_namespace, encode_chunk,
     encode_ns_end, encode_ns_header, ContentDigest, Filter,
 };
-use dakera_snapshot::Vector;
+use dakera_snapshot::{
+    CreateOptions, InMemoryStorage, SnapshotConfig, SnapshotId, SnapshotManager, SnapshotMetadata,
+    Vector, VectorStorage,
+};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 fn arb_metadata() -> impl Strategy<Value = Option<serde_json::Value>> {
     prop_oneof![
@@ -91,8 +95,67 @@ fn bits(vs: &[Vector]) -> Vec<Bits> {
         .collect()
 }
 
+/// Cases per property: 200 in the normal suite; set `DAKERA_FUZZ_CASES` for a long run, e.g.
+/// `DAKERA_FUZZ_CASES=200000 cargo test --release --test format_props`.
+fn cases() -> u32 {
+    std::env::var("DAKERA_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200)
+}
+
+/// A real sidecar (and its id), made once.
+fn sidecar() -> &'static (SnapshotId, String) {
+    static SIDECAR: OnceLock<(SnapshotId, String)> = OnceLock::new();
+    SIDECAR.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let m =
+                SnapshotManager::local(dir.path(), SnapshotConfig::default().with_chunk_size(4096))
+                    .unwrap();
+            let store = InMemoryStorage::new();
+            for (ns, dim) in [("a", 8usize), ("b", 2)] {
+                store.ensure_namespace(ns).await.unwrap();
+                let vs = (0..40)
+                    .map(|i| Vector::new(format!("{ns}{i:03}"), vec![i as f32; dim]))
+                    .collect();
+                store.upsert(ns, vs).await.unwrap();
+            }
+            let meta = m
+                .create_snapshot(&store, CreateOptions::described("fuzz"))
+                .await
+                .unwrap();
+            (meta.id.clone(), String::from_utf8(meta.to_json()).unwrap())
+        })
+    })
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_sidecar_parser_never_panics_on_bytes(raw in prop::collection::vec(any::<u8>(), 0..4096)) {
+        let (id, _) = sidecar();
+        let _ = SnapshotMetadata::from_json(&raw, id);
+    }
+
+    #[test]
+    fn mutated_sidecars_parse_only_into_consistent_layouts(edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6)) {
+        let (id, json) = sidecar();
+        let mut bytes = json.clone().into_bytes();
+        for (at, b) in edits {
+            let i = at.index(bytes.len());
+            bytes[i] = b;
+        }
+        if let Ok(meta) = SnapshotMetadata::from_json(&bytes, id) {
+            // Whatever parses has a layout a reader can trust: ranges tile the blob.
+            prop_assert!(meta.check_layout().is_ok());
+            prop_assert_eq!(&meta.id, id);
+        }
+    }
 
     #[test]
     fn namespaces_round_trip_bit_exact((dim, vs) in arb_namespace(), chunk in 1usize..50, batch in 1usize..50, filter in arb_filter()) {

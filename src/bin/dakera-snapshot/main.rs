@@ -179,7 +179,8 @@ enum Command {
     },
 
     /// Remove blobs without a sidecar (left by writers that crashed before committing) and
-    /// stale temporary uploads, if older than the grace period.
+    /// stale temporary uploads, if older than the grace period, and pins of incremental
+    /// writers that died (after 6 hours).
     #[command(after_help = "Example:\n  dakera-snapshot --repo ./backups gc --grace 6h --dry-run")]
     Gc {
         /// Leave anything younger than this alone (writers may still be at work).

@@ -307,9 +307,10 @@ pub fn gc(r: &GcReport, dry_run: bool) -> String {
     } else {
         let _ = writeln!(
             out,
-            "{} orphan blob(s) removed, {} incomplete upload(s) removed",
+            "{} orphan blob(s) removed, {} incomplete upload(s) removed, {} expired pin(s) removed",
             r.removed.len(),
-            r.incomplete_uploads_removed
+            r.incomplete_uploads_removed,
+            r.stale_pins_removed
         );
     }
     out

@@ -22,34 +22,64 @@ fn config() -> SnapshotConfig {
     SnapshotConfig::default().with_max_snapshots(0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_prune_spares_the_parent_of_an_incremental_being_written() {
+/// A repository with one full snapshot made by `plain`, then `more` full snapshots after
+/// it, and an incremental on the first one started in the background whose first upload
+/// write stalls for `stall`.
+struct Stalled {
+    dir: tempfile::TempDir,
+    plain: SnapshotManager,
+    parent: dakera_snapshot::SnapshotMetadata,
+    later: Vec<dakera_snapshot::SnapshotMetadata>,
+    create: tokio::task::JoinHandle<dakera_snapshot::Result<dakera_snapshot::SnapshotMetadata>>,
+}
+
+async fn stalled_incremental(more: usize, stall: Duration) -> Stalled {
     let dir = tempfile::tempdir().unwrap();
     let inner: Arc<dyn SnapshotSink> = Arc::new(LocalFsSink::new(dir.path()).unwrap());
     let plain = SnapshotManager::new(inner.clone(), config()).unwrap();
     let store = store_with(&[("a", 50, 8)]).await;
-    let old = plain
-        .create_snapshot(&store, CreateOptions::default())
-        .await
-        .unwrap();
-    let newer = plain
-        .create_snapshot(&store, CreateOptions::default())
-        .await
-        .unwrap();
+    let mut made = Vec::new();
+    for _ in 0..=more {
+        made.push(
+            plain
+                .create_snapshot(&store, CreateOptions::default())
+                .await
+                .unwrap(),
+        );
+    }
     store
         .upsert("a", vec![Vector::new("x", vec![0.0; 8])])
         .await
         .unwrap();
-    // The incremental on `old` stalls in its upload while a prune runs.
-    let slow = FaultySink::new(inner.clone());
-    slow.inject_nth(Call::Write, 0, Fault::Delay(Duration::from_millis(600)));
-    let writer = SnapshotManager::new(slow.clone(), config()).unwrap();
-    let parent = old.id.to_string();
+    let slow = FaultySink::new(inner);
+    slow.inject_nth(Call::Write, 0, Fault::Delay(stall));
+    let writer = SnapshotManager::new(slow, config()).unwrap();
+    let parent = made.remove(0);
+    let pid = parent.id.to_string();
     let create = tokio::spawn(async move {
         writer
-            .create_incremental_snapshot(&store, &parent, None, CreateOptions::default())
+            .create_incremental_snapshot(&store, &pid, None, CreateOptions::default())
             .await
     });
+    Stalled {
+        dir,
+        plain,
+        parent,
+        later: made,
+        create,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prune_spares_the_parent_of_an_incremental_being_written() {
+    // The incremental on `old` stalls in its upload while a prune runs.
+    let Stalled {
+        dir,
+        plain,
+        parent: old,
+        later,
+        create,
+    } = stalled_incremental(1, Duration::from_millis(600)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let report = plain
         .apply_retention(&RetentionPolicy::keep_last(1), false)
@@ -77,32 +107,18 @@ async fn a_prune_spares_the_parent_of_an_incremental_being_written() {
         .apply_retention(&RetentionPolicy::keep_last(1), false)
         .await
         .unwrap();
-    assert_eq!(report.deleted, vec![newer.id]);
+    assert_eq!(report.deleted, vec![later[0].id.clone()]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_incremental_whose_parent_vanishes_is_withdrawn_not_left_broken() {
-    let dir = tempfile::tempdir().unwrap();
-    let inner: Arc<dyn SnapshotSink> = Arc::new(LocalFsSink::new(dir.path()).unwrap());
-    let plain = SnapshotManager::new(inner.clone(), config()).unwrap();
-    let store = store_with(&[("a", 50, 8)]).await;
-    let parent = plain
-        .create_snapshot(&store, CreateOptions::default())
-        .await
-        .unwrap();
-    store
-        .upsert("a", vec![Vector::new("x", vec![0.0; 8])])
-        .await
-        .unwrap();
-    let slow = FaultySink::new(inner.clone());
-    slow.inject_nth(Call::Write, 0, Fault::Delay(Duration::from_millis(500)));
-    let writer = SnapshotManager::new(slow, config()).unwrap();
-    let pid = parent.id.to_string();
-    let create = tokio::spawn(async move {
-        writer
-            .create_incremental_snapshot(&store, &pid, None, CreateOptions::default())
-            .await
-    });
+    let Stalled {
+        dir,
+        plain,
+        parent,
+        create,
+        ..
+    } = stalled_incremental(0, Duration::from_millis(500)).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     // Something that ignores pins (an older version, a manual rm) removes the parent.
     std::fs::remove_file(

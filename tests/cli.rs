@@ -501,6 +501,7 @@ async fn chains_show_diff_copy_delete_and_corruption() {
         assert_eq!(out.code, 1);
         let v: Value = serde_json::from_str(&out.stdout).unwrap();
         assert!(v[0]["problem"].as_str().unwrap().contains(&full));
+        assert_eq!(v[0]["affects"], json!([inc1, inc2]));
         // exporting the damaged snapshot fails, naming it, and leaves no file
         let target = work.path().join("never.jsonl");
         let line = cli.fails(

@@ -198,23 +198,27 @@ impl SnapshotManager {
         all.reverse();
         let mut out = Vec::with_capacity(all.len());
         for meta in &all {
-            let outcome = match self.verify_snapshot(meta.id.as_str()).await {
-                Ok(report) => VerifyOutcome {
-                    snapshot_id: meta.id.clone(),
-                    report: Some(report),
-                    problem: None,
-                    affects: Vec::new(),
-                },
-                Err(e) => VerifyOutcome {
-                    snapshot_id: meta.id.clone(),
-                    report: None,
-                    problem: Some(e.to_string()),
-                    affects: descendants(&all, &meta.id),
-                },
-            };
-            out.push(outcome);
+            let checked = self.verify_snapshot(meta.id.as_str()).await;
+            out.push(outcome(&meta.id, checked, || descendants(&all, &meta.id)));
         }
         Ok(out)
+    }
+
+    /// Verifies one snapshot and, if it is broken, says which snapshots that affects. A
+    /// snapshot that does not exist is an error ([`Error::SnapshotNotFound`]), not a broken
+    /// one.
+    pub async fn verify_with_impact(&self, id: &str) -> Result<VerifyOutcome> {
+        let id = SnapshotId::parse(id)?;
+        if !self.snapshot_exists(id.as_str()).await? {
+            return Err(Error::SnapshotNotFound { id: id.to_string() });
+        }
+        let checked = self.verify_snapshot(id.as_str()).await;
+        let affects = match checked {
+            Ok(_) => Vec::new(),
+            // Best effort: the report matters more than the list of dependents.
+            Err(_) => self.dependents(&id).await.unwrap_or_default(),
+        };
+        Ok(outcome(&id, checked, || affects))
     }
 
     /// The snapshots that build on `id`, directly or not (what a problem with `id` affects).
@@ -452,6 +456,27 @@ impl SnapshotManager {
             ));
         }
         Ok(())
+    }
+}
+
+fn outcome(
+    id: &SnapshotId,
+    checked: Result<super::VerifyReport>,
+    affects: impl FnOnce() -> Vec<SnapshotId>,
+) -> VerifyOutcome {
+    match checked {
+        Ok(report) => VerifyOutcome {
+            snapshot_id: id.clone(),
+            report: Some(report),
+            problem: None,
+            affects: Vec::new(),
+        },
+        Err(e) => VerifyOutcome {
+            snapshot_id: id.clone(),
+            report: None,
+            problem: Some(e.to_string()),
+            affects: affects(),
+        },
     }
 }
 

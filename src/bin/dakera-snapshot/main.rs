@@ -498,26 +498,7 @@ async fn verify(ctx: &Ctx, id: Option<&str>, all: bool) -> CliResult {
         ctx.manager.verify_all().await?
     } else {
         let id = ctx.manager.find_snapshot(id.unwrap_or("latest")).await?;
-        // Make sure the snapshot exists first: a missing id is an error, not a "broken" one.
-        ctx.manager.get_snapshot_metadata(id.as_str()).await?;
-        let outcome = match ctx.manager.verify_snapshot(id.as_str()).await {
-            Ok(report) => dakera_snapshot::VerifyOutcome {
-                snapshot_id: id,
-                report: Some(report),
-                problem: None,
-                affects: Vec::new(),
-            },
-            Err(e) => {
-                let affects = descendants_of(ctx, &id).await;
-                dakera_snapshot::VerifyOutcome {
-                    snapshot_id: id,
-                    report: None,
-                    problem: Some(e.to_string()),
-                    affects,
-                }
-            }
-        };
-        vec![outcome]
+        vec![ctx.manager.verify_with_impact(id.as_str()).await?]
     };
     let broken = outcomes.iter().filter(|o| o.problem.is_some()).count();
     if ctx.json {
@@ -535,11 +516,6 @@ async fn verify(ctx: &Ctx, id: Option<&str>, all: bool) -> CliResult {
         return Err(Failure::Reported);
     }
     Ok(())
-}
-
-/// The snapshots that build on `id`, for a report (empty if the listing fails too).
-async fn descendants_of(ctx: &Ctx, id: &SnapshotId) -> Vec<SnapshotId> {
-    ctx.manager.dependents(id).await.unwrap_or_default()
 }
 
 async fn export(ctx: &Ctx, id: &str, namespaces: &[String], output: &str, gzip: bool) -> CliResult {

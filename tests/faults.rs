@@ -18,11 +18,12 @@ use common::servers::announce;
 use common::{dump, restore_all, store_with};
 use dakera_snapshot::sink::fault::{Call, Fault, FaultySink};
 use dakera_snapshot::{
-    CreateOptions, Error, InMemoryStorage, LocalFsSink, RestoreOptions, Result, RetentionPolicy,
-    SnapshotConfig, SnapshotManager, SnapshotSink, Vector, VectorStorage,
+    sink_from_url, CreateOptions, Error, InMemoryStorage, LocalFsSink, RestoreOptions, Result,
+    RetentionPolicy, SinkOptions, SnapshotConfig, SnapshotManager, SnapshotSink, Vector,
+    VectorStorage,
 };
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,13 +36,44 @@ fn config() -> SnapshotConfig {
         .with_chunk_size(4096)
 }
 
-fn clean(dir: &Path) -> SnapshotManager {
-    SnapshotManager::local(dir, config()).unwrap()
+/// A fresh repository: a local directory, or a fresh prefix on an S3 server.
+struct Repo {
+    inner: Arc<dyn SnapshotSink>,
+    /// The directory, for a local repository.
+    dir: Option<PathBuf>,
+    _guard: Option<tempfile::TempDir>,
 }
 
-fn faulty(dir: &Path) -> (Arc<FaultySink>, SnapshotManager) {
-    let inner: Arc<dyn SnapshotSink> = Arc::new(LocalFsSink::new(dir).unwrap());
-    let sink = FaultySink::new(inner);
+impl Repo {
+    fn local() -> Repo {
+        let guard = tempfile::tempdir().unwrap();
+        Repo {
+            inner: Arc::new(LocalFsSink::new(guard.path()).unwrap()),
+            dir: Some(guard.path().to_path_buf()),
+            _guard: Some(guard),
+        }
+    }
+
+    fn at(url: &str, options: &SinkOptions) -> Repo {
+        let url = format!("{url}/faults-{:016x}", getrandom::u64().unwrap());
+        Repo {
+            inner: sink_from_url(&url, options).unwrap(),
+            dir: None,
+            _guard: None,
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        self.dir.as_deref().expect("a local repository")
+    }
+}
+
+fn clean(repo: &Repo) -> SnapshotManager {
+    SnapshotManager::new(repo.inner.clone(), config()).unwrap()
+}
+
+fn faulty(repo: &Repo) -> (Arc<FaultySink>, SnapshotManager) {
+    let sink = FaultySink::new(repo.inner.clone());
     let m = SnapshotManager::new(sink.clone(), config()).unwrap();
     (sink, m)
 }
@@ -64,8 +96,8 @@ async fn listed_all_verify(m: &SnapshotManager, context: &str) -> BTreeSet<Strin
 #[async_trait]
 trait Scenario: Sized + Send + Sync {
     const NAME: &'static str;
-    /// Builds the starting repository in `dir` (with a clean manager).
-    async fn setup(dir: &Path) -> Self;
+    /// Builds the starting repository (with a clean manager).
+    async fn setup(repo: &Repo) -> Self;
     /// The operation, through the faulty manager.
     async fn run(&self, m: &SnapshotManager) -> Result<()>;
     /// Invariants after a run that had one fault (`outcome` is what it returned).
@@ -78,30 +110,31 @@ trait Scenario: Sized + Send + Sync {
     async fn check_done(&self, clean: &SnapshotManager, context: &str);
 }
 
-/// Runs scenario `S` with every fault at every call index; returns the number of runs.
-async fn exhaust<S: Scenario>(faults: &[Fault]) -> usize {
-    let dir = tempfile::tempdir().unwrap();
-    let s = S::setup(dir.path()).await;
-    let (sink, m) = faulty(dir.path());
+/// Runs scenario `S` with every fault at every call index, each on a repository from
+/// `fresh`; returns the number of runs.
+async fn exhaust<S: Scenario>(faults: &[Fault], backend: &str, fresh: &dyn Fn() -> Repo) -> usize {
+    let repo = fresh();
+    let s = S::setup(&repo).await;
+    let (sink, m) = faulty(&repo);
     s.run(&m).await.unwrap();
     let calls = sink.call_count();
-    s.check_done(&clean(dir.path()), "fault-free run").await;
+    s.check_done(&clean(&repo), "fault-free run").await;
     let mut runs = 0;
     for fault in faults {
         for i in 0..calls {
-            let dir = tempfile::tempdir().unwrap();
-            let s = S::setup(dir.path()).await;
-            let (sink, m) = faulty(dir.path());
+            let repo = fresh();
+            let s = S::setup(&repo).await;
+            let (sink, m) = faulty(&repo);
             sink.inject_at(i, *fault);
             let outcome = s.run(&m).await;
             let hit = sink.faulted();
             let context = format!(
-                "{}: {fault:?} at call {i} ({:?}), outcome {:?}",
+                "{} on {backend}: {fault:?} at call {i} ({:?}), outcome {:?}",
                 S::NAME,
                 hit.first().map(|r| (r.call, r.key.clone())),
                 outcome.as_ref().map_err(|e| e.to_string())
             );
-            let c = clean(dir.path());
+            let c = clean(&repo);
             s.check(&c, &outcome, &context).await;
             sink.clear_faults();
             s.retry(&m).await;
@@ -111,7 +144,7 @@ async fn exhaust<S: Scenario>(faults: &[Fault]) -> usize {
         }
     }
     announce(&format!(
-        "fault injection: {}: {calls} sink calls x {} fault kinds = {runs} failure points, all invariants held",
+        "fault injection: {} on {backend}: {calls} sink calls x {} fault kinds = {runs} failure points, all invariants held",
         S::NAME,
         faults.len()
     ));
@@ -132,9 +165,9 @@ struct CreateFull {
 impl Scenario for CreateFull {
     const NAME: &'static str = "create (full)";
 
-    async fn setup(dir: &Path) -> Self {
+    async fn setup(repo: &Repo) -> Self {
         let store = store_with(&[("a", 60, 16), ("b", 30, 4)]).await;
-        let base = clean(dir)
+        let base = clean(repo)
             .create_snapshot(&store, CreateOptions::default())
             .await
             .unwrap();
@@ -199,7 +232,7 @@ impl Scenario for CreateFull {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_full_survives_a_fault_at_every_call() {
-    assert!(exhaust::<CreateFull>(&WRITE_FAULTS).await > 20);
+    assert!(exhaust::<CreateFull>(&WRITE_FAULTS, "local", &Repo::local).await > 20);
 }
 
 // ----- create (incremental) -----------------------------------------------------------------
@@ -210,8 +243,8 @@ struct CreateIncremental(CreateFull);
 impl Scenario for CreateIncremental {
     const NAME: &'static str = "create (incremental)";
 
-    async fn setup(dir: &Path) -> Self {
-        CreateIncremental(CreateFull::setup(dir).await)
+    async fn setup(repo: &Repo) -> Self {
+        CreateIncremental(CreateFull::setup(repo).await)
     }
 
     async fn run(&self, m: &SnapshotManager) -> Result<()> {
@@ -238,7 +271,7 @@ impl Scenario for CreateIncremental {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_incremental_survives_a_fault_at_every_call() {
-    assert!(exhaust::<CreateIncremental>(&WRITE_FAULTS).await > 20);
+    assert!(exhaust::<CreateIncremental>(&WRITE_FAULTS, "local", &Repo::local).await > 20);
 }
 
 // ----- restore ------------------------------------------------------------------------------
@@ -254,9 +287,9 @@ struct Restore {
 impl Scenario for Restore {
     const NAME: &'static str = "restore (replace)";
 
-    async fn setup(dir: &Path) -> Self {
+    async fn setup(repo: &Repo) -> Self {
         let store = store_with(&[("a", 60, 16), ("b", 30, 4), ("c", 10, 2)]).await;
-        let full = clean(dir)
+        let full = clean(repo)
             .create_snapshot(&store, CreateOptions::default())
             .await
             .unwrap();
@@ -266,7 +299,7 @@ impl Scenario for Restore {
             .await
             .unwrap();
         // An incremental, so the restore reads from two blobs.
-        let inc = clean(dir)
+        let inc = clean(repo)
             .create_incremental_snapshot(&store, full.id.as_str(), None, CreateOptions::default())
             .await
             .unwrap();
@@ -313,7 +346,7 @@ impl Scenario for Restore {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_survives_a_fault_at_every_call() {
-    assert!(exhaust::<Restore>(&[Fault::Fail, Fault::Truncate]).await >= 8);
+    assert!(exhaust::<Restore>(&[Fault::Fail, Fault::Truncate], "local", &Repo::local).await >= 8);
 }
 
 // ----- delete -------------------------------------------------------------------------------
@@ -326,8 +359,8 @@ struct Delete {
     full2_data: Dump,
 }
 
-async fn two_chains(dir: &Path) -> (Vec<String>, Dump) {
-    let c = clean(dir);
+async fn two_chains(repo: &Repo) -> (Vec<String>, Dump) {
+    let c = clean(repo);
     let store = store_with(&[("a", 40, 8), ("b", 20, 4)]).await;
     let full1 = c
         .create_snapshot(&store, CreateOptions::default())
@@ -363,9 +396,9 @@ async fn two_chains(dir: &Path) -> (Vec<String>, Dump) {
 impl Scenario for Delete {
     const NAME: &'static str = "delete (cascading)";
 
-    async fn setup(dir: &Path) -> Self {
-        let (ids, _) = two_chains(dir).await;
-        let c = clean(dir);
+    async fn setup(repo: &Repo) -> Self {
+        let (ids, _) = two_chains(repo).await;
+        let c = clean(repo);
         let full2_data = dump(&restore_all(&c, &ids[2]).await).await;
         Delete {
             full1: ids[0].clone(),
@@ -416,7 +449,15 @@ impl Scenario for Delete {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_survives_a_fault_at_every_call() {
-    assert!(exhaust::<Delete>(&[Fault::Fail, Fault::FailAfter, Fault::Truncate]).await > 10);
+    assert!(
+        exhaust::<Delete>(
+            &[Fault::Fail, Fault::FailAfter, Fault::Truncate],
+            "local",
+            &Repo::local
+        )
+        .await
+            > 10
+    );
 }
 
 // ----- prune --------------------------------------------------------------------------------
@@ -433,12 +474,12 @@ struct Prune {
 impl Scenario for Prune {
     const NAME: &'static str = "prune (retention)";
 
-    async fn setup(dir: &Path) -> Self {
-        let (ids, latest_data) = two_chains(dir).await;
+    async fn setup(repo: &Repo) -> Self {
+        let (ids, latest_data) = two_chains(repo).await;
         // Learn where the first delete comes in a fault-free run on a copy.
-        let copy = tempfile::tempdir().unwrap();
-        copy_dir(dir, copy.path());
-        let (sink, m) = faulty(copy.path());
+        let copy = Repo::local();
+        copy_dir(repo.dir(), copy.dir());
+        let (sink, m) = faulty(&copy);
         m.apply_retention(&RetentionPolicy::keep_last(1), false)
             .await
             .unwrap();
@@ -498,20 +539,24 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_survives_a_fault_at_every_call_and_deletes_nothing_if_reading_fails() {
-    let runs = exhaust::<Prune>(&[Fault::Fail, Fault::FailAfter, Fault::Truncate]).await;
+    let runs = exhaust::<Prune>(
+        &[Fault::Fail, Fault::FailAfter, Fault::Truncate],
+        "local",
+        &Repo::local,
+    )
+    .await;
     assert!(runs > 10);
     // Every fault before the first delete (the listing and the sidecar reads) leaves all four.
-    let dir = tempfile::tempdir().unwrap();
-    let probe = Prune::setup(dir.path()).await;
+    let probe = Prune::setup(&Repo::local()).await;
     for fault in [Fault::Fail, Fault::Truncate] {
         for i in 0..probe.reads_before_delete {
-            let dir = tempfile::tempdir().unwrap();
-            let s = Prune::setup(dir.path()).await;
-            let (sink, m) = faulty(dir.path());
+            let repo = Repo::local();
+            let s = Prune::setup(&repo).await;
+            let (sink, m) = faulty(&repo);
             sink.inject_at(i, fault);
             let out = s.run(&m).await;
             assert!(out.is_err(), "{fault:?} at read {i} was not reported");
-            let listed = listed_all_verify(&clean(dir.path()), "prune read fault").await;
+            let listed = listed_all_verify(&clean(&repo), "prune read fault").await;
             assert_eq!(
                 listed.len(),
                 4,
@@ -537,12 +582,13 @@ struct Gc {
 impl Scenario for Gc {
     const NAME: &'static str = "gc";
 
-    async fn setup(dir: &Path) -> Self {
+    async fn setup(repo: &Repo) -> Self {
         let store = store_with(&[("a", 30, 8)]).await;
-        let base = clean(dir)
+        let base = clean(repo)
             .create_snapshot(&store, CreateOptions::default())
             .await
             .unwrap();
+        let dir = repo.dir();
         let blob = dir.join(format!("snapshots/{}.snap.gz", base.id));
         let orphans: Vec<_> = [
             "20200101T000000000Z-00000000000000aa",
@@ -596,26 +642,34 @@ impl Scenario for Gc {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_survives_a_fault_at_every_call() {
-    assert!(exhaust::<Gc>(&[Fault::Fail, Fault::FailAfter, Fault::Truncate]).await > 5);
+    assert!(
+        exhaust::<Gc>(
+            &[Fault::Fail, Fault::FailAfter, Fault::Truncate],
+            "local",
+            &Repo::local
+        )
+        .await
+            > 5
+    );
 }
 
 // ----- hangs: an operation abandoned by its caller's timeout --------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_abandoned_at_any_hung_call_leaves_nothing_half_made() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = CreateFull::setup(dir.path()).await;
-    let (sink, m) = faulty(dir.path());
+    let repo = Repo::local();
+    let s = CreateFull::setup(&repo).await;
+    let (sink, m) = faulty(&repo);
     s.run(&m).await.unwrap();
     let calls = sink.call_count();
     for i in 0..calls {
-        let dir = tempfile::tempdir().unwrap();
-        let s = CreateFull::setup(dir.path()).await;
-        let (sink, m) = faulty(dir.path());
+        let repo = Repo::local();
+        let s = CreateFull::setup(&repo).await;
+        let (sink, m) = faulty(&repo);
         sink.inject_at(i, Fault::Hang);
         let out = tokio::time::timeout(Duration::from_millis(300), s.run(&m)).await;
         let context = format!("hang at call {i} ({:?})", sink.faulted());
-        let c = clean(dir.path());
+        let c = clean(&repo);
         // Abandoned: either it finished before the hung call mattered, or nothing new is
         // half-visible.
         s.check(
@@ -633,4 +687,18 @@ async fn a_create_abandoned_at_any_hung_call_leaves_nothing_half_made() {
     announce(&format!(
         "fault injection: create abandoned at each of {calls} hung calls: nothing half-made"
     ));
+}
+
+// ----- the same on an S3 server, through the object-store sink -----------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_restore_and_delete_on_s3_survive_a_fault_at_every_call() {
+    let Some(server) = common::servers::start_moto().await else {
+        return;
+    };
+    let fresh = || Repo::at(&server.url, &server.options);
+    let runs = exhaust::<CreateFull>(&WRITE_FAULTS, server.name, &fresh).await
+        + exhaust::<Restore>(&[Fault::Fail, Fault::Truncate], server.name, &fresh).await
+        + exhaust::<Delete>(&[Fault::Fail, Fault::FailAfter], server.name, &fresh).await;
+    assert!(runs > 40);
 }

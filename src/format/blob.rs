@@ -507,6 +507,15 @@ struct FrameReader<R: Read> {
 }
 
 impl<R: Read> FrameReader<R> {
+    /// Frames from `r`, whose first byte is at decompressed offset `pos`, with no size limit.
+    fn new(r: R, pos: u64) -> Self {
+        FrameReader {
+            r,
+            pos,
+            limit: u64::MAX,
+        }
+    }
+
     /// The next frame, or `None` at a clean end of input.
     fn next(&mut self) -> Result<Option<(u8, Vec<u8>)>, DecodeError> {
         let mut head = [0u8; 5];
@@ -657,11 +666,7 @@ pub fn decode_header(compressed: impl Read) -> Result<BlobHeader, DecodeError> {
     if major != FORMAT_MAJOR {
         return Err(DecodeError::Version { major, minor });
     }
-    let frames = FrameReader {
-        r,
-        pos: 12,
-        limit: u64::MAX,
-    };
+    let frames = FrameReader::new(r, 12);
     only_frame(frames, kind::FILE_HEADER, "the header chunk", |p| {
         let mut p = Payload {
             b: p,
@@ -681,11 +686,7 @@ pub fn decode_header(compressed: impl Read) -> Result<BlobHeader, DecodeError> {
 
 /// Decodes the footer chunk.
 pub fn decode_footer(compressed: impl Read) -> Result<BlobFooter, DecodeError> {
-    let frames = FrameReader {
-        r: GzDecoder::new(compressed),
-        pos: 0,
-        limit: u64::MAX,
-    };
+    let frames = FrameReader::new(GzDecoder::new(compressed), 0);
     only_frame(frames, kind::FILE_END, "the footer chunk", |p| {
         let mut p = Payload {
             b: p,
@@ -780,11 +781,7 @@ fn parse_ns_end(p: &[u8]) -> Result<(u64, [u8; 32]), DecodeError> {
 
 /// Decodes a namespace's header chunk.
 pub fn decode_ns_header_chunk(compressed: impl Read) -> Result<NamespaceHeader, DecodeError> {
-    let frames = FrameReader {
-        r: MultiGzDecoder::new(compressed),
-        pos: 0,
-        limit: u64::MAX,
-    };
+    let frames = FrameReader::new(MultiGzDecoder::new(compressed), 0);
     only_frame(
         frames,
         kind::NS_HEADER,
@@ -795,11 +792,7 @@ pub fn decode_ns_header_chunk(compressed: impl Read) -> Result<NamespaceHeader, 
 
 /// Decodes a namespace's end chunk: the vector count and content digest it records.
 pub fn decode_ns_end_chunk(compressed: impl Read) -> Result<(u64, [u8; 32]), DecodeError> {
-    let frames = FrameReader {
-        r: MultiGzDecoder::new(compressed),
-        pos: 0,
-        limit: u64::MAX,
-    };
+    let frames = FrameReader::new(MultiGzDecoder::new(compressed), 0);
     only_frame(
         frames,
         kind::NS_END,
@@ -919,11 +912,7 @@ where
     R: Read,
     F: FnMut(Vec<Vector>) -> Result<(), DecodeError>,
 {
-    let mut frames = FrameReader {
-        r: MultiGzDecoder::new(compressed),
-        pos: 0,
-        limit: u64::MAX,
-    };
+    let mut frames = FrameReader::new(MultiGzDecoder::new(compressed), 0);
     let Some((kind::NS_HEADER, p)) = frames.next_required()? else {
         return corrupt("namespace section does not start with an NS_HEADER frame");
     };

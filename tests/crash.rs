@@ -57,10 +57,14 @@ async fn killing_a_writer_at_any_point_loses_nothing_committed() {
     let repo = work.path().join("repo");
     let m = SnapshotManager::local(&repo, SnapshotConfig::default().with_max_snapshots(0)).unwrap();
 
-    // One undisturbed run: how long an import takes, and a first committed snapshot.
-    let started = Instant::now();
-    assert!(import(&repo, &input).wait().unwrap().success());
-    let full_run = started.elapsed();
+    // Two undisturbed runs: how long a warm import takes (the first one also warms the
+    // page cache), and snapshots committed before the kills start.
+    let mut full_run = Duration::MAX;
+    for _ in 0..2 {
+        let started = Instant::now();
+        assert!(import(&repo, &input).wait().unwrap().success());
+        full_run = full_run.min(started.elapsed());
+    }
     let mut committed: BTreeSet<String> = m
         .list_snapshots()
         .await
@@ -68,12 +72,12 @@ async fn killing_a_writer_at_any_point_loses_nothing_committed() {
         .into_iter()
         .map(|s| s.id.to_string())
         .collect();
-    assert_eq!(committed.len(), 1);
+    assert_eq!(committed.len(), 2);
 
     let (mut killed, mut finished, mut leftovers) = (0, 0, 0);
     for run in 0..RUNS {
-        // Kill points spread evenly over the whole run (a little past its end, too).
-        let at = full_run.mul_f64((run as f64 + 0.5) / RUNS as f64 * 1.1);
+        // Kill points spread evenly over the whole run.
+        let at = full_run.mul_f64((run as f64 + 0.5) / RUNS as f64);
         let mut child = import(&repo, &input);
         std::thread::sleep(at);
         let was_running = child.try_wait().unwrap().is_none();

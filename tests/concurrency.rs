@@ -53,7 +53,7 @@ async fn stalled_incremental(more: usize, stall: Duration) -> Stalled {
         .unwrap();
     let slow = FaultySink::new(inner);
     slow.inject_nth(Call::Write, 0, Fault::Delay(stall));
-    let writer = SnapshotManager::new(slow, config()).unwrap();
+    let writer = SnapshotManager::new(slow.clone(), config()).unwrap();
     let parent = made.remove(0);
     let pid = parent.id.to_string();
     let create = tokio::spawn(async move {
@@ -61,6 +61,12 @@ async fn stalled_incremental(more: usize, stall: Duration) -> Stalled {
             .create_incremental_snapshot(&store, &pid, None, CreateOptions::default())
             .await
     });
+    // Wait until the writer is stalled in its upload: it has pinned and read its parent.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !slow.calls().iter().any(|r| r.call == Call::Write) {
+        assert!(std::time::Instant::now() < deadline, "the writer never started its upload");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     Stalled {
         dir,
         plain,
@@ -79,8 +85,7 @@ async fn a_prune_spares_the_parent_of_an_incremental_being_written() {
         parent: old,
         later,
         create,
-    } = stalled_incremental(1, Duration::from_millis(600)).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    } = stalled_incremental(1, Duration::from_secs(3)).await;
     let report = plain
         .apply_retention(&RetentionPolicy::keep_last(1), false)
         .await
@@ -118,8 +123,7 @@ async fn an_incremental_whose_parent_vanishes_is_withdrawn_not_left_broken() {
         parent,
         create,
         ..
-    } = stalled_incremental(0, Duration::from_millis(500)).await;
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    } = stalled_incremental(0, Duration::from_secs(2)).await;
     // Something that ignores pins (an older version, a manual rm) removes the parent.
     std::fs::remove_file(
         dir.path()

@@ -64,7 +64,10 @@ async fn stalled_incremental(more: usize, stall: Duration) -> Stalled {
     // Wait until the writer is stalled in its upload: it has pinned and read its parent.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !slow.calls().iter().any(|r| r.call == Call::Write) {
-        assert!(std::time::Instant::now() < deadline, "the writer never started its upload");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never started its upload"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Stalled {

@@ -1033,16 +1033,7 @@ impl SnapshotManager {
         }
         let all = self.list_snapshots().await?;
         let mut doomed = vec![id.clone()];
-        let mut i = 0;
-        while i < doomed.len() {
-            let parent = doomed[i].clone();
-            doomed.extend(
-                all.iter()
-                    .filter(|s| s.parent_id.as_ref() == Some(&parent))
-                    .map(|s| s.id.clone()),
-            );
-            i += 1;
-        }
+        doomed.extend(descendants(&all, &id));
         if doomed.len() > 1 && !force {
             return Err(Error::HasDependents {
                 id: id.to_string(),
@@ -1178,6 +1169,30 @@ impl SnapshotManager {
             }
         }
         Ok(report)
+    }
+}
+
+/// Snapshots among `all` that build on `id`, directly or not, each after its parent
+/// (children, then grandchildren, ...). A forged cycle back to `id` is ignored.
+fn descendants(all: &[SnapshotMetadata], id: &SnapshotId) -> Vec<SnapshotId> {
+    let mut children: BTreeMap<&SnapshotId, Vec<&SnapshotId>> = BTreeMap::new();
+    for m in all {
+        if let Some(p) = &m.parent_id {
+            children.entry(p).or_default().push(&m.id);
+        }
+    }
+    let mut out: Vec<SnapshotId> = Vec::new();
+    let mut next = 0;
+    let mut cur = id;
+    loop {
+        for c in children.get(cur).into_iter().flatten() {
+            if *c != id && !out.contains(c) {
+                out.push((*c).clone());
+            }
+        }
+        let Some(n) = out.get(next) else { return out };
+        cur = n;
+        next += 1;
     }
 }
 

@@ -2,7 +2,7 @@
 //! snapshot, diffing two snapshots and copying snapshots between repositories. The CLI is a
 //! thin shell over these.
 
-use super::{blob_missing, pipeline, EndProgress, SnapshotManager};
+use super::{blob_missing, descendants, pipeline, EndProgress, SnapshotManager};
 use crate::error::{Error, Result};
 use crate::format::sidecar::SnapshotMetadata;
 use crate::id::SnapshotId;
@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 /// A snapshot and its ancestors, as far as they exist.
 #[derive(Debug, Clone)]
@@ -46,7 +46,7 @@ pub struct VerifyOutcome {
     /// What is broken, when something is.
     pub problem: Option<String>,
     /// Snapshots that cannot be fully restored because of this one: those building on it
-    /// (its descendants). Empty when intact.
+    /// (its descendants, each after its parent). Empty when intact.
     pub affects: Vec<SnapshotId>,
 }
 
@@ -209,12 +209,11 @@ impl SnapshotManager {
     /// one.
     pub async fn verify_with_impact(&self, id: &str) -> Result<VerifyOutcome> {
         let id = SnapshotId::parse(id)?;
-        if !self.snapshot_exists(id.as_str()).await? {
-            return Err(Error::SnapshotNotFound { id: id.to_string() });
-        }
         let checked = self.verify_snapshot(id.as_str()).await;
         let affects = match checked {
             Ok(_) => Vec::new(),
+            // Its own sidecar is absent (a missing ancestor is a BrokenChain instead).
+            Err(e @ Error::SnapshotNotFound { .. }) => return Err(e),
             // Best effort: the report matters more than the list of dependents.
             Err(_) => self.dependents(&id).await.unwrap_or_default(),
         };
@@ -478,27 +477,4 @@ fn outcome(
             affects: affects(),
         },
     }
-}
-
-/// Snapshots that build on `id`, directly or not, oldest first.
-fn descendants(all: &[SnapshotMetadata], id: &SnapshotId) -> Vec<SnapshotId> {
-    let children: BTreeMap<&SnapshotId, Vec<&SnapshotId>> =
-        all.iter().fold(BTreeMap::new(), |mut map, m| {
-            if let Some(p) = &m.parent_id {
-                map.entry(p).or_default().push(&m.id);
-            }
-            map
-        });
-    let mut out: Vec<SnapshotId> = Vec::new();
-    let mut stack = vec![id];
-    while let Some(cur) = stack.pop() {
-        for c in children.get(cur).into_iter().flatten() {
-            if !out.contains(c) {
-                out.push((*c).clone());
-                stack.push(c);
-            }
-        }
-    }
-    out.sort();
-    out
 }

@@ -366,7 +366,12 @@ fn sink_options(retry: Retry, pairs: &[(String, String)]) -> SinkOptions {
 
 /// Opens a repository. `must_exist`: a local directory that is missing is an error rather
 /// than silently created empty (a typo must not look like an empty repository).
-fn open(url: &str, options: &SinkOptions, must_exist: bool) -> CliResult<SnapshotManager> {
+fn open(
+    url: &str,
+    options: &SinkOptions,
+    must_exist: bool,
+    config: SnapshotConfig,
+) -> CliResult<SnapshotManager> {
     if must_exist {
         if let Some(dir) = local_dir(url) {
             if !dir.is_dir() {
@@ -377,7 +382,7 @@ fn open(url: &str, options: &SinkOptions, must_exist: bool) -> CliResult<Snapsho
             }
         }
     }
-    Ok(SnapshotManager::from_url(url, options, config())?)
+    Ok(SnapshotManager::from_url(url, options, config)?)
 }
 
 fn local_dir(url: &str) -> Option<PathBuf> {
@@ -393,12 +398,15 @@ async fn run(cli: Cli) -> CliResult {
             "no repository: pass --repo URL or set DAKERA_SNAPSHOT_URL".into(),
         ));
     };
-    let creates = matches!(cli.command, Command::Import { .. });
+    // Only an import writes snapshots (and may create the repository).
+    let (creates, config) = match &cli.command {
+        Command::Import { level, .. } => (true, config().with_compression_level((*level).into())),
+        _ => (false, config()),
+    };
     let bars = Arc::new(Bars::new(!cli.quiet && std::io::stderr().is_terminal()));
     let retry = (cli.retries, cli.retry_timeout);
-    let repo_options = sink_options(retry, &cli.options);
-    let manager =
-        open(&url, &repo_options, !creates)?.with_progress(bars.clone() as Arc<dyn Progress>);
+    let manager = open(&url, &sink_options(retry, &cli.options), !creates, config)?
+        .with_progress(bars.clone() as Arc<dyn Progress>);
     let ctx = Ctx {
         manager,
         json: cli.json,
@@ -419,19 +427,8 @@ async fn run(cli: Cli) -> CliResult {
             input,
             description,
             labels,
-            level,
-        } => {
-            import(
-                &ctx,
-                &url,
-                &repo_options,
-                &input,
-                description,
-                labels,
-                level,
-            )
-            .await
-        }
+            ..
+        } => import(&ctx, &input, description, labels).await,
         Command::Delete { id, force } => delete(&ctx, &id, force).await,
         Command::Prune {
             keep_last,
@@ -599,18 +596,10 @@ impl<R: Read> Read for Counted<R> {
 
 async fn import(
     ctx: &Ctx,
-    url: &str,
-    repo_options: &SinkOptions,
     input: &str,
     description: Option<String>,
     labels: Vec<(String, String)>,
-    level: Level,
 ) -> CliResult {
-    let manager = SnapshotManager::from_url(
-        url,
-        repo_options,
-        config().with_compression_level(level.into()),
-    )?;
     let options = CreateOptions {
         description,
         labels: labels.into_iter().collect(),
@@ -628,7 +617,7 @@ async fn import(
         inner: reader,
         bars: ctx.bars.clone(),
     };
-    let result = import_jsonl(&manager, counted, &name, options).await;
+    let result = import_jsonl(&ctx.manager, counted, &name, options).await;
     ctx.bars.end();
     let report = result?;
     if ctx.json {
@@ -692,7 +681,7 @@ async fn copy(
         }
         v
     };
-    let dest = open(to, to_options, false)?;
+    let dest = open(to, to_options, false, config())?;
     let plan = ctx.manager.copy_plan(&wanted).await?;
     let mut outcomes = Vec::new();
     for id in &plan {

@@ -8,7 +8,7 @@
 mod common;
 
 use common::servers::{self, announce};
-use common::store_with;
+use common::{listed_all_verify, store_with};
 use dakera_snapshot::sink::fault::{Call, Fault, FaultySink};
 use dakera_snapshot::{
     sink_from_url, CreateOptions, Error, LocalFsSink, RetentionPolicy, SinkOptions, SnapshotConfig,
@@ -251,18 +251,7 @@ async fn stress(sink: Arc<dyn SnapshotSink>, rounds: usize) -> (usize, usize, us
         t.await.unwrap();
     }
     let m = manager(400);
-    let listed: BTreeSet<String> = m
-        .list_snapshots()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.id.to_string())
-        .collect();
-    for id in &listed {
-        m.verify_snapshot(id)
-            .await
-            .unwrap_or_else(|e| panic!("listed {id} does not verify: {e}"));
-    }
+    let listed = listed_all_verify(&m, "after the concurrent run").await;
     let l = ledger.lock().unwrap();
     let lost: Vec<&String> = l
         .committed

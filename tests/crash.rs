@@ -6,9 +6,9 @@
 
 mod common;
 
+use common::listed_all_verify;
 use common::servers::announce;
 use dakera_snapshot::{SnapshotConfig, SnapshotManager};
-use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -65,13 +65,7 @@ async fn killing_a_writer_at_any_point_loses_nothing_committed() {
         assert!(import(&repo, &input).wait().unwrap().success());
         full_run = full_run.min(started.elapsed());
     }
-    let mut committed: BTreeSet<String> = m
-        .list_snapshots()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| s.id.to_string())
-        .collect();
+    let mut committed = listed_all_verify(&m, "after two undisturbed imports").await;
     assert_eq!(committed.len(), 2);
 
     let (mut killed, mut finished, mut leftovers) = (0, 0, 0);
@@ -90,23 +84,12 @@ async fn killing_a_writer_at_any_point_loses_nothing_committed() {
         }
         let context = format!("run {run}: killed after {at:?} (running: {was_running})");
 
-        let listed: BTreeSet<String> = m
-            .list_snapshots()
-            .await
-            .unwrap_or_else(|e| panic!("{context}: listing failed: {e}"))
-            .into_iter()
-            .map(|s| s.id.to_string())
-            .collect();
+        let listed = listed_all_verify(&m, &context).await;
         assert!(
             committed.is_subset(&listed),
             "{context}: a committed snapshot was lost"
         );
         assert!(listed.len() <= committed.len() + 1, "{context}");
-        for id in &listed {
-            m.verify_snapshot(id)
-                .await
-                .unwrap_or_else(|e| panic!("{context}: {id} is listed but does not verify: {e}"));
-        }
         committed = listed;
 
         // Whatever the killed writer left (a temporary file, a blob without sidecar) is

@@ -15,7 +15,7 @@ mod common;
 
 use async_trait::async_trait;
 use common::servers::announce;
-use common::{dump, restore_all, store_with};
+use common::{dump, listed_all_verify, restore_all, store_with};
 use dakera_snapshot::sink::fault::{Call, Fault, FaultySink};
 use dakera_snapshot::{
     sink_from_url, CreateOptions, Error, InMemoryStorage, LocalFsSink, RestoreOptions, Result,
@@ -76,20 +76,6 @@ fn faulty(repo: &Repo) -> (Arc<FaultySink>, SnapshotManager) {
     let sink = FaultySink::new(repo.inner.clone());
     let m = SnapshotManager::new(sink.clone(), config()).unwrap();
     (sink, m)
-}
-
-/// Every listed snapshot verifies; returns the listed ids.
-async fn listed_all_verify(m: &SnapshotManager, context: &str) -> BTreeSet<String> {
-    let all = m
-        .list_snapshots()
-        .await
-        .unwrap_or_else(|e| panic!("{context}: the repository cannot be listed: {e}"));
-    for s in &all {
-        if let Err(e) = m.verify_snapshot(s.id.as_str()).await {
-            panic!("{context}: listed snapshot {} does not verify: {e}", s.id);
-        }
-    }
-    all.into_iter().map(|s| s.id.to_string()).collect()
 }
 
 /// One operation under test.

@@ -14,7 +14,7 @@ use dakera_snapshot::{
 };
 use futures::stream::BoxStream;
 use serde_json::json;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -69,6 +69,24 @@ pub async fn dump(s: &dyn VectorStorage) -> BTreeMap<String, (Option<usize>, Vec
         out.insert(ns.clone(), (dim, s.get_all(&ns).await.unwrap()));
     }
     out
+}
+
+/// Lists the repository and checks that every listed snapshot verifies (panicking with
+/// `context` otherwise); returns the listed ids.
+pub async fn listed_all_verify(
+    m: &dakera_snapshot::SnapshotManager,
+    context: &str,
+) -> BTreeSet<String> {
+    let all = m
+        .list_snapshots()
+        .await
+        .unwrap_or_else(|e| panic!("{context}: the repository cannot be listed: {e}"));
+    for s in &all {
+        if let Err(e) = m.verify_snapshot(s.id.as_str()).await {
+            panic!("{context}: listed snapshot {} does not verify: {e}", s.id);
+        }
+    }
+    all.into_iter().map(|s| s.id.to_string()).collect()
 }
 
 /// Restores snapshot `id` with default options into a fresh store and returns it.

@@ -63,6 +63,60 @@ impl fmt::Display for SinkOp {
     }
 }
 
+/// What kind of failure a sink met, classified once where the backend's own error is
+/// mapped (from `object_store::Error` variants, an HTTP status, or an `io::ErrorKind`).
+/// Control flow looks at this, never at message text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SinkErrorKind {
+    /// The object is absent.
+    NotFound,
+    /// A create-if-absent found the key taken, or a condition did not hold.
+    AlreadyExists,
+    /// The credentials were refused (bad key or secret, expired token).
+    Unauthenticated,
+    /// The credentials are valid but lack the right for this operation.
+    PermissionDenied,
+    /// No credentials were configured, and none could be found in the environment.
+    NoCredentials,
+    /// The bucket or container does not exist.
+    BucketNotFound,
+    /// A ranged read reached past the end of the object.
+    InvalidRange,
+    /// The backend does not support the operation.
+    NotSupported,
+    /// A failure that may pass: a timeout, a dropped connection, throttling, a server error.
+    Transient,
+    /// The repository is not usable as configured (e.g. a plain `http://` endpoint without
+    /// `allow_http`).
+    Configuration,
+    /// Anything else (the source says what).
+    Other,
+}
+
+impl SinkErrorKind {
+    /// True when retrying the same call may succeed.
+    pub fn is_retryable(self) -> bool {
+        self == SinkErrorKind::Transient
+    }
+
+    /// A short explanation with what to do, for the kinds that have one.
+    pub fn hint(self) -> Option<&'static str> {
+        Some(match self {
+            SinkErrorKind::Unauthenticated => {
+                "authentication failed: check the access key and secret"
+            }
+            SinkErrorKind::PermissionDenied => {
+                "permission denied: check the credentials' rights on this bucket"
+            }
+            SinkErrorKind::NoCredentials => "no credentials found",
+            SinkErrorKind::BucketNotFound => "the bucket or container does not exist",
+            SinkErrorKind::InvalidRange => "the object is shorter than the range asked for",
+            _ => return None,
+        })
+    }
+}
+
 /// Everything that can go wrong in this crate.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -164,13 +218,15 @@ pub enum Error {
     Config(String),
 
     /// The sink failed while performing an operation on a key.
-    #[error("{op} of {key} failed: {source}")]
+    #[error("{op} of {key} failed: {}{source}", kind_prefix(*.kind))]
     Sink {
         /// What the sink was doing.
         op: SinkOp,
         /// The key (or prefix, for a listing) relative to the sink's root.
         key: String,
-        /// The underlying error.
+        /// What kind of failure it was.
+        kind: SinkErrorKind,
+        /// The underlying error, as the backend reported it.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
@@ -203,6 +259,14 @@ pub enum Error {
     /// A background task panicked or was cancelled.
     #[error("internal task failed: {0}")]
     Task(String),
+
+    /// An invariant of this crate did not hold: a bug, never the user's or the data's fault.
+    #[error("internal error (please report it): {0}")]
+    Internal(String),
+}
+
+fn kind_prefix(kind: SinkErrorKind) -> String {
+    kind.hint().map(|h| format!("{h}: ")).unwrap_or_default()
 }
 
 fn context_suffix(context: &str) -> String {
@@ -226,13 +290,32 @@ impl Error {
     pub fn sink(
         op: SinkOp,
         key: impl Into<String>,
+        kind: SinkErrorKind,
         source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     ) -> Self {
         Error::Sink {
             op,
             key: key.into(),
+            kind,
             source: source.into(),
         }
+    }
+
+    /// The kind of a sink failure (`NotFound` for [`Error::ObjectNotFound`],
+    /// `AlreadyExists` for [`Error::Conflict`]); `None` for errors that did not come from
+    /// a sink.
+    pub fn sink_kind(&self) -> Option<SinkErrorKind> {
+        match self {
+            Error::Sink { kind, .. } => Some(*kind),
+            Error::ObjectNotFound { .. } => Some(SinkErrorKind::NotFound),
+            Error::Conflict { .. } => Some(SinkErrorKind::AlreadyExists),
+            _ => None,
+        }
+    }
+
+    /// True when retrying the operation may succeed (a transient sink failure).
+    pub fn is_retryable(&self) -> bool {
+        self.sink_kind().is_some_and(SinkErrorKind::is_retryable)
     }
 
     /// Builds an [`Error::Corrupt`].
@@ -267,6 +350,10 @@ impl Error {
             Error::SnapshotNotFound { .. }
                 | Error::ObjectNotFound { .. }
                 | Error::NamespaceNotFound { .. }
+                | Error::Sink {
+                    kind: SinkErrorKind::NotFound,
+                    ..
+                }
         )
     }
 

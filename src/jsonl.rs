@@ -413,7 +413,7 @@ impl std::fmt::Debug for StagedStore {
 
 impl StagedStore {
     fn read_only() -> Error {
-        Error::Task("internal error: the import staging area is read-only".into())
+        Error::Internal("the import staging area is read-only".into())
     }
 
     fn known(&self, namespace: &str) -> Result<u32> {
@@ -450,8 +450,8 @@ impl Cursor {
             _ => None,
         };
         if expected != after {
-            return Err(Error::Task(format!(
-                "internal error: the import staging area is read once in order (namespace {namespace:?})"
+            return Err(Error::Internal(format!(
+                "the import staging area is read once in order (namespace {namespace:?})"
             )));
         }
         let io = |e: std::io::Error| Error::io("reading the sorted import back", e);
@@ -462,8 +462,8 @@ impl Cursor {
             };
             if rec.namespace != namespace {
                 if rec.namespace.as_str() < namespace {
-                    return Err(Error::Task(format!(
-                        "internal error: namespace {:?} of the import was skipped",
+                    return Err(Error::Internal(format!(
+                        "namespace {:?} of the import was skipped",
                         rec.namespace
                     )));
                 }
@@ -539,7 +539,7 @@ impl VectorStorage for StagedStore {
         tokio::task::spawn_blocking(move || {
             let mut c = cursor
                 .lock()
-                .map_err(|_| Error::Task("import cursor poisoned".into()))?;
+                .map_err(|_| Error::Internal("import cursor poisoned".into()))?;
             c.page(&input, &namespace, after.as_deref(), limit)
         })
         .await?

@@ -6,6 +6,7 @@
 
 use crate::format::sidecar::SnapshotMetadata;
 use crate::id::SnapshotId;
+use crate::manager::chain::ChainIndex;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -97,36 +98,30 @@ pub fn plan(
     }
 
     // Close over ancestry: an ancestor of a kept snapshot is kept.
+    let chains = ChainIndex::new(snapshots);
     let by_id: HashMap<&SnapshotId, &SnapshotMetadata> =
         sorted.iter().map(|s| (&s.id, *s)).collect();
     let kept_now: Vec<&SnapshotId> = reasons.keys().copied().collect();
     for id in kept_now {
-        let mut cur = by_id.get(id).and_then(|s| s.parent_id.as_ref());
-        while let Some(p) = cur {
-            let Some(parent) = by_id.get(p) else { break };
-            add(&mut reasons, parent, format!("ancestor of {id}"));
-            cur = parent.parent_id.as_ref();
+        for a in chains.ancestors(id) {
+            if let Some(parent) = by_id.get(a) {
+                add(&mut reasons, parent, format!("ancestor of {id}"));
+            }
         }
     }
 
-    let depth = |s: &SnapshotMetadata| {
-        let mut d = 0usize;
-        let mut cur = s.parent_id.as_ref();
-        while let Some(p) = cur.and_then(|p| by_id.get(p)) {
-            d += 1;
-            cur = p.parent_id.as_ref();
-            if d > by_id.len() {
-                break; // a cycle can only come from forged sidecars; stop counting
-            }
-        }
-        d
-    };
+    // Deepest first, so a snapshot is deleted before its parent.
     let mut remove: Vec<&SnapshotMetadata> = sorted
         .iter()
         .copied()
         .filter(|s| !reasons.contains_key(&s.id))
         .collect();
-    remove.sort_by(|a, b| (depth(b), &b.id).cmp(&(depth(a), &a.id)));
+    remove.sort_by_cached_key(|s| {
+        (
+            std::cmp::Reverse(chains.depth(&s.id)),
+            std::cmp::Reverse(&s.id),
+        )
+    });
     RetentionPlan {
         keep: sorted
             .iter()

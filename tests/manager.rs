@@ -3,14 +3,15 @@
 
 mod common;
 
-use common::{dump, make_vectors, restore_all, store_with, FailSwitches, FailingSink};
+use common::{dump, make_vectors, restore_all, store_with};
 use dakera_snapshot::format::blob::Filter;
 use dakera_snapshot::id::SeededRandom;
 use dakera_snapshot::paths::Key;
+use dakera_snapshot::sink::fault::{Call, Fault, FaultySink};
 use dakera_snapshot::{
     CompressionLevel, CreateOptions, Error, InMemoryStorage, LocalFsSink, ManualClock, RestoreMode,
-    RestoreOptions, RetentionPolicy, SinkExt, SnapshotConfig, SnapshotManager, SnapshotSink,
-    Vector, VectorStorage,
+    RestoreOptions, RetentionPolicy, SinkExt, SnapshotConfig, SnapshotManager, Vector,
+    VectorStorage,
 };
 use serde_json::json;
 use std::sync::atomic::Ordering;
@@ -370,11 +371,18 @@ async fn incremental_chain_of_depth_four_with_deletions_restores_every_point_in_
         assert_eq!(&got, expected, "point in time {id}");
         assert_eq!(result.namespaces_restored, expected.len());
     }
-    let resolved = m.resolve(&s4.id).await.unwrap();
-    let holders: Vec<_> = resolved
+    let restored = m
+        .restore_snapshot(
+            &InMemoryStorage::new(),
+            s4.id.as_str(),
+            &RestoreOptions::new(),
+        )
+        .await
+        .unwrap();
+    let holders: Vec<_> = restored
         .namespaces
         .iter()
-        .map(|(n, (i, _))| (n.as_str(), resolved.chain[*i].id.clone()))
+        .map(|n| (n.source.as_str(), n.from_snapshot.clone()))
         .collect();
     assert_eq!(
         holders,
@@ -831,18 +839,14 @@ async fn a_blob_without_sidecar_is_never_listed_and_gc_removes_it_after_the_grac
 #[tokio::test]
 async fn a_failed_commit_leaves_no_snapshot_and_no_blob() {
     let repo = Repo::new();
-    let fail = Arc::new(FailSwitches::default());
-    let sink: Arc<dyn SnapshotSink> = Arc::new(FailingSink {
-        inner: repo.sink.clone(),
-        fail: fail.clone(),
-    });
+    let sink = FaultySink::new(repo.sink.clone());
     let m = SnapshotManager::new(sink.clone(), SnapshotConfig::default()).unwrap();
-    fail.put.store(true, Ordering::SeqCst);
+    sink.inject_every(Call::Put, Fault::Fail);
     let err = m
         .create_snapshot(&store_with(&[("a", 5, 2)]).await, CreateOptions::default())
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("injected failure"), "{err}");
+    assert!(err.to_string().contains("injected fault"), "{err}");
     assert!(sink
         .list_all(&Key::parse("snapshots").unwrap())
         .await
@@ -1122,45 +1126,42 @@ async fn retention_policy_daily_weekly_within_and_dry_run() {
 #[tokio::test]
 async fn retention_deletes_nothing_when_listing_or_reading_fails() {
     let repo = Repo::new();
-    let fail = Arc::new(FailSwitches::default());
-    let sink = Arc::new(FailingSink {
-        inner: repo.sink.clone(),
-        fail: fail.clone(),
-    });
-    let m = SnapshotManager::new(sink, SnapshotConfig::default().with_max_snapshots(0)).unwrap();
+    let sink = FaultySink::new(repo.sink.clone());
+    let m = SnapshotManager::new(
+        sink.clone(),
+        SnapshotConfig::default().with_max_snapshots(0),
+    )
+    .unwrap();
     let store = store_with(&[("a", 3, 2)]).await;
     for _ in 0..4 {
         m.create_snapshot(&store, CreateOptions::default())
             .await
             .unwrap();
     }
-    fail.list.store(true, Ordering::SeqCst);
+    sink.inject_every(Call::List, Fault::Fail);
     assert!(m
         .apply_retention(&RetentionPolicy::keep_last(1), false)
         .await
         .is_err());
-    fail.list.store(false, Ordering::SeqCst);
-    fail.get.store(true, Ordering::SeqCst);
+    sink.clear_faults();
+    sink.inject_every(Call::Get, Fault::Fail);
     assert!(m
         .apply_retention(&RetentionPolicy::keep_last(1), false)
         .await
         .is_err());
-    fail.get.store(false, Ordering::SeqCst);
+    sink.clear_faults();
     assert_eq!(m.list_snapshots().await.unwrap().len(), 4);
     // And a create whose after-create retention fails still succeeds.
     let m2 = SnapshotManager::new(
-        Arc::new(FailingSink {
-            inner: repo.sink.clone(),
-            fail: fail.clone(),
-        }),
+        sink.clone(),
         SnapshotConfig::default().with_max_snapshots(1),
     )
     .unwrap();
-    fail.delete.store(true, Ordering::SeqCst);
+    sink.inject_every(Call::Delete, Fault::Fail);
     m2.create_snapshot(&store, CreateOptions::default())
         .await
         .unwrap();
-    fail.delete.store(false, Ordering::SeqCst);
+    sink.clear_faults();
     assert_eq!(m.list_snapshots().await.unwrap().len(), 5);
 }
 

@@ -27,7 +27,7 @@
 //! ```
 
 use super::{ByteStream, ObjectInfo, PutMode, SinkWriter, SnapshotSink};
-use crate::error::{Error, Result, SinkOp};
+use crate::error::{Error, Result, SinkErrorKind, SinkOp};
 use crate::paths::Key;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -98,6 +98,7 @@ pub struct Record {
 enum When {
     Index(usize),
     Nth(Call, usize),
+    Every(Call),
 }
 
 #[derive(Debug, Default)]
@@ -138,6 +139,12 @@ impl FaultySink {
     /// Applies `fault` to the `n`-th (from 0) call of kind `call`.
     pub fn inject_nth(&self, call: Call, n: usize, fault: Fault) {
         self.lock().rules.push((When::Nth(call, n), fault));
+    }
+
+    /// Applies `fault` to every call of kind `call` from now on, until the faults are
+    /// cleared (a backend that is down for one kind of request).
+    pub fn inject_every(&self, call: Call, fault: Fault) {
+        self.lock().rules.push((When::Every(call), fault));
     }
 
     /// Removes all faults (the call log is kept).
@@ -187,6 +194,7 @@ fn enter(state: &Mutex<State>, call: Call, key: &str) -> Option<Fault> {
     let fault = s.rules.iter().find_map(|(w, f)| match *w {
         When::Index(i) if i == index => Some(*f),
         When::Nth(c, n) if c == call && n == nth => Some(*f),
+        When::Every(c) if c == call => Some(*f),
         _ => None,
     });
     s.log.push(Record {
@@ -213,6 +221,7 @@ fn injected(call: Call, key: &str, fault: Fault) -> Error {
     Error::sink(
         op_of(call),
         key,
+        SinkErrorKind::Transient,
         format!("injected fault {fault:?} on {call:?}"),
     )
 }

@@ -1,7 +1,7 @@
 //! A sink on the local filesystem, with crash-safe writes.
 
 use super::{ByteStream, ObjectInfo, PutMode, SinkWriter, SnapshotSink};
-use crate::error::{Error, Result, SinkOp};
+use crate::error::{Error, Result, SinkErrorKind, SinkOp};
 use crate::paths::Key;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -64,12 +64,13 @@ impl LocalFsSink {
             Error::sink(
                 SinkOp::Put,
                 root.display().to_string(),
+                io_kind(&e),
                 format!("cannot create repository folder: {e}"),
             )
         })?;
         let root = root
             .canonicalize()
-            .map_err(|e| Error::sink(SinkOp::Head, root.display().to_string(), e))?;
+            .map_err(|e| Error::sink(SinkOp::Head, root.display().to_string(), io_kind(&e), e))?;
         Ok(LocalFsSink { root })
     }
 
@@ -95,14 +96,22 @@ impl LocalFsSink {
                 let entries = match fs::read_dir(&dir) {
                     Ok(e) => e,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(Error::sink(SinkOp::List, dir.display().to_string(), e)),
+                    Err(e) => {
+                        return Err(Error::sink(
+                            SinkOp::List,
+                            dir.display().to_string(),
+                            io_kind(&e),
+                            e,
+                        ))
+                    }
                 };
                 for entry in entries {
-                    let entry = entry
-                        .map_err(|e| Error::sink(SinkOp::List, dir.display().to_string(), e))?;
-                    let ty = entry
-                        .file_type()
-                        .map_err(|e| Error::sink(SinkOp::List, dir.display().to_string(), e))?;
+                    let entry = entry.map_err(|e| {
+                        Error::sink(SinkOp::List, dir.display().to_string(), io_kind(&e), e)
+                    })?;
+                    let ty = entry.file_type().map_err(|e| {
+                        Error::sink(SinkOp::List, dir.display().to_string(), io_kind(&e), e)
+                    })?;
                     let name = entry.file_name();
                     if ty.is_dir() {
                         stack.push(entry.path());
@@ -138,7 +147,18 @@ fn io_err(op: SinkOp, key: &Key, e: io::Error) -> Error {
             key: key.to_string(),
         }
     } else {
-        Error::sink(op, key.as_str(), e)
+        Error::sink(op, key.as_str(), io_kind(&e), e)
+    }
+}
+
+/// The sink error kind of a filesystem error.
+fn io_kind(e: &io::Error) -> SinkErrorKind {
+    match e.kind() {
+        io::ErrorKind::NotFound => SinkErrorKind::NotFound,
+        io::ErrorKind::AlreadyExists => SinkErrorKind::AlreadyExists,
+        io::ErrorKind::PermissionDenied => SinkErrorKind::PermissionDenied,
+        io::ErrorKind::TimedOut | io::ErrorKind::Interrupted => SinkErrorKind::Transient,
+        _ => SinkErrorKind::Other,
     }
 }
 
@@ -248,8 +268,10 @@ impl SnapshotSink for LocalFsSink {
                 .len();
             let range = range.unwrap_or(0..size);
             if range.start > range.end || range.end > size {
-                return Err(Error::invalid(
-                    "range",
+                return Err(Error::sink(
+                    SinkOp::Get,
+                    k.as_str(),
+                    SinkErrorKind::InvalidRange,
                     format!(
                         "{}..{} of {k}, which is {size} bytes",
                         range.start, range.end
@@ -342,7 +364,7 @@ impl SnapshotSink for LocalFsSink {
 }
 
 fn list_blocking(root: &Path, start: &Path, prefix: &Key) -> Result<Vec<ObjectInfo>> {
-    let err = |e: io::Error| Error::sink(SinkOp::List, prefix.as_str(), e);
+    let err = |e: io::Error| Error::sink(SinkOp::List, prefix.as_str(), io_kind(&e), e);
     let mut out = Vec::new();
     let mut stack = vec![start.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -399,6 +421,7 @@ impl SinkWriter for LocalWriter {
             Error::sink(
                 SinkOp::PutStreaming,
                 self.key.as_str(),
+                SinkErrorKind::Other,
                 "writer used after a failed write",
             )
         })?;
@@ -427,6 +450,7 @@ impl SinkWriter for LocalWriter {
             Error::sink(
                 SinkOp::PutStreaming,
                 self.key.as_str(),
+                SinkErrorKind::Other,
                 "writer used after a failed write",
             )
         })?;

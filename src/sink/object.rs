@@ -2,11 +2,12 @@
 //! Azure Blob Storage and memory, through the `object_store` crate.
 
 use super::{ByteStream, ObjectInfo, PutMode, SinkWriter, SnapshotSink};
-use crate::error::{Error, Result, SinkOp};
+use crate::error::{Error, Result, SinkErrorKind, SinkOp};
 use crate::paths::Key;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures::stream::{BoxStream, StreamExt};
+use object_store::client::{HttpError, HttpErrorKind};
 use object_store::path::{Path, PathPart};
 use object_store::{
     GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutOptions, PutPayload, WriteMultipart,
@@ -109,29 +110,29 @@ impl ObjectStoreSink {
         self
     }
 
-    /// Maps an object_store error at the sink boundary, attaching operation and key.
+    /// Maps an object_store error at the sink boundary: operation and key attached, the
+    /// kind classified once, the original error kept as the source.
     fn err(&self, op: SinkOp, key: &Key, e: object_store::Error) -> Error {
-        if let Some(hint) = self.credentials_hint {
-            let text = e.to_string();
-            let fetching = [
-                "/latest/api/token",
-                "/latest/meta-data",
-                "169.254.169.254",
-                "metadata.google.internal",
-                "/metadata/identity",
-                "credential",
-            ];
-            if matches!(e, object_store::Error::Generic { .. })
-                && fetching.iter().any(|f| text.contains(f))
-            {
+        let kind = classify(&e);
+        if kind == SinkErrorKind::Transient || kind == SinkErrorKind::Other {
+            if let Some(hint) = self.credentials_hint.filter(|_| is_credential_lookup(&e)) {
                 return Error::sink(
                     op,
                     key.as_str(),
-                    format!("no credentials found: {hint} (looking them up failed: {text})"),
+                    SinkErrorKind::NoCredentials,
+                    format!("{hint} (looking them up failed: {e})"),
                 );
             }
         }
-        map_err(op, key, e)
+        match kind {
+            SinkErrorKind::NotFound if matches!(op, SinkOp::Get | SinkOp::Head) => {
+                Error::ObjectNotFound {
+                    key: key.to_string(),
+                }
+            }
+            SinkErrorKind::AlreadyExists => conflict(key),
+            kind => Error::sink(op, key.as_str(), kind, e),
+        }
     }
 
     /// The underlying store.
@@ -162,6 +163,27 @@ impl ObjectStoreSink {
             })
             .collect();
         Key::parse(segments.join("/")).ok()
+    }
+
+    /// The error of a failed get. A ranged get refused for a reason the error does not
+    /// name (servers word a bad range differently) is checked against the object's size.
+    async fn ranged_get_error(
+        &self,
+        key: &Key,
+        range: Option<&Range<u64>>,
+        e: object_store::Error,
+    ) -> Error {
+        let mapped = self.err(SinkOp::Get, key, e);
+        if let (Some(r), Some(SinkErrorKind::Other | SinkErrorKind::InvalidRange)) =
+            (range, mapped.sink_kind())
+        {
+            if let Ok(info) = self.head(key).await {
+                if r.end > info.size {
+                    return range_error(key, r, info.size);
+                }
+            }
+        }
+        mapped
     }
 
     async fn head_exists(&self, key: &Key, op: SinkOp) -> Result<bool> {
@@ -221,65 +243,91 @@ fn conflict(key: &Key) -> Error {
     }
 }
 
-/// Maps an object_store error at the sink boundary, attaching operation and key.
-/// Error codes (S3, Azure) that mean the credentials themselves are wrong.
-const AUTH_CODES: [&str; 6] = [
-    "SignatureDoesNotMatch",
-    "InvalidAccessKeyId",
-    "AuthenticationFailed",
-    "AuthorizationFailure",
-    "InvalidToken",
-    "ExpiredToken",
-];
-
-fn map_err(op: SinkOp, key: &Key, e: object_store::Error) -> Error {
+/// The kind of an object_store error: from its variant, then, for `Generic` errors, from
+/// the HTTP layer's own classification of the failure, then from the service's error code.
+fn classify(e: &object_store::Error) -> SinkErrorKind {
+    use object_store::Error as E;
     match e {
-        object_store::Error::NotFound { .. } if matches!(op, SinkOp::Get | SinkOp::Head) => {
-            Error::ObjectNotFound {
-                key: key.to_string(),
+        E::NotFound { .. } => SinkErrorKind::NotFound,
+        E::AlreadyExists { .. } | E::Precondition { .. } => SinkErrorKind::AlreadyExists,
+        E::Unauthenticated { .. } => SinkErrorKind::Unauthenticated,
+        // Some servers answer a bad signature with 403: the service's code tells which.
+        E::PermissionDenied { .. } => match service_code(e).and_then(code_kind) {
+            Some(SinkErrorKind::Unauthenticated) => SinkErrorKind::Unauthenticated,
+            _ => SinkErrorKind::PermissionDenied,
+        },
+        E::NotSupported { .. } | E::NotImplemented { .. } => SinkErrorKind::NotSupported,
+        E::UnknownConfigurationKey { .. } | E::InvalidPath { .. } => SinkErrorKind::Configuration,
+        _ => {
+            if let Some(http) = chain(e).find_map(|s| s.downcast_ref::<HttpError>()) {
+                if matches!(
+                    http.kind(),
+                    HttpErrorKind::Connect
+                        | HttpErrorKind::Timeout
+                        | HttpErrorKind::Interrupted
+                        | HttpErrorKind::Request
+                ) {
+                    return SinkErrorKind::Transient;
+                }
             }
-        }
-        object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. } => {
-            conflict(key)
-        }
-        object_store::Error::Unauthenticated { source, .. } => Error::sink(
-            op,
-            key.as_str(),
-            format!("authentication failed (check the access key and secret): {source}"),
-        ),
-        // Some servers answer a bad signature with 403: the body's code tells which it is.
-        object_store::Error::PermissionDenied { source, .. }
-            if !AUTH_CODES.iter().any(|c| source.to_string().contains(c)) =>
-        {
-            Error::sink(
-                op,
-                key.as_str(),
-                format!(
-                    "permission denied (check the credentials' rights on this bucket): {source}"
-                ),
-            )
-        }
-        other => {
-            let text = other.to_string();
-            if let Some(code) = AUTH_CODES.iter().find(|c| text.contains(*c)) {
-                Error::sink(
-                    op,
-                    key.as_str(),
-                    format!(
-                        "authentication failed ({code}): check the access key and secret: {text}"
-                    ),
-                )
-            } else if text.contains("NoSuchBucket") || text.contains("ContainerNotFound") {
-                Error::sink(
-                    op,
-                    key.as_str(),
-                    format!("the bucket or container does not exist: {text}"),
-                )
-            } else {
-                Error::sink(op, key.as_str(), other)
-            }
+            service_code(e)
+                .and_then(code_kind)
+                .unwrap_or(SinkErrorKind::Other)
         }
     }
+}
+
+/// The errors in `e`'s source chain, `e` first.
+fn chain<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| e.source())
+}
+
+/// The service's error code (`<Code>NoSuchBucket</Code>` in an S3 or Azure error body).
+/// object_store keeps the response body only inside its error's text, so the one element is
+/// read out of that text; no other decision looks at messages.
+fn service_code(e: &object_store::Error) -> Option<String> {
+    let text = chain(e)
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let start = text.find("<Code>")? + "<Code>".len();
+    let len = text[start..].find("</Code>")?;
+    Some(text[start..start + len].trim().to_string())
+}
+
+/// What a service's error code means.
+fn code_kind(code: String) -> Option<SinkErrorKind> {
+    Some(match code.as_str() {
+        "SignatureDoesNotMatch"
+        | "InvalidAccessKeyId"
+        | "AuthenticationFailed"
+        | "AuthorizationFailure"
+        | "InvalidToken"
+        | "ExpiredToken" => SinkErrorKind::Unauthenticated,
+        "AccessDenied" | "AuthorizationPermissionMismatch" => SinkErrorKind::PermissionDenied,
+        "NoSuchBucket" | "ContainerNotFound" => SinkErrorKind::BucketNotFound,
+        "InvalidRange" => SinkErrorKind::InvalidRange,
+        "SlowDown" | "ServiceUnavailable" | "InternalError" | "ServerBusy" | "RequestTimeout" => {
+            SinkErrorKind::Transient
+        }
+        _ => return None,
+    })
+}
+
+/// True when `e` is a failed lookup of credentials from a cloud's metadata service. object_store
+/// reports those as generic errors naming the endpoint, so only that address tells them apart.
+fn is_credential_lookup(e: &object_store::Error) -> bool {
+    const METADATA_ENDPOINTS: [&str; 5] = [
+        "/latest/api/token",
+        "/latest/meta-data",
+        "169.254.169.254",
+        "metadata.google.internal",
+        "/metadata/identity",
+    ];
+    let text = e.to_string();
+    METADATA_ENDPOINTS.iter().any(|m| text.contains(m))
 }
 
 #[async_trait]
@@ -314,18 +362,10 @@ impl SnapshotSink for ObjectStoreSink {
                 return Ok(futures::stream::empty().boxed());
             }
         }
-        let result = self
-            .store
-            .get_opts(&self.path(key), opts)
-            .await
-            .map_err(|e| match e {
-                object_store::Error::Generic { ref source, .. }
-                    if range.is_some() && source.to_string().contains("Range") =>
-                {
-                    Error::invalid("range", format!("{range:?} of {key}: {source}"))
-                }
-                e => self.err(SinkOp::Get, key, e),
-            })?;
+        let result = match self.store.get_opts(&self.path(key), opts).await {
+            Ok(result) => result,
+            Err(e) => return Err(self.ranged_get_error(key, range.as_ref(), e).await),
+        };
         if let Some(r) = &range {
             if result.range != *r {
                 return Err(range_error(key, r, result.meta.size));
@@ -385,8 +425,10 @@ impl SnapshotSink for ObjectStoreSink {
 }
 
 fn range_error(key: &Key, r: &Range<u64>, size: u64) -> Error {
-    Error::invalid(
-        "range",
+    Error::sink(
+        SinkOp::Get,
+        key.as_str(),
+        SinkErrorKind::InvalidRange,
         format!("{}..{} of {key}, which is {size} bytes", r.start, r.end),
     )
 }

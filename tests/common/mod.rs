@@ -5,19 +5,9 @@ pub mod conformance;
 pub mod containers;
 pub mod servers;
 
-use async_trait::async_trait;
-use dakera_snapshot::error::SinkOp;
-use dakera_snapshot::paths::Key;
-use dakera_snapshot::sink::{ByteStream, ObjectInfo, SinkWriter};
-use dakera_snapshot::{
-    Error, InMemoryStorage, PutMode, Result, SnapshotSink, Vector, VectorStorage,
-};
-use futures::stream::BoxStream;
+use dakera_snapshot::{InMemoryStorage, Vector, VectorStorage};
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
-use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 /// Deterministic pseudo-random floats.
 pub fn values(seed: u64, dim: usize) -> Vec<f32> {
@@ -96,62 +86,4 @@ pub async fn restore_all(m: &dakera_snapshot::SnapshotManager, id: &str) -> InMe
         .await
         .unwrap_or_else(|e| panic!("restore of {id}: {e}"));
     target
-}
-
-/// Which operations a [`FailingSink`] fails.
-#[derive(Debug, Default)]
-pub struct FailSwitches {
-    pub list: AtomicBool,
-    pub get: AtomicBool,
-    pub put: AtomicBool,
-    pub delete: AtomicBool,
-}
-
-/// A sink wrapper that fails chosen operations on demand.
-#[derive(Debug)]
-pub struct FailingSink {
-    pub inner: Arc<dyn SnapshotSink>,
-    pub fail: Arc<FailSwitches>,
-}
-
-fn injected(op: SinkOp, key: &str) -> Error {
-    Error::sink(op, key, "injected failure")
-}
-
-#[async_trait]
-impl SnapshotSink for FailingSink {
-    async fn put(&self, key: &Key, data: bytes::Bytes, mode: PutMode) -> Result<()> {
-        if self.fail.put.load(Ordering::SeqCst) {
-            return Err(injected(SinkOp::Put, key.as_str()));
-        }
-        self.inner.put(key, data, mode).await
-    }
-    async fn put_streaming(&self, key: &Key, mode: PutMode) -> Result<Box<dyn SinkWriter>> {
-        self.inner.put_streaming(key, mode).await
-    }
-    async fn get(&self, key: &Key, range: Option<Range<u64>>) -> Result<ByteStream> {
-        if self.fail.get.load(Ordering::SeqCst) {
-            return Err(injected(SinkOp::Get, key.as_str()));
-        }
-        self.inner.get(key, range).await
-    }
-    async fn head(&self, key: &Key) -> Result<ObjectInfo> {
-        self.inner.head(key).await
-    }
-    fn list(&self, prefix: &Key) -> BoxStream<'static, Result<ObjectInfo>> {
-        if self.fail.list.load(Ordering::SeqCst) {
-            let e = injected(SinkOp::List, prefix.as_str());
-            return Box::pin(futures::stream::iter([Err(e)]));
-        }
-        self.inner.list(prefix)
-    }
-    async fn delete(&self, key: &Key) -> Result<()> {
-        if self.fail.delete.load(Ordering::SeqCst) {
-            return Err(injected(SinkOp::Delete, key.as_str()));
-        }
-        self.inner.delete(key).await
-    }
-    fn describe(&self) -> String {
-        format!("failing({})", self.inner.describe())
-    }
 }

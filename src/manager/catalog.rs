@@ -1,0 +1,314 @@
+//! Reading the catalog: metadata, listing, chain resolution, lineage, `latest`, diffs.
+
+use super::reports::{Catalog, DamagedSnapshot, DiffEntry, DiffKind, Lineage, SnapshotDiff};
+use super::SnapshotManager;
+use crate::error::{Error, Result};
+use crate::format::sidecar::{NamespaceEntry, SnapshotMetadata, MAX_SIDECAR_BYTES};
+use crate::id::SnapshotId;
+use crate::paths::ObjectKind;
+use crate::sink::SinkExt;
+use futures::StreamExt;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Sidecars fetched at once when listing.
+const LIST_CONCURRENCY: usize = 16;
+/// Longest ancestor chain followed before the chain is declared corrupt (a cycle).
+const MAX_CHAIN: usize = 100_000;
+
+/// A snapshot's point-in-time view: where each of its namespaces is stored.
+#[derive(Debug, Clone)]
+pub(crate) struct ResolvedSnapshot {
+    /// The snapshot and its ancestors up to the last one needed, newest first.
+    pub chain: Vec<SnapshotMetadata>,
+    /// Every namespace at that point in time: the index in `chain` of the snapshot that
+    /// stores it, and its entry there.
+    pub namespaces: BTreeMap<String, (usize, NamespaceEntry)>,
+}
+
+impl SnapshotManager {
+    /// The metadata of one snapshot.
+    pub async fn get_snapshot_metadata(&self, id: &str) -> Result<SnapshotMetadata> {
+        let id = SnapshotId::parse(id)?;
+        self.read_sidecar(&id).await
+    }
+
+    /// True if a snapshot with this id exists (is committed).
+    pub async fn snapshot_exists(&self, id: &str) -> Result<bool> {
+        let id = SnapshotId::parse(id)?;
+        match self.sink.head(&self.layout.sidecar_key(&id)).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every snapshot, newest first: one listing of the snapshots folder, then the sidecars
+    /// fetched concurrently. Fails as a whole if the listing or a sidecar read fails, or if
+    /// any sidecar cannot be read (the error names it and how to remove it): a partial list
+    /// would let retention delete the wrong things. [`Self::list_catalog`] reports damaged
+    /// sidecars instead.
+    pub async fn list_snapshots(&self) -> Result<Vec<SnapshotMetadata>> {
+        let catalog = self.list_catalog().await?;
+        if let Some(d) = catalog.damaged.first() {
+            return Err(Error::corrupt(
+                d.id.as_str(),
+                None,
+                None,
+                format!(
+                    "the sidecar cannot be read ({}); `verify --all` reports every such snapshot, and `delete {} --force` removes it",
+                    d.problem, d.id
+                ),
+            ));
+        }
+        Ok(catalog.snapshots)
+    }
+
+    /// Every snapshot, newest first, with those whose sidecar cannot be read (damaged, or
+    /// from a newer format) reported apart instead of failing the listing. Fails only if the
+    /// repository cannot be listed or a sidecar cannot be fetched.
+    pub async fn list_catalog(&self) -> Result<Catalog> {
+        let objects = self.sink.list_all(&self.layout.snapshots_dir()).await?;
+        let ids: Vec<SnapshotId> = objects
+            .iter()
+            .filter_map(|o| match self.layout.parse(&o.key) {
+                Some((id, ObjectKind::Sidecar)) => Some(id),
+                _ => None,
+            })
+            .collect();
+        let read: Vec<(SnapshotId, Result<SnapshotMetadata>)> = futures::stream::iter(ids)
+            .map(|id| async move {
+                let meta = self.read_sidecar(&id).await;
+                (id, meta)
+            })
+            .buffer_unordered(LIST_CONCURRENCY)
+            .collect()
+            .await;
+        let mut catalog = Catalog::default();
+        for (id, meta) in read {
+            match meta {
+                Ok(m) => catalog.snapshots.push(m),
+                // Deleted between the listing and the read: no longer a snapshot.
+                Err(Error::SnapshotNotFound { .. }) => {}
+                Err(e @ (Error::Corrupt { .. } | Error::UnsupportedVersion { .. })) => {
+                    catalog.damaged.push(DamagedSnapshot {
+                        id,
+                        problem: e.to_string(),
+                    })
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        catalog
+            .snapshots
+            .sort_by(|a, b| (b.created_at_ms, &b.id).cmp(&(a.created_at_ms, &a.id)));
+        catalog.damaged.sort_by(|a, b| b.id.cmp(&a.id));
+        Ok(catalog)
+    }
+
+    pub(super) async fn read_sidecar(&self, id: &SnapshotId) -> Result<SnapshotMetadata> {
+        let key = self.layout.sidecar_key(id);
+        let mut stream = match self.sink.get(&key, None).await {
+            Err(e) if e.is_not_found() => {
+                return Err(Error::SnapshotNotFound { id: id.to_string() })
+            }
+            other => other?,
+        };
+        let mut buf = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if (buf.len() + chunk.len()) as u64 > MAX_SIDECAR_BYTES {
+                return Err(Error::corrupt(
+                    id.as_str(),
+                    None,
+                    None,
+                    format!("sidecar larger than {MAX_SIDECAR_BYTES} bytes"),
+                ));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        SnapshotMetadata::from_json(&buf, id)
+    }
+
+    /// Resolves a snapshot's chain: for every namespace at its point in time, which snapshot
+    /// stores it. Reads only sidecars, and only as far up the chain as needed.
+    pub(crate) async fn resolve(&self, id: &SnapshotId) -> Result<ResolvedSnapshot> {
+        self.resolve_only(id, None).await
+    }
+
+    /// Like [`Self::resolve`], but follows the chain only as far as the namespaces in `only`
+    /// need (all of them when `None`), so a namespace stored in a snapshot itself stays
+    /// restorable when an unrelated ancestor is lost. A name the snapshot does not have is a
+    /// [`Error::NamespaceNotFound`].
+    pub(crate) async fn resolve_only(
+        &self,
+        id: &SnapshotId,
+        only: Option<&[String]>,
+    ) -> Result<ResolvedSnapshot> {
+        let top = self.read_sidecar(id).await?;
+        let all: BTreeSet<String> = top.all_namespaces().into_iter().collect();
+        let mut wanted = match only {
+            None => all,
+            Some(list) => {
+                if let Some(n) = list.iter().find(|n| !all.contains(*n)) {
+                    return Err(Error::NamespaceNotFound {
+                        namespace: n.clone(),
+                        context: format!("in snapshot {id}"),
+                    });
+                }
+                list.iter().cloned().collect()
+            }
+        };
+        let mut namespaces = BTreeMap::new();
+        let mut chain = vec![top];
+        loop {
+            let idx = chain.len() - 1;
+            let cur = &chain[idx];
+            for entry in &cur.namespaces {
+                if wanted.remove(&entry.name) {
+                    namespaces.insert(entry.name.clone(), (idx, entry.clone()));
+                }
+            }
+            if wanted.is_empty() {
+                break;
+            }
+            let Some(parent) = cur.parent_id.clone() else {
+                return Err(Error::corrupt(
+                    chain[0].id.as_str(),
+                    wanted.iter().next().map(String::as_str),
+                    None,
+                    "namespace is recorded as unchanged but no ancestor stores it",
+                ));
+            };
+            match self.read_ancestor(id, &chain, &parent).await? {
+                Some(p) => chain.push(p),
+                None => {
+                    return Err(Error::BrokenChain {
+                        id: id.to_string(),
+                        missing: parent.to_string(),
+                    })
+                }
+            }
+        }
+        Ok(ResolvedSnapshot { chain, namespaces })
+    }
+
+    /// Reads `parent`, the next ancestor of the chain from `id` read so far: `None` if it
+    /// does not exist, an error if following it would loop.
+    async fn read_ancestor(
+        &self,
+        id: &SnapshotId,
+        chain: &[SnapshotMetadata],
+        parent: &SnapshotId,
+    ) -> Result<Option<SnapshotMetadata>> {
+        if chain.len() >= MAX_CHAIN || chain.iter().any(|s| &s.id == parent) {
+            return Err(Error::corrupt(
+                id.as_str(),
+                None,
+                None,
+                "the ancestor chain loops",
+            ));
+        }
+        match self.read_sidecar(parent).await {
+            Ok(p) => Ok(Some(p)),
+            Err(Error::SnapshotNotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Turns what a user typed into a snapshot id: an id, or `latest` for the newest
+    /// snapshot (an error in an empty repository).
+    pub async fn find_snapshot(&self, spec: &str) -> Result<SnapshotId> {
+        if spec != "latest" {
+            return SnapshotId::parse(spec);
+        }
+        let catalog = self.list_catalog().await?;
+        let newest = catalog.snapshots.first().map(|m| &m.id);
+        // A damaged sidecar newer than every readable one: `latest` would silently mean an
+        // older snapshot, so say so instead.
+        if let Some(d) = catalog
+            .damaged
+            .iter()
+            .find(|d| newest.is_none_or(|n| d.id > *n))
+        {
+            return Err(Error::corrupt(
+                d.id.as_str(),
+                None,
+                None,
+                format!(
+                    "the newest snapshot cannot be read ({}); name a snapshot by id, or remove it with `delete {} --force`",
+                    d.problem, d.id
+                ),
+            ));
+        }
+        newest.cloned().ok_or_else(|| Error::SnapshotNotFound {
+            id: format!("latest (the repository {} is empty)", self.sink.describe()),
+        })
+    }
+
+    /// The snapshot and its ancestors, following `parent_id` to a full snapshot. A missing
+    /// ancestor ends the chain and is reported in [`Lineage::missing`] (not an error); a
+    /// missing `id` is [`Error::SnapshotNotFound`].
+    pub async fn lineage(&self, id: &str) -> Result<Lineage> {
+        let id = SnapshotId::parse(id)?;
+        let mut chain = vec![self.read_sidecar(&id).await?];
+        while let Some(parent) = chain.last().and_then(|m| m.parent_id.clone()) {
+            match self.read_ancestor(&id, &chain, &parent).await? {
+                Some(m) => chain.push(m),
+                None => {
+                    return Ok(Lineage {
+                        chain,
+                        missing: Some(parent),
+                    })
+                }
+            }
+        }
+        Ok(Lineage {
+            chain,
+            missing: None,
+        })
+    }
+
+    /// Reads a snapshot's vectors at its point in time (incremental chains resolved),
+    /// namespace by namespace in name order and each in id order, and hands every checked
+    /// batch to `f`. `only` limits the namespaces. Each namespace's chunks are checked
+    /// against their checksums before the first of its vectors is handed out, and its count
+    /// Compares two snapshots' points in time namespace by namespace (by content digest,
+    /// dimension and count; reads sidecars only).
+    pub async fn diff_snapshots(&self, from: &str, to: &str) -> Result<SnapshotDiff> {
+        let (from, to) = (SnapshotId::parse(from)?, SnapshotId::parse(to)?);
+        let a = self.resolve(&from).await?.namespaces;
+        let b = self.resolve(&to).await?.namespaces;
+        let names: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+        let namespaces = names
+            .into_iter()
+            .map(|n| {
+                let (x, y) = (a.get(n).map(|(_, e)| e), b.get(n).map(|(_, e)| e));
+                let kind = match (x, y) {
+                    (None, _) => DiffKind::Added,
+                    (_, None) => DiffKind::Removed,
+                    (Some(x), Some(y))
+                        if x.content_sha256 == y.content_sha256
+                            && x.dimension == y.dimension
+                            && x.vector_count == y.vector_count =>
+                    {
+                        DiffKind::Unchanged
+                    }
+                    _ => DiffKind::Changed,
+                };
+                DiffEntry {
+                    namespace: n.clone(),
+                    kind,
+                    vectors_before: x.map(|e| e.vector_count),
+                    vectors_after: y.map(|e| e.vector_count),
+                    dimension_before: x.and_then(|e| e.dimension),
+                    dimension_after: y.and_then(|e| e.dimension),
+                }
+            })
+            .collect();
+        Ok(SnapshotDiff {
+            from,
+            to,
+            namespaces,
+        })
+    }
+}

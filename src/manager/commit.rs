@@ -1,0 +1,285 @@
+//! Writing a snapshot: the blob upload, then the sidecar that commits it.
+
+use super::create::namespace_dimension;
+use super::pipeline::{BlobWriter, ChunkEncoder};
+use super::plan::WritePlan;
+use super::SnapshotManager;
+use crate::config::CreateOptions;
+use crate::error::{Error, Result, SinkErrorKind, SinkOp};
+use crate::format::blob;
+use crate::format::sidecar::{
+    new_format_fields, ByteRange, CompressionInfo, NamespaceEntry, SnapshotMetadata,
+};
+use crate::id::SnapshotId;
+use crate::paths::Key;
+use crate::retention::RetentionPolicy;
+use crate::sink::{PutMode, SinkExt};
+use crate::storage::VectorStorage;
+use bytes::Bytes;
+
+/// A blob uploaded and checked, not yet committed.
+struct UploadedBlob {
+    header: ByteRange,
+    namespaces: Vec<NamespaceEntry>,
+    footer: ByteRange,
+    size: u64,
+    raw: u64,
+    sha: [u8; 32],
+}
+
+impl SnapshotManager {
+    /// Writes the blob, then commits its sidecar; then applies `max_snapshots`.
+    pub(super) async fn write_and_commit(
+        &self,
+        storage: &dyn VectorStorage,
+        plan: WritePlan,
+        options: CreateOptions,
+    ) -> Result<SnapshotMetadata> {
+        let (id, created_ms) = self.ids.next_id();
+        tracing::info!(snapshot = %id, repo = %self.sink.describe(), namespaces = plan.store.len(), "creating snapshot");
+        let blob = self
+            .upload_blob(storage, &id, created_ms, &plan.store)
+            .await?;
+        let meta = self.new_metadata(id, created_ms, plan, options, blob);
+        if let Err(e) = meta.check_layout() {
+            self.discard_blob(&self.layout.blob_key(&meta.id)).await;
+            return Err(Error::Internal(format!(
+                "the written layout is inconsistent: {e}"
+            )));
+        }
+        // The commit point.
+        self.commit_sidecar(&meta.id, Bytes::from(meta.to_json()))
+            .await?;
+        tracing::info!(snapshot = %meta.id, vectors = meta.total_vectors, bytes = meta.size_bytes, "snapshot committed");
+        self.retention_after_create().await;
+        Ok(meta)
+    }
+
+    /// Streams the blob to the sink and checks that the backend holds all of it. On any
+    /// failure the upload is aborted or the blob removed, except when the key belongs to
+    /// another writer.
+    async fn upload_blob(
+        &self,
+        storage: &dyn VectorStorage,
+        id: &SnapshotId,
+        created_ms: u64,
+        names: &[String],
+    ) -> Result<UploadedBlob> {
+        let blob_key = self.layout.blob_key(id);
+        let out = self.sink.put_streaming(&blob_key, PutMode::Create).await?;
+        let mut w = BlobWriter::new(out);
+        let (header, namespaces, footer) = match self
+            .write_body(&mut w, storage, id, created_ms, names)
+            .await
+        {
+            Ok(parts) => parts,
+            Err(e) => {
+                w.abort().await;
+                return Err(e);
+            }
+        };
+        let (size, raw, sha) = match w.finish().await {
+            Ok(done) => done,
+            // The key is taken: the blob there is another writer's, leave it.
+            Err(e @ Error::Conflict { .. }) => return Err(e),
+            Err(e) => {
+                self.discard_blob(&blob_key).await;
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.check_stored_size(&blob_key, size).await {
+            self.discard_blob(&blob_key).await;
+            return Err(e);
+        }
+        Ok(UploadedBlob {
+            header,
+            namespaces,
+            footer,
+            size,
+            raw,
+            sha,
+        })
+    }
+
+    /// What the backend holds, not what the upload reported: a short blob never commits.
+    async fn check_stored_size(&self, blob_key: &Key, size: u64) -> Result<()> {
+        let info = self.sink.head(blob_key).await?;
+        if info.size == size {
+            return Ok(());
+        }
+        Err(Error::sink(
+            SinkOp::PutStreaming,
+            blob_key.as_str(),
+            SinkErrorKind::Other,
+            format!(
+                "the repository holds {} bytes of the blob but {size} were written",
+                info.size
+            ),
+        ))
+    }
+
+    fn new_metadata(
+        &self,
+        id: SnapshotId,
+        created_ms: u64,
+        plan: WritePlan,
+        options: CreateOptions,
+        blob: UploadedBlob,
+    ) -> SnapshotMetadata {
+        let (format, format_version, writer) = new_format_fields();
+        SnapshotMetadata {
+            format,
+            format_version,
+            writer,
+            id,
+            created_at: created_ms / 1000,
+            created_at_ms: created_ms,
+            description: options.description,
+            labels: options.labels,
+            snapshot_type: plan.snapshot_type,
+            parent_id: plan.parent,
+            total_vectors: blob.namespaces.iter().map(|n| n.vector_count).sum(),
+            namespaces: blob.namespaces,
+            unchanged_namespaces: plan.unchanged,
+            deleted_namespaces: plan.deleted,
+            size_bytes: blob.size,
+            raw_bytes: blob.raw,
+            blob_sha256: hex::encode(blob.sha),
+            header: blob.header,
+            footer: blob.footer,
+            compression: CompressionInfo {
+                codec: "gzip".into(),
+                level: self.config.effective_level(),
+                filter: self.config.effective_filter(),
+            },
+            include_metadata: self.config.include_metadata,
+        }
+    }
+
+    /// `max_snapshots`: retention after each create. The snapshot is committed already, so
+    /// a failed clean-up is logged, never reported as a failed create.
+    async fn retention_after_create(&self) {
+        if self.config.max_snapshots == 0 {
+            return;
+        }
+        let policy = RetentionPolicy::keep_last(self.config.max_snapshots);
+        if let Err(e) = self.apply_retention(&policy, false).await {
+            tracing::warn!(error = %e, "retention after create failed; nothing was lost, it will be retried after the next create");
+        }
+    }
+
+    /// Removes a blob that will not be committed (best effort: `gc` removes what is left).
+    pub(super) async fn discard_blob(&self, blob_key: &Key) {
+        if let Err(cleanup) = self.sink.delete(blob_key).await {
+            tracing::warn!(error = %cleanup, blob = %blob_key, "could not remove the uncommitted blob; `gc` will");
+        }
+    }
+
+    /// Writes the sidecar (create-if-absent): the commit. Handles the ambiguous cases: a put
+    /// reported as failed may have taken effect (a lost response, or a retry that found its
+    /// own first attempt and reports a conflict), so the sidecar is read back before the blob
+    /// is given up; and a put reported as done is read back too, so a damaged sidecar never
+    /// stays committed.
+    async fn commit_sidecar(&self, id: &SnapshotId, bytes: Bytes) -> Result<()> {
+        let (sidecar_key, blob_key) = (self.layout.sidecar_key(id), self.layout.blob_key(id));
+        let put = self
+            .sink
+            .put(&sidecar_key, bytes.clone(), PutMode::Create)
+            .await;
+        let stored = self.sink.get_bytes(&sidecar_key, None).await;
+        match (put, stored) {
+            (Ok(()), Ok(back)) if back == bytes => Ok(()),
+            (Ok(()), Ok(_)) => {
+                // Ours, but damaged on the way: withdraw the commit.
+                self.sink.delete(&sidecar_key).await?;
+                self.discard_blob(&blob_key).await;
+                Err(Error::corrupt(
+                    id.as_str(),
+                    None,
+                    None,
+                    "the sidecar did not read back as written; the snapshot was withdrawn",
+                ))
+            }
+            (Ok(()), Err(e)) => {
+                tracing::warn!(snapshot = %id, error = %e, "the sidecar was written but could not be read back to check it");
+                Ok(())
+            }
+            (Err(e), Ok(back)) if back == bytes => {
+                tracing::warn!(snapshot = %id, error = %e, "the sidecar write reported an error but took effect");
+                Ok(())
+            }
+            // Another writer's sidecar under this id: the blob key is theirs too, leave it.
+            (Err(e), Ok(_)) => Err(e),
+            (Err(e), Err(read)) if read.is_not_found() => {
+                self.discard_blob(&blob_key).await;
+                Err(e)
+            }
+            // Unknown whether the commit happened: keep the blob (gc re-checks the sidecar).
+            (Err(e), Err(_)) => Err(e),
+        }
+    }
+
+    /// Writes the header chunk, every namespace section and the footer chunk; returns the
+    /// header range, the namespace entries and the footer range.
+    async fn write_body(
+        &self,
+        w: &mut BlobWriter,
+        storage: &dyn VectorStorage,
+        id: &SnapshotId,
+        created_ms: u64,
+        names: &[String],
+    ) -> Result<(ByteRange, Vec<NamespaceEntry>, ByteRange)> {
+        let level = self.config.effective_level();
+        let filter = self.config.effective_filter();
+        let range = |c: crate::format::sidecar::ChunkEntry| ByteRange {
+            offset: c.offset,
+            length: c.length,
+        };
+        let header = range(
+            w.write_raw(blob::encode_header(id.as_str(), created_ms), level)
+                .await?,
+        );
+        let mut entries = Vec::with_capacity(names.len());
+        let mut total = 0;
+        for ns in names {
+            let dim = namespace_dimension(storage, ns).await?;
+            let mut chunks = vec![
+                w.write_raw(blob::encode_ns_header(ns, dim, filter), level)
+                    .await?,
+            ];
+            let mut digest = blob::ContentDigest::new(dim);
+            let mut count = 0u64;
+            let mut encoder =
+                ChunkEncoder::new(storage, ns, self.encode_settings(dim, Some(level)));
+            while let Some(chunk) = encoder.next().await? {
+                digest.add(&chunk.vector_hashes);
+                count += chunk.vectors;
+                chunks.push(
+                    w.write(chunk.bytes, chunk.crc32, chunk.raw_len, chunk.vectors)
+                        .await?,
+                );
+            }
+            let digest = digest.finish();
+            chunks.push(
+                w.write_raw(blob::encode_ns_end(count, &digest), level)
+                    .await?,
+            );
+            total += count;
+            entries.push(NamespaceEntry {
+                name: ns.clone(),
+                dimension: (dim > 0).then_some(dim),
+                vector_count: count,
+                offset: chunks[0].offset,
+                length: chunks.iter().map(|c| c.length).sum(),
+                raw_length: chunks.iter().map(|c| c.raw_length).sum(),
+                content_sha256: hex::encode(digest),
+                chunks,
+            });
+        }
+        let footer = range(
+            w.write_raw(blob::encode_footer(names.len() as u32, total), level)
+                .await?,
+        );
+        Ok((header, entries, footer))
+    }
+}

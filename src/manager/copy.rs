@@ -1,0 +1,206 @@
+//! Copying snapshots between repositories.
+
+use super::reports::CopyOutcome;
+use super::{blob_missing, EndProgress, SnapshotManager};
+use crate::error::{Error, Result};
+use crate::format::sidecar::SnapshotMetadata;
+use crate::id::SnapshotId;
+use crate::paths::Key;
+use crate::sink::{PutMode, SinkExt};
+use bytes::Bytes;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+
+impl SnapshotManager {
+    /// The snapshots to copy so that `ids` are complete in another repository: each with all
+    /// its ancestors, oldest first, without repeats. Fails if an ancestor is missing here.
+    pub async fn copy_plan(&self, ids: &[SnapshotId]) -> Result<Vec<SnapshotId>> {
+        let mut order: Vec<SnapshotId> = Vec::new();
+        for id in ids {
+            let lineage = self.lineage(id.as_str()).await?;
+            if let Some(missing) = lineage.missing {
+                return Err(Error::BrokenChain {
+                    id: id.to_string(),
+                    missing: missing.to_string(),
+                });
+            }
+            for m in lineage.chain.into_iter().rev() {
+                if !order.contains(&m.id) {
+                    order.push(m.id);
+                }
+            }
+        }
+        Ok(order)
+    }
+
+    /// Copies one snapshot into the repository of `to`, following the commit protocol
+    /// there: the blob is streamed across (its size and SHA-256 checked against the sidecar
+    /// on the way), read back from the destination and hashed again, and only then is the
+    /// sidecar written, byte for byte. A snapshot the destination already has with the same
+    /// blob checksum is skipped; one with a different checksum is an [`Error::Conflict`].
+    /// Copy ancestors first ([`Self::copy_plan`]): this refuses a snapshot whose parent
+    /// the destination lacks.
+    pub async fn copy_snapshot(&self, id: &str, to: &SnapshotManager) -> Result<CopyOutcome> {
+        let id = SnapshotId::parse(id)?;
+        let sidecar_key = self.layout.sidecar_key(&id);
+        let sidecar = match self.sink.get_bytes(&sidecar_key, None).await {
+            Err(e) if e.is_not_found() => {
+                return Err(Error::SnapshotNotFound { id: id.to_string() })
+            }
+            other => other?,
+        };
+        let meta = SnapshotMetadata::from_json(&sidecar, &id)?;
+        if let Some(present) = to.present_copy(&meta).await? {
+            return Ok(present);
+        }
+        if let Some(parent) = &meta.parent_id {
+            if !to.snapshot_exists(parent.as_str()).await? {
+                return Err(Error::BrokenChain {
+                    id: format!("{id} (in {})", to.sink.describe()),
+                    missing: parent.to_string(),
+                });
+            }
+        }
+        let blob_key = self.layout.blob_key(&id);
+        self.progress
+            .begin(&format!("copy {id}"), Some(meta.size_bytes));
+        let sent = {
+            let _end = EndProgress(self.progress.as_ref());
+            self.send_blob(&meta, &blob_key, to).await
+        };
+        if let Err(e) = sent {
+            if let Err(cleanup) = to.sink.delete(&blob_key).await {
+                tracing::warn!(error = %cleanup, blob = %blob_key, "could not remove the partial copy; `gc` will");
+            }
+            return Err(e);
+        }
+        match to
+            .sink
+            .put(&to.layout.sidecar_key(&id), sidecar, PutMode::Create)
+            .await
+        {
+            Ok(()) => {}
+            // Another copier committed it first: fine if it is the same snapshot.
+            Err(Error::Conflict { .. }) => {
+                if let Some(present) = to.present_copy(&meta).await? {
+                    return Ok(present);
+                }
+                return Err(Error::Conflict {
+                    key: id.to_string(),
+                    reason: "the destination committed a different snapshot under this id".into(),
+                });
+            }
+            Err(e) => return Err(e),
+        }
+        tracing::info!(snapshot = %id, to = %to.sink.describe(), bytes = meta.size_bytes, "snapshot copied");
+        Ok(CopyOutcome::Copied {
+            snapshot_id: id,
+            bytes: meta.size_bytes,
+        })
+    }
+
+    /// `Some(AlreadyPresent)` if this repository has `meta`'s snapshot with the same blob
+    /// checksum, `None` if it does not have it, a conflict if it has a different one.
+    async fn present_copy(&self, meta: &SnapshotMetadata) -> Result<Option<CopyOutcome>> {
+        match self.read_sidecar(&meta.id).await {
+            Ok(have) if have.blob_sha256 == meta.blob_sha256 => {
+                Ok(Some(CopyOutcome::AlreadyPresent {
+                    snapshot_id: meta.id.clone(),
+                }))
+            }
+            Ok(_) => Err(Error::Conflict {
+                key: meta.id.to_string(),
+                reason: format!(
+                    "{} already has a different snapshot under this id",
+                    self.sink.describe()
+                ),
+            }),
+            Err(Error::SnapshotNotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Streams the blob to `to`, checking size and hash on the way and again after arrival.
+    async fn send_blob(
+        &self,
+        meta: &SnapshotMetadata,
+        key: &Key,
+        to: &SnapshotManager,
+    ) -> Result<()> {
+        let mut source = match self.sink.get(key, None).await {
+            Err(e) if e.is_not_found() => return Err(blob_missing(meta.id.as_str())),
+            other => other?,
+        };
+        // Overwrite: a blob without a sidecar at the destination is an orphan of an earlier
+        // failed copy; the sidecar, written last, is what commits.
+        let mut out = to.sink.put_streaming(key, PutMode::Overwrite).await?;
+        let mut sha = Sha256::new();
+        let mut sent = 0u64;
+        let streamed: Result<()> = async {
+            while let Some(chunk) = source.next().await {
+                let chunk: Bytes = chunk?;
+                sent += chunk.len() as u64;
+                if sent > meta.size_bytes {
+                    break;
+                }
+                sha.update(&chunk);
+                self.progress.advance(chunk.len() as u64);
+                out.write(chunk).await?;
+            }
+            Ok(())
+        }
+        .await;
+        let sha: [u8; 32] = sha.finalize().into();
+        let problem = match streamed {
+            Err(e) => Some(e),
+            Ok(()) if sent != meta.size_bytes => Some(Error::corrupt(
+                meta.id.as_str(),
+                None,
+                None,
+                format!(
+                    "the source blob has {} bytes where its sidecar records {}",
+                    if sent > meta.size_bytes {
+                        "more".to_string()
+                    } else {
+                        sent.to_string()
+                    },
+                    meta.size_bytes
+                ),
+            )),
+            Ok(()) if hex::encode(sha) != meta.blob_sha256 => Some(Error::corrupt(
+                meta.id.as_str(),
+                None,
+                None,
+                "the source blob's SHA-256 does not match its sidecar; not copied",
+            )),
+            Ok(()) => None,
+        };
+        if let Some(e) = problem {
+            let _ = out.abort().await;
+            return Err(e);
+        }
+        out.finish().await?;
+        // Read it back: what arrived must be what was sent.
+        let mut back = to.sink.get(key, None).await?;
+        let mut sha = Sha256::new();
+        let mut got = 0u64;
+        while let Some(chunk) = back.next().await {
+            let chunk = chunk?;
+            got += chunk.len() as u64;
+            sha.update(&chunk);
+        }
+        let sha: [u8; 32] = sha.finalize().into();
+        if got != meta.size_bytes || hex::encode(sha) != meta.blob_sha256 {
+            return Err(Error::corrupt(
+                meta.id.as_str(),
+                None,
+                None,
+                format!(
+                    "the copy in {} does not read back as written ({got} bytes)",
+                    to.sink.describe()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,189 @@
+//! Create: full and incremental snapshots of a store.
+
+use super::catalog::ResolvedSnapshot;
+use super::pipeline::{ChunkEncoder, EncodeSettings};
+use super::plan::{self, Changes, WritePlan};
+use super::SnapshotManager;
+use crate::config::CreateOptions;
+use crate::error::{Error, Result};
+use crate::format::blob;
+use crate::format::sidecar::SnapshotMetadata;
+use crate::id::SnapshotId;
+use crate::paths::validate_namespace;
+use crate::sink::PutMode;
+use crate::storage::VectorStorage;
+use bytes::Bytes;
+use std::collections::BTreeSet;
+
+impl SnapshotManager {
+    /// Snapshots every namespace of `storage`.
+    pub async fn create_snapshot(
+        &self,
+        storage: &dyn VectorStorage,
+        options: CreateOptions,
+    ) -> Result<SnapshotMetadata> {
+        options.validate()?;
+        let names = store_namespaces(storage).await?;
+        self.write_and_commit(storage, WritePlan::full(names), options)
+            .await
+    }
+
+    /// Snapshots only what changed since `parent_id`.
+    ///
+    /// With `changed = Some(list)`, the listed namespaces are stored, plus any namespace the
+    /// parent does not have (a new namespace is never silently left out). With `None`, each
+    /// namespace's content digest is computed from the store and compared with the parent's
+    /// view, and only those that differ are stored. Namespaces of the parent that the store
+    /// no longer has are recorded as deleted.
+    pub async fn create_incremental_snapshot(
+        &self,
+        storage: &dyn VectorStorage,
+        parent_id: &str,
+        changed: Option<&[String]>,
+        options: CreateOptions,
+    ) -> Result<SnapshotMetadata> {
+        options.validate()?;
+        let parent_id = SnapshotId::parse(parent_id)?;
+        // Pin the parent first, so a concurrent prune or delete leaves it alone; then check,
+        // after the commit, that it survived (the pin narrows the race, the check closes it).
+        let pin = self.layout.pin_key(&parent_id, self.random.next_u64());
+        self.sink.put(&pin, Bytes::new(), PutMode::Create).await?;
+        let made = self
+            .create_incremental_pinned(storage, &parent_id, changed, options)
+            .await;
+        let made = match made {
+            Ok(meta) => self.check_parent_survived(meta, &parent_id).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = self.sink.delete(&pin).await {
+            tracing::warn!(pin = %pin, error = %e, "could not remove the pin; it expires by itself and `gc` removes it");
+        }
+        made
+    }
+
+    /// After an incremental commit: if its parent was deleted meanwhile (a prune or delete
+    /// that ran despite the pin), the new snapshot cannot be restored; withdraw it.
+    async fn check_parent_survived(
+        &self,
+        meta: SnapshotMetadata,
+        parent: &SnapshotId,
+    ) -> Result<SnapshotMetadata> {
+        match self.sink.head(&self.layout.sidecar_key(parent)).await {
+            Ok(_) => Ok(meta),
+            Err(e) if e.is_not_found() => {
+                tracing::warn!(snapshot = %meta.id, parent = %parent, "the parent was deleted while the snapshot was written; withdrawing it");
+                self.remove(&meta.id).await?;
+                Err(Error::Conflict {
+                    key: parent.to_string(),
+                    reason: format!(
+                        "the parent was deleted by a concurrent prune or delete while incremental snapshot {} was written; it was withdrawn (take a full snapshot, or an incremental on a surviving parent)",
+                        meta.id
+                    ),
+                })
+            }
+            Err(e) => {
+                tracing::warn!(snapshot = %meta.id, error = %e, "could not check that the parent still exists; the snapshot is committed");
+                Ok(meta)
+            }
+        }
+    }
+
+    async fn create_incremental_pinned(
+        &self,
+        storage: &dyn VectorStorage,
+        parent_id: &SnapshotId,
+        changed: Option<&[String]>,
+        options: CreateOptions,
+    ) -> Result<SnapshotMetadata> {
+        let parent = self.resolve(parent_id).await?;
+        let parent_names: BTreeSet<String> = parent.namespaces.keys().cloned().collect();
+        let current = store_namespaces(storage).await?;
+        let same_content;
+        let changes = match changed {
+            Some(list) => Changes::Listed(list),
+            None => {
+                same_content = self.unchanged_by_digest(storage, &parent, &current).await?;
+                Changes::SameContent(&same_content)
+            }
+        };
+        let plan = plan::incremental(parent_id, &parent_names, &current, changes)?;
+        tracing::info!(parent = %parent_id, changed = plan.store.len(), unchanged = plan.unchanged.len(), deleted = plan.deleted.len(), "incremental snapshot plan");
+        self.write_and_commit(storage, plan, options).await
+    }
+
+    /// The namespaces of `current` whose content digest and dimension match the parent's
+    /// view (computed from the store; nothing is written).
+    async fn unchanged_by_digest(
+        &self,
+        storage: &dyn VectorStorage,
+        parent: &ResolvedSnapshot,
+        current: &[String],
+    ) -> Result<BTreeSet<String>> {
+        let mut same = BTreeSet::new();
+        for n in current {
+            let Some((_, entry)) = parent.namespaces.get(n) else {
+                continue;
+            };
+            let (dim, digest) = self.digest_namespace(storage, n).await?;
+            if entry.dimension.unwrap_or(0) == dim && entry.content_sha256 == hex::encode(digest) {
+                same.insert(n.clone());
+            }
+        }
+        Ok(same)
+    }
+
+    pub(super) fn encode_settings(&self, dimension: u32, level: Option<u32>) -> EncodeSettings {
+        EncodeSettings {
+            dimension,
+            include_metadata: self.config.include_metadata,
+            filter: self.config.effective_filter(),
+            level,
+            chunk_size: self.config.chunk_size,
+            page_size: self.config.scan_page_size,
+            parallelism: self.config.effective_parallelism(),
+        }
+    }
+
+    /// Computes a namespace's dimension and content digest without writing anything.
+    async fn digest_namespace(
+        &self,
+        storage: &dyn VectorStorage,
+        ns: &str,
+    ) -> Result<(u32, [u8; 32])> {
+        let dim = namespace_dimension(storage, ns).await?;
+        let mut digest = blob::ContentDigest::new(dim);
+        let mut chunks = ChunkEncoder::new(storage, ns, self.encode_settings(dim, None));
+        while let Some(chunk) = chunks.next().await? {
+            digest.add(&chunk.vector_hashes);
+        }
+        Ok((dim, digest.finish()))
+    }
+}
+
+async fn store_namespaces(storage: &dyn VectorStorage) -> Result<Vec<String>> {
+    let mut names = storage.list_namespaces().await?;
+    for n in &names {
+        validate_namespace(n)?;
+    }
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+pub(super) async fn namespace_dimension(storage: &dyn VectorStorage, ns: &str) -> Result<u32> {
+    match storage.dimension(ns).await? {
+        None => Ok(0),
+        Some(0) => Err(Error::invalid(
+            "namespace",
+            format!("{ns:?} reports dimension 0"),
+        )),
+        Some(d) if d > blob::MAX_DIMENSION as usize => Err(Error::invalid(
+            "namespace",
+            format!(
+                "{ns:?} has dimension {d}, more than the supported {}",
+                blob::MAX_DIMENSION
+            ),
+        )),
+        Some(d) => Ok(d as u32),
+    }
+}

@@ -1,0 +1,142 @@
+//! Appending encoded chunks to an upload while hashing the blob.
+
+use crate::error::{Error, Result, SinkErrorKind, SinkOp};
+use crate::format::blob;
+use crate::format::sidecar::ChunkEntry;
+use crate::sink::SinkWriter;
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::task::JoinHandle;
+
+/// What the writer task ends with: the upload (to finish or abort) and the blob's SHA-256,
+/// or the error that stopped it.
+type WriterOutcome = (Box<dyn SinkWriter>, Result<[u8; 32]>);
+
+/// Appends chunks to an upload, recording where each lands. A task of its own hashes the
+/// blob and writes to the sink, so the caller goes on scanning while a chunk is written; at
+/// most one chunk waits for it.
+pub(crate) struct BlobWriter {
+    tx: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
+    task: Option<JoinHandle<WriterOutcome>>,
+    offset: u64,
+    raw_total: u64,
+}
+
+impl BlobWriter {
+    pub fn new(mut out: Box<dyn SinkWriter>) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
+        let task = tokio::spawn(async move {
+            let mut sha = Sha256::new();
+            while let Some(bytes) = rx.recv().await {
+                sha.update(&bytes);
+                if let Err(e) = out.write(Bytes::from(bytes)).await {
+                    return (out, Err(e));
+                }
+            }
+            (out, Ok(sha.finalize().into()))
+        });
+        BlobWriter {
+            tx: Some(tx),
+            task: Some(task),
+            offset: 0,
+            raw_total: 0,
+        }
+    }
+
+    /// Appends one encoded chunk.
+    pub async fn write(
+        &mut self,
+        bytes: Vec<u8>,
+        crc32: u32,
+        raw_length: u64,
+        vectors: u64,
+    ) -> Result<ChunkEntry> {
+        let length = bytes.len() as u64;
+        let tx = self.tx.as_ref().expect("writer open until finish or abort");
+        if tx.send(bytes).await.is_err() {
+            // The writer task stopped on an error; `finish` or `abort` reports it.
+            return Err(self.stopped().await);
+        }
+        let entry = ChunkEntry {
+            offset: self.offset,
+            length,
+            raw_length,
+            vectors,
+            crc32,
+        };
+        self.offset += length;
+        self.raw_total += raw_length;
+        Ok(entry)
+    }
+
+    /// The error the writer task stopped with.
+    async fn stopped(&mut self) -> Error {
+        self.tx = None;
+        match self.task.take() {
+            Some(task) => match task.await {
+                Ok((out, Err(e))) => {
+                    if let Err(abort) = out.abort().await {
+                        tracing::warn!(error = %abort, "could not abort a failed blob upload; `gc` will remove it");
+                    }
+                    e
+                }
+                Ok((out, Ok(_))) => {
+                    let _ = out.abort().await;
+                    Error::Internal("the blob writer stopped early".into())
+                }
+                Err(e) => e.into(),
+            },
+            None => Error::Internal("the blob writer is gone".into()),
+        }
+    }
+
+    /// Compresses and appends a small chunk of raw frames (headers, ends).
+    pub async fn write_raw(&mut self, raw: Vec<u8>, level: u32) -> Result<ChunkEntry> {
+        let bytes = blob::compress_member(&raw, level);
+        let crc = crc32fast::hash(&bytes);
+        self.write(bytes, crc, raw.len() as u64, 0).await
+    }
+
+    /// Publishes the blob; returns its size, raw size and SHA-256.
+    pub async fn finish(mut self) -> Result<(u64, u64, [u8; 32])> {
+        self.tx = None;
+        let task = self
+            .task
+            .take()
+            .ok_or_else(|| Error::Internal("the blob writer is gone".into()))?;
+        let (out, sha) = task.await?;
+        let sha = match sha {
+            Ok(sha) => sha,
+            Err(e) => {
+                let _ = out.abort().await;
+                return Err(e);
+            }
+        };
+        let info = out.finish().await?;
+        if info.size != self.offset {
+            return Err(Error::sink(
+                SinkOp::PutStreaming,
+                info.key.as_str(),
+                SinkErrorKind::Other,
+                format!(
+                    "stored {} bytes but {} were written",
+                    info.size, self.offset
+                ),
+            ));
+        }
+        Ok((self.offset, self.raw_total, sha))
+    }
+
+    /// Discards the upload (best effort: a failure to abort is logged; the original error
+    /// is what the caller reports).
+    pub async fn abort(mut self) {
+        self.tx = None;
+        if let Some(task) = self.task.take() {
+            if let Ok((out, _)) = task.await {
+                if let Err(e) = out.abort().await {
+                    tracing::warn!(error = %e, "could not abort a failed blob upload; `gc` will remove it");
+                }
+            }
+        }
+    }
+}

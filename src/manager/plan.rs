@@ -1,0 +1,253 @@
+//! Pure planners: what an incremental stores, where a restore writes, which blobs gc may
+//! remove, which snapshots retention spares for writers at work. No I/O here; the use cases
+//! gather the inputs, call these, and execute the result.
+
+use crate::error::{Error, Result};
+use crate::format::sidecar::SnapshotType;
+use crate::id::SnapshotId;
+use crate::paths::{validate_namespace, Key, ObjectKind, RepoLayout};
+use crate::retention::RetentionPlan;
+use crate::sink::ObjectInfo;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// What one snapshot will hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct WritePlan {
+    pub snapshot_type: SnapshotType,
+    pub parent: Option<SnapshotId>,
+    /// Namespaces written into the blob, sorted.
+    pub store: Vec<String>,
+    /// Namespaces an ancestor stores (incremental only).
+    pub unchanged: Vec<String>,
+    /// Namespaces of the parent the store no longer has (incremental only).
+    pub deleted: Vec<String>,
+}
+
+impl WritePlan {
+    /// A full snapshot of `current`.
+    pub fn full(current: Vec<String>) -> Self {
+        WritePlan {
+            snapshot_type: SnapshotType::Full,
+            parent: None,
+            store: current,
+            unchanged: Vec::new(),
+            deleted: Vec::new(),
+        }
+    }
+}
+
+/// How an incremental learns what changed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Changes<'a> {
+    /// The caller lists the changed namespaces.
+    Listed(&'a [String]),
+    /// Namespaces whose content digest and dimension match the parent's view.
+    SameContent(&'a BTreeSet<String>),
+}
+
+/// Plans an incremental on `parent` (whose point in time has `parent_names`) of a store
+/// holding `current` (sorted). A namespace the parent lacks is always stored; a listed name
+/// that neither the store nor the parent has is an error.
+pub(crate) fn incremental(
+    parent: &SnapshotId,
+    parent_names: &BTreeSet<String>,
+    current: &[String],
+    changes: Changes<'_>,
+) -> Result<WritePlan> {
+    if let Changes::Listed(list) = changes {
+        for n in list {
+            validate_namespace(n)?;
+            if !current.contains(n) && !parent_names.contains(n) {
+                return Err(Error::NamespaceNotFound {
+                    namespace: n.clone(),
+                    context: "in the store or the parent snapshot".into(),
+                });
+            }
+        }
+    }
+    let stored_again = |n: &String| match changes {
+        Changes::Listed(list) => list.contains(n),
+        Changes::SameContent(same) => !same.contains(n),
+    };
+    let (store, unchanged): (Vec<String>, Vec<String>) = current
+        .iter()
+        .cloned()
+        .partition(|n| !parent_names.contains(n) || stored_again(n));
+    let current_set: BTreeSet<&String> = current.iter().collect();
+    Ok(WritePlan {
+        snapshot_type: SnapshotType::Incremental,
+        parent: Some(parent.clone()),
+        store,
+        unchanged,
+        deleted: parent_names
+            .iter()
+            .filter(|n| !current_set.contains(n))
+            .cloned()
+            .collect(),
+    })
+}
+
+/// Pairs each selected namespace with the name it is restored under, checking every rename
+/// and target before anything is touched.
+pub(crate) fn restore_targets(
+    selected: &[String],
+    rename: &BTreeMap<String, String>,
+) -> Result<Vec<(String, String)>> {
+    if let Some(from) = rename.keys().find(|from| !selected.contains(from)) {
+        return Err(Error::invalid(
+            "rename",
+            format!("{from:?} is not among the namespaces being restored"),
+        ));
+    }
+    let mut seen: HashMap<&String, &String> = HashMap::new();
+    let mut targets = Vec::with_capacity(selected.len());
+    for src in selected {
+        let target = rename.get(src).unwrap_or(src);
+        validate_namespace(target)?;
+        if let Some(other) = seen.insert(target, src) {
+            return Err(Error::invalid(
+                "rename",
+                format!("{other:?} and {src:?} would both be restored into {target:?}"),
+            ));
+        }
+        targets.push((src.clone(), target.clone()));
+    }
+    Ok(targets)
+}
+
+/// Blobs among `objects` (one listing of the snapshots folder) without a sidecar in the
+/// same listing and last modified before `cutoff_ms`: candidates for gc, which re-checks
+/// each right before deleting it.
+pub(crate) fn orphan_blobs(
+    layout: &RepoLayout,
+    objects: &[ObjectInfo],
+    cutoff_ms: u64,
+) -> Vec<(SnapshotId, Key)> {
+    let sidecars: BTreeSet<SnapshotId> = objects
+        .iter()
+        .filter_map(|o| match layout.parse(&o.key) {
+            Some((id, ObjectKind::Sidecar)) => Some(id),
+            _ => None,
+        })
+        .collect();
+    objects
+        .iter()
+        .filter(|o| o.last_modified_ms < cutoff_ms)
+        .filter_map(|o| match layout.parse(&o.key) {
+            Some((id, ObjectKind::Blob)) if !sidecars.contains(&id) => Some((id, o.key.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Moves protected snapshots (pinned by writers at work, and their ancestors) from the
+/// plan's removals to its keeps.
+pub(crate) fn keep_protected(plan: &mut RetentionPlan, protected: &BTreeSet<SnapshotId>) {
+    let (spared, remove): (Vec<SnapshotId>, Vec<SnapshotId>) = std::mem::take(&mut plan.remove)
+        .into_iter()
+        .partition(|id| protected.contains(id));
+    plan.remove = remove;
+    for id in spared {
+        plan.keep.push((
+            id,
+            vec!["pinned: an incremental snapshot is being written on top of it".into()],
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn parent() -> SnapshotId {
+        SnapshotId::parse("20250101T000000000Z-0000000000000001").unwrap()
+    }
+
+    #[test]
+    fn a_listed_incremental_stores_the_listed_and_the_new() {
+        let had: BTreeSet<String> = names(&["a", "b", "gone"]).into_iter().collect();
+        let list = names(&["a"]);
+        let plan = incremental(
+            &parent(),
+            &had,
+            &names(&["a", "b", "new"]),
+            Changes::Listed(&list),
+        )
+        .unwrap();
+        assert_eq!(plan.store, names(&["a", "new"]));
+        assert_eq!(plan.unchanged, names(&["b"]));
+        assert_eq!(plan.deleted, names(&["gone"]));
+        assert_eq!(plan.parent, Some(parent()));
+    }
+
+    #[test]
+    fn a_digest_incremental_stores_what_differs() {
+        let had: BTreeSet<String> = names(&["a", "b"]).into_iter().collect();
+        let same: BTreeSet<String> = names(&["b"]).into_iter().collect();
+        let plan = incremental(
+            &parent(),
+            &had,
+            &names(&["a", "b", "c"]),
+            Changes::SameContent(&same),
+        )
+        .unwrap();
+        assert_eq!(plan.store, names(&["a", "c"]));
+        assert_eq!(plan.unchanged, names(&["b"]));
+        assert!(plan.deleted.is_empty());
+    }
+
+    #[test]
+    fn a_listed_name_nobody_has_is_an_error() {
+        let had = BTreeSet::new();
+        let list = names(&["nowhere"]);
+        let err = incremental(&parent(), &had, &[], Changes::Listed(&list)).unwrap_err();
+        assert!(matches!(err, Error::NamespaceNotFound { .. }), "{err}");
+    }
+
+    #[test]
+    fn restore_targets_refuse_collisions_and_strangers() {
+        let sel = names(&["a", "b"]);
+        let mut rename = BTreeMap::new();
+        assert_eq!(
+            restore_targets(&sel, &rename).unwrap(),
+            [("a".into(), "a".into()), ("b".into(), "b".into())]
+        );
+        rename.insert("a".to_string(), "b".to_string());
+        let err = restore_targets(&sel, &rename).unwrap_err();
+        assert!(err.to_string().contains("would both be restored"), "{err}");
+        rename.clear();
+        rename.insert("zzz".to_string(), "y".to_string());
+        assert!(restore_targets(&sel, &rename).is_err());
+        rename.clear();
+        rename.insert("a".to_string(), "bad\nname".to_string());
+        assert!(restore_targets(&sel, &rename).is_err());
+    }
+
+    #[test]
+    fn orphans_are_old_blobs_without_a_sidecar() {
+        let layout = RepoLayout;
+        let (a, b) = (
+            parent(),
+            SnapshotId::parse("20250101T000000000Z-0000000000000002").unwrap(),
+        );
+        let obj = |key: Key, t: u64| ObjectInfo {
+            key,
+            size: 1,
+            last_modified_ms: t,
+        };
+        let objects = vec![
+            obj(layout.blob_key(&a), 10),
+            obj(layout.sidecar_key(&a), 10),
+            obj(layout.blob_key(&b), 10),
+        ];
+        assert_eq!(
+            orphan_blobs(&layout, &objects, 11),
+            [(b.clone(), layout.blob_key(&b))]
+        );
+        assert!(orphan_blobs(&layout, &objects, 10).is_empty(), "too young");
+    }
+}

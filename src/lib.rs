@@ -6,7 +6,7 @@
 //! The layers, top to bottom:
 //! - [`SnapshotManager`]: the use cases (create full and incremental snapshots, restore,
 //!   list, verify, delete, retention, garbage collection).
-//! - [`format`]: the versioned blob codec (independent gzip members of binary framed
+//! - [`mod@format`]: the versioned blob codec (independent gzip members of binary framed
 //!   vectors) and the JSON sidecar schema. `docs/FORMAT.md` documents both byte by byte.
 //! - [`sink`]: where bytes go. [`SnapshotSink`] is the trait; [`LocalFsSink`] writes
 //!   crash-safely to a directory; [`ObjectStoreSink`] serves S3, S3-compatible servers, GCS,
@@ -61,8 +61,9 @@ pub use error::{Error, Result};
 pub use format::sidecar::{NamespaceEntry, SnapshotMetadata, SnapshotType};
 pub use id::{Clock, ManualClock, SnapshotId, SystemClock};
 pub use manager::{
-    CopyOutcome, DiffEntry, DiffKind, ExportReport, GcReport, Lineage, RestoreResult,
-    RetentionReport, SnapshotDiff, SnapshotManager, VerifyOutcome, VerifyReport,
+    Catalog, CopyOutcome, DamagedSnapshot, DiffEntry, DiffKind, ExportReport, GcReport, Lineage,
+    RestoreResult, RestoredNamespace, RetentionReport, SnapshotDiff, SnapshotManager,
+    VerifyOutcome, VerifyReport,
 };
 pub use progress::{NoProgress, Progress};
 pub use retention::{RetentionPlan, RetentionPolicy};

@@ -691,3 +691,82 @@ fn every_command_has_help_with_examples() {
         );
     }
 }
+
+/// Rewrites fields of a committed sidecar on disk.
+fn forge_sidecar(dir: &Path, id: &str, fields: Value) {
+    let path = dir.join(format!("snapshots/{id}.meta.json"));
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    for (k, val) in fields.as_object().unwrap() {
+        v[k] = val.clone();
+    }
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_damaged_sidecars_are_shown_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_m, snaps) = chain_repo(dir.path()).await;
+    let repo = dir.path().to_str().unwrap();
+    let cli = Cli::local();
+
+    // A creation time past year 9999 (and one that overflows the clock) renders.
+    forge_sidecar(
+        dir.path(),
+        &snaps[2],
+        json!({"created_at": 300_000_000_000u64}),
+    );
+    let text = cli.ok(repo, &["list"]);
+    assert!(
+        text.contains("300000000000 s after 1970 (invalid)"),
+        "{text}"
+    );
+    forge_sidecar(dir.path(), &snaps[2], json!({"created_at": u64::MAX}));
+    cli.ok(repo, &["list"]);
+    cli.ok(repo, &["show", &snaps[2]]);
+
+    // A damaged sidecar: list shows it, --json says so, verify --all names it BROKEN.
+    std::fs::write(
+        dir.path().join(format!("snapshots/{}.meta.json", snaps[1])),
+        b"{ damaged",
+    )
+    .unwrap();
+    let out = cli.run_with(Some(repo), &["list"], None);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let row = out.stdout.lines().find(|l| l.starts_with(&snaps[1])).unwrap();
+    assert!(row.contains("DAMAGED"), "{row}");
+    assert!(out.stderr.contains("cannot be read"), "{}", out.stderr);
+    let listed = cli.json(repo, &["list"]);
+    let damaged: Vec<&Value> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["damaged"] == true)
+        .collect();
+    assert_eq!(damaged.len(), 1);
+    assert_eq!(damaged[0]["id"], snaps[1].as_str());
+    assert!(damaged[0]["problem"].as_str().unwrap().contains("sidecar"));
+    let out = cli.run_with(Some(repo), &["verify", "--all"], None);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stdout.contains(&format!("BROKEN  {}", snaps[1])),
+        "{}",
+        out.stdout
+    );
+
+    // prune refuses and says which and how; delete --force removes it and its child.
+    let line = cli.fails(Some(repo), &["prune", "--keep-last", "1"], 1);
+    assert!(
+        line.contains(&snaps[1]) && line.contains("--force"),
+        "{line}"
+    );
+    let line = cli.fails(Some(repo), &["delete", &snaps[1]], 1);
+    assert!(line.contains("--force"), "{line}");
+    let text = cli.ok(repo, &["delete", &snaps[1], "--force"]);
+    assert!(
+        text.contains(&snaps[1]) && text.contains(&snaps[2]),
+        "{text}"
+    );
+    let left = ids(&cli.json(repo, &["list"]));
+    assert_eq!(left, [snaps[0].clone()]);
+    cli.ok(repo, &["verify", "--all"]);
+}

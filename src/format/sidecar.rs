@@ -310,6 +310,9 @@ impl SnapshotMetadata {
         if (self.snapshot_type == SnapshotType::Incremental) != self.parent_id.is_some() {
             return Err("only incremental snapshots have a parent".into());
         }
+        if self.parent_id.as_ref() == Some(&self.id) {
+            return Err("the snapshot names itself as its parent".into());
+        }
         Ok(())
     }
 }

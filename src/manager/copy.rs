@@ -64,14 +64,13 @@ impl SnapshotManager {
         let blob_key = self.layout.blob_key(&id);
         self.progress
             .begin(&format!("copy {id}"), Some(meta.size_bytes));
-        let sent = {
+        {
             let _end = EndProgress(self.progress.as_ref());
-            self.send_blob(&meta, &blob_key, to).await
-        };
-        if let Err(e) = sent {
-            if let Err(cleanup) = to.sink.delete(&blob_key).await {
-                tracing::warn!(error = %cleanup, blob = %blob_key, "could not remove the partial copy; `gc` will");
-            }
+            // A failed upload is aborted: nothing of this copy is left to remove.
+            self.send_blob(&meta, &blob_key, to).await?;
+        }
+        if let Err(e) = to.check_arrived(&meta, &blob_key).await {
+            to.discard_uncommitted_copy(&id, &blob_key).await;
             return Err(e);
         }
         match to
@@ -120,7 +119,22 @@ impl SnapshotManager {
         }
     }
 
-    /// Streams the blob to `to`, checking size and hash on the way and again after arrival.
+    /// Removes a copied blob that failed its check, unless a sidecar for it is committed
+    /// here (a concurrent copy of the same snapshot finished first: the blob is its too).
+    async fn discard_uncommitted_copy(&self, id: &SnapshotId, blob_key: &Key) {
+        match self.sink.head(&self.layout.sidecar_key(id)).await {
+            Err(e) if e.is_not_found() => self.discard_blob(blob_key).await,
+            Ok(_) => {
+                tracing::warn!(snapshot = %id, "a concurrent copy committed this snapshot; its blob is left in place")
+            }
+            Err(e) => {
+                tracing::warn!(snapshot = %id, error = %e, "cannot tell whether the copy is committed; the blob is left for `gc`")
+            }
+        }
+    }
+
+    /// Streams the blob to `to`, checking size and hash on the way; a failure aborts the
+    /// upload.
     async fn send_blob(
         &self,
         meta: &SnapshotMetadata,
@@ -180,8 +194,12 @@ impl SnapshotManager {
             return Err(e);
         }
         out.finish().await?;
-        // Read it back: what arrived must be what was sent.
-        let mut back = to.sink.get(key, None).await?;
+        Ok(())
+    }
+
+    /// Reads a copied blob back from this repository: what arrived must be what was sent.
+    async fn check_arrived(&self, meta: &SnapshotMetadata, key: &Key) -> Result<()> {
+        let mut back = self.sink.get(key, None).await?;
         let mut sha = Sha256::new();
         let mut got = 0u64;
         while let Some(chunk) = back.next().await {
@@ -197,7 +215,7 @@ impl SnapshotManager {
                 None,
                 format!(
                     "the copy in {} does not read back as written ({got} bytes)",
-                    to.sink.describe()
+                    self.sink.describe()
                 ),
             ));
         }

@@ -37,7 +37,7 @@ use std::sync::Arc;
 /// Takes, restores, verifies and expires snapshots in one repository (a [`SnapshotSink`]).
 ///
 /// Commit protocol: the blob is uploaded first (invisible until complete), then the
-/// sidecar is written with [`PutMode::Create`]. A snapshot exists if and only if its sidecar
+/// sidecar is written with [`crate::PutMode::Create`]. A snapshot exists if and only if its sidecar
 /// exists; a blob without a sidecar is an orphan that is never listed and that
 /// [`SnapshotManager::collect_garbage`] removes.
 #[derive(Debug)]

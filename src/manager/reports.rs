@@ -86,7 +86,7 @@ pub struct Lineage {
     pub missing: Option<SnapshotId>,
 }
 
-/// What [`SnapshotManager::read_vectors`] read.
+/// What [`crate::SnapshotManager::read_vectors`] read.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct ExportReport {
@@ -98,7 +98,7 @@ pub struct ExportReport {
     pub vectors: u64,
 }
 
-/// One snapshot's verification in [`SnapshotManager::verify_all`].
+/// One snapshot's verification in [`crate::SnapshotManager::verify_all`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct VerifyOutcome {
@@ -157,7 +157,7 @@ pub struct SnapshotDiff {
     pub namespaces: Vec<DiffEntry>,
 }
 
-/// What [`SnapshotManager::copy_snapshot`] did with one snapshot.
+/// What [`crate::SnapshotManager::copy_snapshot`] did with one snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum CopyOutcome {
@@ -194,4 +194,14 @@ pub struct DamagedSnapshot {
     pub id: SnapshotId,
     /// Why it cannot be read.
     pub problem: String,
+}
+
+impl DamagedSnapshot {
+    /// A snapshot that cannot be read, and why.
+    pub fn new(id: SnapshotId, problem: impl Into<String>) -> Self {
+        DamagedSnapshot {
+            id,
+            problem: problem.into(),
+        }
+    }
 }

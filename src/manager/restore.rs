@@ -16,11 +16,10 @@ impl SnapshotManager {
     /// Restores a snapshot into `storage`.
     ///
     /// Incremental chains are resolved once and each namespace is read from the snapshot
-    /// that stores it (one ranged read per namespace; ancestors are not replayed). With
-    /// [`crate::SnapshotConfig::verify_before_restore`] (the default), each namespace is
-    /// downloaded and checked completely before the store is touched, so corrupt data
-    /// never half-replaces a namespace. All names, renames and dimensions are checked
-    /// before the first change.
+    /// that stores it (one ranged read per namespace; ancestors are not replayed). Each
+    /// namespace is downloaded and every chunk's checksum checked before the store is
+    /// touched, so corrupt data never half-replaces a namespace. All names, renames and
+    /// dimensions are checked before the first change.
     pub async fn restore_snapshot(
         &self,
         storage: &dyn VectorStorage,

@@ -3,6 +3,7 @@
 
 pub mod conformance;
 pub mod containers;
+pub mod hiding;
 pub mod servers;
 
 use dakera_snapshot::{InMemoryStorage, Vector, VectorStorage};

@@ -8,8 +8,8 @@ mod render;
 use clap::{ArgGroup, Parser, Subcommand};
 use dakera_snapshot::jsonl::{export_jsonl, import_jsonl};
 use dakera_snapshot::{
-    CompressionLevel, CopyOutcome, CreateOptions, Error, Progress, RetentionPolicy, SinkOptions,
-    SnapshotConfig, SnapshotId, SnapshotManager,
+    CompressionLevel, CopyOutcome, CreateOptions, DamagedSnapshot, Error, Progress,
+    RetentionPolicy, SinkOptions, SnapshotConfig, SnapshotId, SnapshotManager,
 };
 use progress::Bars;
 use std::io::{IsTerminal, Read, Write};
@@ -470,15 +470,22 @@ fn print(text: &str) -> CliResult {
 }
 
 async fn list(ctx: &Ctx) -> CliResult {
-    let all = ctx.manager.list_snapshots().await?;
+    let catalog = ctx.manager.list_catalog().await?;
     if ctx.json {
-        return print_json(&all.iter().map(render::summary).collect::<Vec<_>>());
+        return print_json(&render::list_json(&catalog));
     }
-    if all.is_empty() {
+    if catalog.snapshots.is_empty() && catalog.damaged.is_empty() {
         ctx.note(format!("no snapshots in {}", ctx.manager.sink().describe()));
         return Ok(());
     }
-    print(&render::list(&all))
+    print(&render::list(&catalog))?;
+    if !catalog.damaged.is_empty() {
+        eprintln!(
+            "warning: {} snapshot(s) cannot be read (DAMAGED above); `verify --all` reports them, `delete ID --force` removes one",
+            catalog.damaged.len()
+        );
+    }
+    Ok(())
 }
 
 async fn show(ctx: &Ctx, id: &str) -> CliResult {
@@ -670,10 +677,11 @@ async fn copy(
     to: &str,
     to_options: &SinkOptions,
 ) -> CliResult {
+    let mut skipped_damaged = Vec::new();
     let wanted: Vec<SnapshotId> = if all {
-        let mut all = ctx.manager.list_snapshots().await?;
-        all.reverse();
-        all.into_iter().map(|m| m.id).collect()
+        let catalog = ctx.manager.list_catalog().await?;
+        skipped_damaged = catalog.damaged;
+        catalog.snapshots.into_iter().rev().map(|m| m.id).collect()
     } else {
         let mut v = Vec::new();
         for id in ids {
@@ -682,7 +690,11 @@ async fn copy(
         v
     };
     let dest = open(to, to_options, false, config())?;
-    let plan = ctx.manager.copy_plan(&wanted).await?;
+    let plan = if all {
+        copy_plan_around_damage(ctx, &wanted, &mut skipped_damaged).await?
+    } else {
+        ctx.manager.copy_plan(&wanted).await?
+    };
     let mut outcomes = Vec::new();
     for id in &plan {
         let outcome = ctx.manager.copy_snapshot(id.as_str(), &dest).await?;
@@ -700,12 +712,46 @@ async fn copy(
         outcomes.push(outcome);
     }
     if ctx.json {
-        return print_json(&outcomes);
-    }
-    if plan.is_empty() {
+        print_json(&outcomes)?;
+    } else if plan.is_empty() && skipped_damaged.is_empty() {
         ctx.note("nothing to copy: the repository is empty");
     }
-    Ok(())
+    if skipped_damaged.is_empty() {
+        return Ok(());
+    }
+    for d in &skipped_damaged {
+        eprintln!("error: not copied: {}: {}", d.id, d.problem);
+    }
+    eprintln!(
+        "error: {} snapshot(s) could not be copied; `verify --all` shows why",
+        skipped_damaged.len()
+    );
+    Err(Failure::Reported)
+}
+
+/// The copy plan of `--all`: every readable snapshot with its ancestors, leaving out (and
+/// recording in `damaged`) those whose chain runs through a sidecar that cannot be read.
+async fn copy_plan_around_damage(
+    ctx: &Ctx,
+    wanted: &[SnapshotId],
+    damaged: &mut Vec<DamagedSnapshot>,
+) -> Result<Vec<SnapshotId>, Failure> {
+    let mut plan: Vec<SnapshotId> = Vec::new();
+    for id in wanted {
+        match ctx.manager.copy_plan(std::slice::from_ref(id)).await {
+            Ok(chain) => plan.extend(
+                chain
+                    .into_iter()
+                    .filter(|c| !plan.contains(c))
+                    .collect::<Vec<_>>(),
+            ),
+            Err(e) if e.is_corrupt() => {
+                damaged.push(DamagedSnapshot::new(id.clone(), e.to_string()))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(plan)
 }
 
 async fn diff(ctx: &Ctx, from: &str, to: &str) -> CliResult {

@@ -2,7 +2,8 @@
 
 use dakera_snapshot::manager::DiffKind;
 use dakera_snapshot::{
-    GcReport, Lineage, RetentionReport, SnapshotDiff, SnapshotMetadata, SnapshotType, VerifyOutcome,
+    Catalog, DamagedSnapshot, GcReport, Lineage, RetentionReport, SnapshotDiff, SnapshotId,
+    SnapshotMetadata, SnapshotType, VerifyOutcome,
 };
 use indicatif::HumanBytes;
 use serde_json::{json, Value};
@@ -35,7 +36,13 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// Seconds since the epoch as RFC 3339. A forged sidecar can claim any number: past
+/// 9999-12-31 (where RFC 3339 ends) the raw number is shown instead.
 fn time(secs: u64) -> String {
+    const LAST_RFC3339_SECOND: u64 = 253_402_300_799;
+    if secs > LAST_RFC3339_SECOND {
+        return format!("{secs} s after 1970 (invalid)");
+    }
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
@@ -68,28 +75,36 @@ pub fn summary(m: &SnapshotMetadata) -> Value {
         "raw_bytes": m.raw_bytes,
         "description": m.description,
         "labels": m.labels,
+        "damaged": false,
     })
 }
 
-pub fn list(all: &[SnapshotMetadata]) -> String {
-    let rows: Vec<Vec<String>> = all
+pub fn list(catalog: &Catalog) -> String {
+    let mut rows: Vec<(&SnapshotId, Vec<String>)> = catalog
+        .snapshots
         .iter()
         .map(|m| {
-            vec![
-                m.id.to_string(),
-                time(m.created_at),
-                kind(m.snapshot_type).to_string(),
-                m.parent_id
-                    .as_ref()
-                    .map_or("-".to_string(), |p| p.to_string()),
-                m.all_namespaces().len().to_string(),
-                m.total_vectors.to_string(),
-                HumanBytes(m.size_bytes).to_string(),
-                m.description.clone().unwrap_or_default(),
-                labels(m),
-            ]
+            (
+                &m.id,
+                vec![
+                    m.id.to_string(),
+                    time(m.created_at),
+                    kind(m.snapshot_type).to_string(),
+                    m.parent_id
+                        .as_ref()
+                        .map_or("-".to_string(), |p| p.to_string()),
+                    m.all_namespaces().len().to_string(),
+                    m.total_vectors.to_string(),
+                    HumanBytes(m.size_bytes).to_string(),
+                    m.description.clone().unwrap_or_default(),
+                    labels(m),
+                ],
+            )
         })
         .collect();
+    rows.extend(catalog.damaged.iter().map(|d| (&d.id, damaged_row(d))));
+    rows.sort_by(|a, b| b.0.cmp(a.0));
+    let rows: Vec<Vec<String>> = rows.into_iter().map(|(_, r)| r).collect();
     table(
         &[
             "ID",
@@ -104,6 +119,34 @@ pub fn list(all: &[SnapshotMetadata]) -> String {
         ],
         &rows,
     )
+}
+
+/// A row for a snapshot whose sidecar cannot be read: its id, DAMAGED, and why.
+fn damaged_row(d: &DamagedSnapshot) -> Vec<String> {
+    let created =
+        d.id.timestamp_ms()
+            .map_or("-".to_string(), |ms| time(ms / 1000));
+    let mut row = vec![d.id.to_string(), created, "DAMAGED".to_string()];
+    row.extend(["-", "-", "-", "-"].map(String::from));
+    row.push(d.problem.clone());
+    row.push(String::new());
+    row
+}
+
+/// `list --json`: every snapshot, newest first, with `damaged` true and the `problem` for
+/// those whose sidecar cannot be read.
+pub fn list_json(catalog: &Catalog) -> Vec<Value> {
+    let mut out: Vec<(&SnapshotId, Value)> = catalog
+        .snapshots
+        .iter()
+        .map(|m| (&m.id, summary(m)))
+        .collect();
+    out.extend(catalog.damaged.iter().map(|d| {
+        let v = json!({"id": d.id, "damaged": true, "problem": d.problem});
+        (&d.id, v)
+    }));
+    out.sort_by(|a, b| b.0.cmp(a.0));
+    out.into_iter().map(|(_, v)| v).collect()
 }
 
 pub fn show_json(l: &Lineage) -> Value {
@@ -342,4 +385,17 @@ pub fn diff(d: &SnapshotDiff) -> String {
         n(DiffKind::Unchanged)
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::time;
+
+    #[test]
+    fn any_time_renders_without_panicking() {
+        assert_eq!(time(0), "1970-01-01T00:00:00Z");
+        assert_eq!(time(253_402_300_799), "9999-12-31T23:59:59Z");
+        assert_eq!(time(300_000_000_000), "300000000000 s after 1970 (invalid)");
+        assert!(time(u64::MAX).contains("invalid"));
+    }
 }

@@ -732,7 +732,11 @@ async fn forged_and_damaged_sidecars_are_shown_not_fatal() {
     .unwrap();
     let out = cli.run_with(Some(repo), &["list"], None);
     assert_eq!(out.code, 0, "{}", out.stderr);
-    let row = out.stdout.lines().find(|l| l.starts_with(&snaps[1])).unwrap();
+    let row = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&snaps[1]))
+        .unwrap();
     assert!(row.contains("DAMAGED"), "{row}");
     assert!(out.stderr.contains("cannot be read"), "{}", out.stderr);
     let listed = cli.json(repo, &["list"]);

@@ -149,10 +149,8 @@ pub async fn import_jsonl_with_buffer<R: Read + Send + 'static>(
 ) -> Result<ImportReport> {
     options.validate()?;
     let name = name.to_string();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    // TTLs become expiry times on the manager's clock, like the store's own expiry.
+    let now = manager.clock().now_secs();
     let staged =
         tokio::task::spawn_blocking(move || stage(input, name, now, sort_buffer_bytes)).await??;
     let records = staged.records;
@@ -170,22 +168,22 @@ fn stage<R: Read + Send + 'static>(
     sort_buffer_bytes: usize,
 ) -> Result<StagedStore> {
     let mut reader = maybe_gunzip(input)?;
-    let bad = |line: u64, reason: String| Error::BadInput {
-        input: name.clone(),
-        line,
-        reason,
+    let mut stager = Stager {
+        name,
+        now,
+        sort_buffer_bytes,
+        dims: BTreeMap::new(),
+        counts: BTreeMap::new(),
+        sorter: None,
+        records: 0,
     };
-    let mut dims: BTreeMap<String, (u32, u64)> = BTreeMap::new();
-    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    let mut sorter = None;
     let mut buf = Vec::new();
     let mut line_no = 0u64;
-    let mut records = 0u64;
     loop {
         buf.clear();
         let n = reader
             .read_until(b'\n', &mut buf)
-            .map_err(|e| Error::io(format!("reading {name}"), e))?;
+            .map_err(|e| Error::io(format!("reading {}", stager.name), e))?;
         if n == 0 {
             break;
         }
@@ -195,41 +193,44 @@ fn stage<R: Read + Send + 'static>(
         }
         let text = buf.strip_suffix(b"\n").unwrap_or(&buf);
         let text = text.strip_suffix(b"\r").unwrap_or(text);
+        stager.line(line_no, text)?;
+    }
+    stager.finish()
+}
+
+type Sorter = extsort::PushExternalSorter<Staged, fn(&Staged, &Staged) -> Ordering>;
+
+/// Checks records line by line and feeds them to the on-disk sort.
+struct Stager {
+    name: String,
+    now: u64,
+    sort_buffer_bytes: usize,
+    /// Per namespace: its dimension and the line that set it.
+    dims: BTreeMap<String, (u32, u64)>,
+    counts: BTreeMap<String, u64>,
+    sorter: Option<Sorter>,
+    records: u64,
+}
+
+impl Stager {
+    fn bad(&self, line: u64, reason: String) -> Error {
+        Error::BadInput {
+            input: self.name.clone(),
+            line,
+            reason,
+        }
+    }
+
+    /// One non-blank line: parsed, checked, staged.
+    fn line(&mut self, line_no: u64, text: &[u8]) -> Result<()> {
         let rec: JsonlRecord =
-            serde_json::from_slice(text).map_err(|e| bad(line_no, json_reason(&e)))?;
-        validate_namespace(&rec.namespace).map_err(|e| bad(line_no, e.to_string()))?;
-        if rec.id.is_empty() {
-            return Err(bad(line_no, "empty id".into()));
-        }
-        if rec.values.is_empty() {
-            return Err(bad(line_no, format!("vector {:?} has no values", rec.id)));
-        }
-        if rec.values.len() > MAX_DIMENSION as usize {
-            return Err(bad(
-                line_no,
-                format!(
-                    "vector {:?} has {} values, more than the supported {MAX_DIMENSION}",
-                    rec.id,
-                    rec.values.len()
-                ),
-            ));
-        }
-        let dim = rec.values.len() as u32;
-        let (want, first) = *dims.entry(rec.namespace.clone()).or_insert((dim, line_no));
-        if want != dim {
-            return Err(bad(
-                line_no,
-                format!(
-                    "vector {:?} has dimension {dim}, but namespace {:?} has dimension {want} (set by line {first})",
-                    rec.id, rec.namespace
-                ),
-            ));
-        }
-        *counts.entry(rec.namespace.clone()).or_default() += 1;
-        records += 1;
+            serde_json::from_slice(text).map_err(|e| self.bad(line_no, json_reason(&e)))?;
+        self.check(line_no, &rec)?;
+        *self.counts.entry(rec.namespace.clone()).or_default() += 1;
+        self.records += 1;
         let expires_at = rec
             .expires_at
-            .or_else(|| rec.ttl_seconds.map(|t| now.saturating_add(t)));
+            .or_else(|| rec.ttl_seconds.map(|t| self.now.saturating_add(t)));
         let item = Staged {
             namespace: rec.namespace,
             line: line_no,
@@ -241,34 +242,70 @@ fn stage<R: Read + Send + 'static>(
                 expires_at,
             },
         };
-        let sorter = sorter.get_or_insert_with(|| {
+        let buffer = self.sort_buffer_bytes;
+        let sorter = self.sorter.get_or_insert_with(|| {
             let size = 4 * item.vector.values.len() + item.vector.id.len() + 256;
             ExternalSorter::new()
-                .with_segment_size((sort_buffer_bytes / size).clamp(16, 1 << 20))
+                .with_segment_size((buffer / size).clamp(16, 1 << 20))
                 .pushed_by(staged_order as fn(&Staged, &Staged) -> Ordering)
         });
         sorter
             .push(item)
-            .map_err(|e| Error::io("sorting the import on disk", e))?;
+            .map_err(|e| Error::io("sorting the import on disk", e))
     }
-    let sorted = match sorter {
-        Some(s) => Some(
-            s.done()
-                .map_err(|e| Error::io("sorting the import on disk", e))?,
-        ),
-        None => None,
-    };
-    Ok(StagedStore {
-        name,
-        dims: dims.into_iter().map(|(k, (d, _))| (k, d)).collect(),
-        counts,
-        records,
-        cursor: Arc::new(Mutex::new(Cursor {
-            sorted,
-            head: None,
-            last: None,
-        })),
-    })
+
+    /// A record's namespace, id and values are valid, and its dimension is its namespace's.
+    fn check(&mut self, line_no: u64, rec: &JsonlRecord) -> Result<()> {
+        validate_namespace(&rec.namespace).map_err(|e| self.bad(line_no, e.to_string()))?;
+        if rec.id.is_empty() {
+            return Err(self.bad(line_no, "empty id".into()));
+        }
+        if rec.values.is_empty() {
+            return Err(self.bad(line_no, format!("vector {:?} has no values", rec.id)));
+        }
+        if rec.values.len() > MAX_DIMENSION as usize {
+            let why = format!(
+                "vector {:?} has {} values, more than the supported {MAX_DIMENSION}",
+                rec.id,
+                rec.values.len()
+            );
+            return Err(self.bad(line_no, why));
+        }
+        let dim = rec.values.len() as u32;
+        let (want, first) = *self
+            .dims
+            .entry(rec.namespace.clone())
+            .or_insert((dim, line_no));
+        if want != dim {
+            let why = format!(
+                "vector {:?} has dimension {dim}, but namespace {:?} has dimension {want} (set by line {first})",
+                rec.id, rec.namespace
+            );
+            return Err(self.bad(line_no, why));
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<StagedStore> {
+        let sorted = match self.sorter {
+            Some(s) => Some(
+                s.done()
+                    .map_err(|e| Error::io("sorting the import on disk", e))?,
+            ),
+            None => None,
+        };
+        Ok(StagedStore {
+            name: self.name,
+            dims: self.dims.into_iter().map(|(k, (d, _))| (k, d)).collect(),
+            counts: self.counts,
+            records: self.records,
+            cursor: Arc::new(Mutex::new(Cursor {
+                sorted,
+                head: None,
+                last: None,
+            })),
+        })
+    }
 }
 
 /// serde_json's message without its "at line 1 column N" (the line is ours to name).

@@ -7,6 +7,7 @@ mod common;
 
 use common::conformance;
 use common::servers::{self, announce, Server, SECRET_KEY};
+use dakera_snapshot::error::SinkErrorKind;
 use dakera_snapshot::paths::Key;
 use dakera_snapshot::{
     sink_from_url, Error, SinkExt, SinkOptions, SnapshotConfig, SnapshotManager, SnapshotSink,
@@ -123,9 +124,16 @@ async fn wrong_secret_is_an_authentication_error(server: &Server) {
     let m = SnapshotManager::from_url(&server.url, &options, SnapshotConfig::default()).unwrap();
     let err = m.list_snapshots().await.unwrap_err();
     let text = format!("{err} {err:?}");
+    assert_eq!(
+        err.sink_kind(),
+        Some(SinkErrorKind::Unauthenticated),
+        "{text}"
+    );
+    assert!(!err.is_retryable(), "{text}");
+    let shown = err.to_string();
     assert!(
-        err.to_string()
-            .contains("authentication failed (SignatureDoesNotMatch)"),
+        shown.contains("authentication failed: check the access key and secret")
+            && shown.contains("SignatureDoesNotMatch"),
         "{text}"
     );
     assert!(
@@ -155,6 +163,15 @@ async fn missing_bucket_and_unreachable_endpoint_fail_clearly() {
             .contains("the bucket or container does not exist"),
         "{err}"
     );
+    assert_eq!(
+        err.sink_kind(),
+        Some(SinkErrorKind::BucketNotFound),
+        "{err}"
+    );
+    assert!(
+        std::error::Error::source(&err).is_some(),
+        "the backend's error is kept as the source"
+    );
 
     // A closed port: fails fast with the retry budget given, naming the operation.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
@@ -176,6 +193,8 @@ async fn missing_bucket_and_unreachable_endpoint_fail_clearly() {
         err.to_string().starts_with("list of snapshots failed"),
         "{err}"
     );
+    assert_eq!(err.sink_kind(), Some(SinkErrorKind::Transient), "{err:?}");
+    assert!(err.is_retryable());
     assert!(started.elapsed() < Duration::from_secs(60));
 }
 
@@ -220,7 +239,7 @@ async fn snapshot_repository_urls() {
         sink_from_url(&local, &SinkOptions::new()).unwrap();
     }
 
-    let bad: [(&str, SinkOptions, &str); 8] = [
+    let bad: [(&str, SinkOptions, &str); 10] = [
         ("", SinkOptions::new(), "empty repository URL"),
         (
             "ftp://host/x",
@@ -256,6 +275,16 @@ async fn snapshot_repository_urls() {
             "not a url://x",
             SinkOptions::new(),
             "invalid repository URL",
+        ),
+        (
+            "/tmp/dakera-snapshot-options-test",
+            SinkOptions::new().with("foo", "bar"),
+            "a local repository takes no backend options (got \"foo\")",
+        ),
+        (
+            "file:///tmp/dakera-snapshot-options-test",
+            SinkOptions::new().with("region", "x"),
+            "a local repository takes no backend options",
         ),
     ];
     for (url, options, expect) in bad {
@@ -332,7 +361,9 @@ async fn missing_credentials_are_reported_clearly() {
         .with_max_retries(0)
         .with_retry_timeout(Duration::from_secs(5));
     let m = SnapshotManager::from_url(&server.url, &options, SnapshotConfig::default()).unwrap();
-    let err = m.list_snapshots().await.unwrap_err().to_string();
+    let err = m.list_snapshots().await.unwrap_err();
+    assert_eq!(err.sink_kind(), Some(SinkErrorKind::NoCredentials), "{err}");
+    let err = err.to_string();
     announce(&format!("S3 with no credentials: {err}"));
     assert!(err.contains("no credentials"), "{err}");
 

@@ -368,49 +368,9 @@ fn build_chunk(
     let mut tail = Vec::with_capacity(256);
     let mut last: Option<&str> = None;
     for v in vectors {
-        if v.values.len() != dim || dim == 0 {
-            return Err(EncodeError::Dimension {
-                expected: dimension,
-                actual: v.values.len(),
-            });
-        }
-        if last.is_some_and(|l| v.id.as_bytes() <= l.as_bytes()) {
-            return Err(EncodeError::Invalid(format!(
-                "vector ids must arrive in ascending order without repeats ({:?} after {:?})",
-                v.id,
-                last.unwrap_or_default()
-            )));
-        }
+        check_vector(v, dimension, last)?;
         last = Some(&v.id);
-        let mut flags = 0u8;
-        tail.clear();
-        if let Some(t) = v.ttl_seconds {
-            flags |= FLAG_TTL;
-            tail.extend_from_slice(&t.to_le_bytes());
-        }
-        if let Some(t) = v.expires_at {
-            flags |= FLAG_EXPIRES;
-            tail.extend_from_slice(&t.to_le_bytes());
-        }
-        if let (Some(m), true) = (&v.metadata, include_metadata) {
-            flags |= FLAG_METADATA;
-            let at = tail.len();
-            tail.extend_from_slice(&[0; 4]);
-            serde_json::to_writer(&mut tail, m).expect("a Value always serializes");
-            let n = (tail.len() - at - 4) as u32;
-            tail[at..at + 4].copy_from_slice(&n.to_le_bytes());
-        }
-        head.clear();
-        head.push(flags);
-        head.extend_from_slice(&(v.id.len() as u32).to_le_bytes());
-        head.extend_from_slice(v.id.as_bytes());
-        let len = head.len() + 4 * dim + tail.len();
-        if len > MAX_FRAME_LEN as usize {
-            return Err(EncodeError::Invalid(format!(
-                "vector {:?} encodes to {len} bytes, more than the {MAX_FRAME_LEN}-byte frame limit",
-                v.id
-            )));
-        }
+        let len = frame_parts(v, include_metadata, &mut head, &mut tail)?;
         vector_hashes.push(hash_vector_frame(&head, &v.values, &tail));
         if !write {
             continue;
@@ -425,27 +385,87 @@ fn build_chunk(
         }
         out.extend_from_slice(&tail);
     }
-    if level.is_none() {
-        return Ok(BuiltChunk {
-            out: Vec::new(),
-            low: Vec::new(),
-            n: 0,
-            level,
-            vector_hashes,
-            vectors: vectors.len() as u64,
+    let (low, n) = if write && shuffle {
+        append_planes(&mut out, vectors, dim)?
+    } else {
+        (Vec::new(), 0)
+    };
+    Ok(BuiltChunk {
+        out,
+        low,
+        n,
+        level,
+        vector_hashes,
+        vectors: vectors.len() as u64,
+    })
+}
+
+/// A vector has the chunk's dimension and comes after `last` in id order.
+fn check_vector(v: &Vector, dimension: u32, last: Option<&str>) -> Result<(), EncodeError> {
+    if v.values.len() != dimension as usize || dimension == 0 {
+        return Err(EncodeError::Dimension {
+            expected: dimension,
+            actual: v.values.len(),
         });
     }
-    if !shuffle {
-        return Ok(BuiltChunk {
-            out,
-            low: Vec::new(),
-            n: 0,
-            level,
-            vector_hashes,
-            vectors: vectors.len() as u64,
-        });
+    if last.is_some_and(|l| v.id.as_bytes() <= l.as_bytes()) {
+        return Err(EncodeError::Invalid(format!(
+            "vector ids must arrive in ascending order without repeats ({:?} after {:?})",
+            v.id,
+            last.unwrap_or_default()
+        )));
     }
-    // Byte planes of all values, most significant (sign and exponent) first.
+    Ok(())
+}
+
+/// Fills `head` (flags, id) and `tail` (TTL, expiry, metadata) of a vector's frame; returns
+/// the frame's payload length (head, values, tail).
+fn frame_parts(
+    v: &Vector,
+    include_metadata: bool,
+    head: &mut Vec<u8>,
+    tail: &mut Vec<u8>,
+) -> Result<usize, EncodeError> {
+    let mut flags = 0u8;
+    tail.clear();
+    if let Some(t) = v.ttl_seconds {
+        flags |= FLAG_TTL;
+        tail.extend_from_slice(&t.to_le_bytes());
+    }
+    if let Some(t) = v.expires_at {
+        flags |= FLAG_EXPIRES;
+        tail.extend_from_slice(&t.to_le_bytes());
+    }
+    if let (Some(m), true) = (&v.metadata, include_metadata) {
+        flags |= FLAG_METADATA;
+        let at = tail.len();
+        tail.extend_from_slice(&[0; 4]);
+        serde_json::to_writer(&mut *tail, m).expect("a Value always serializes");
+        let n = (tail.len() - at - 4) as u32;
+        tail[at..at + 4].copy_from_slice(&n.to_le_bytes());
+    }
+    head.clear();
+    head.push(flags);
+    head.extend_from_slice(&(v.id.len() as u32).to_le_bytes());
+    head.extend_from_slice(v.id.as_bytes());
+    let len = head.len() + 4 * v.values.len() + tail.len();
+    if len > MAX_FRAME_LEN as usize {
+        return Err(EncodeError::Invalid(format!(
+            "vector {:?} encodes to {len} bytes, more than the {MAX_FRAME_LEN}-byte frame limit",
+            v.id
+        )));
+    }
+    Ok(len)
+}
+
+/// Appends the values' most significant byte plane (sign and exponent) to `out`, returns
+/// the three lower planes (plane 2, 1, 0; `n` bytes each) and `n`, and patches the BLOCK
+/// frame's length.
+fn append_planes(
+    out: &mut Vec<u8>,
+    vectors: &[Vector],
+    dim: usize,
+) -> Result<(Vec<u8>, usize), EncodeError> {
     let n = dim * vectors.len();
     let records_end = out.len();
     out.resize(records_end + n, 0);
@@ -470,14 +490,7 @@ fn build_chunk(
         )));
     }
     out[1..5].copy_from_slice(&(payload_len as u32).to_le_bytes());
-    Ok(BuiltChunk {
-        out,
-        low,
-        n,
-        level,
-        vector_hashes,
-        vectors: vectors.len() as u64,
-    })
+    Ok((low, n))
 }
 
 /// Whether the three low byte planes (each `n` bytes) are worth deflating: true for

@@ -243,55 +243,7 @@ impl SnapshotMetadata {
                 return Err(format!("namespace {:?} out of order or repeated", ns.name));
             }
             last_name = Some(&ns.name);
-            if ns.offset != at {
-                return Err(format!(
-                    "namespace {:?} starts at {} instead of {at}",
-                    ns.name, ns.offset
-                ));
-            }
-            if ns.chunks.len() < 2 {
-                return Err(format!(
-                    "namespace {:?} lacks its header or end chunk",
-                    ns.name
-                ));
-            }
-            let (mut vectors, mut ns_raw) = (0u64, 0u64);
-            for c in &ns.chunks {
-                if c.raw_length > MAX_CHUNK_RAW {
-                    return Err(format!(
-                        "a chunk of {:?} claims {} decompressed bytes, more than the {MAX_CHUNK_RAW} a writer produces",
-                        ns.name, c.raw_length
-                    ));
-                }
-                if c.offset != at || c.length == 0 {
-                    return Err(format!(
-                        "chunk of {:?} at {} does not follow byte {at}",
-                        ns.name, c.offset
-                    ));
-                }
-                at = at.saturating_add(c.length);
-                vectors = vectors.saturating_add(c.vectors);
-                ns_raw = ns_raw.saturating_add(c.raw_length);
-            }
-            let (first, last) = (&ns.chunks[0], &ns.chunks[ns.chunks.len() - 1]);
-            if first.vectors != 0 || last.vectors != 0 {
-                return Err(format!(
-                    "the header or end chunk of {:?} claims vectors",
-                    ns.name
-                ));
-            }
-            if at != ns.end() {
-                return Err(format!("members of {:?} do not fill its range", ns.name));
-            }
-            if vectors != ns.vector_count || ns_raw != ns.raw_length {
-                return Err(format!(
-                    "member totals of {:?} disagree with the namespace",
-                    ns.name
-                ));
-            }
-            if ns.content_sha256.len() != 64 {
-                return Err(format!("digest of {:?} is malformed", ns.name));
-            }
+            at = ns.check_layout(at)?;
             total = total.saturating_add(ns.vector_count);
             raw = raw.saturating_add(ns.raw_length);
         }
@@ -320,6 +272,58 @@ impl SnapshotMetadata {
 impl NamespaceEntry {
     fn end(&self) -> u64 {
         self.offset.saturating_add(self.length)
+    }
+
+    /// Checks that this namespace starts at byte `at`, that its chunks tile its range
+    /// (header chunk, data chunks, end chunk) and that their counts add up; returns where
+    /// it ends.
+    fn check_layout(&self, mut at: u64) -> std::result::Result<u64, String> {
+        let name = &self.name;
+        if self.offset != at {
+            return Err(format!(
+                "namespace {name:?} starts at {} instead of {at}",
+                self.offset
+            ));
+        }
+        if self.chunks.len() < 2 {
+            return Err(format!("namespace {name:?} lacks its header or end chunk"));
+        }
+        let (mut vectors, mut raw) = (0u64, 0u64);
+        for c in &self.chunks {
+            if c.raw_length > MAX_CHUNK_RAW {
+                return Err(format!(
+                    "a chunk of {name:?} claims {} decompressed bytes, more than the {MAX_CHUNK_RAW} a writer produces",
+                    c.raw_length
+                ));
+            }
+            if c.offset != at || c.length == 0 {
+                return Err(format!(
+                    "chunk of {name:?} at {} does not follow byte {at}",
+                    c.offset
+                ));
+            }
+            at = at.saturating_add(c.length);
+            vectors = vectors.saturating_add(c.vectors);
+            raw = raw.saturating_add(c.raw_length);
+        }
+        let (first, last) = (&self.chunks[0], &self.chunks[self.chunks.len() - 1]);
+        if first.vectors != 0 || last.vectors != 0 {
+            return Err(format!(
+                "the header or end chunk of {name:?} claims vectors"
+            ));
+        }
+        if at != self.end() {
+            return Err(format!("members of {name:?} do not fill its range"));
+        }
+        if vectors != self.vector_count || raw != self.raw_length {
+            return Err(format!(
+                "member totals of {name:?} disagree with the namespace"
+            ));
+        }
+        if self.content_sha256.len() != 64 {
+            return Err(format!("digest of {name:?} is malformed"));
+        }
+        Ok(at)
     }
 }
 

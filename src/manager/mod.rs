@@ -111,6 +111,11 @@ impl SnapshotManager {
     pub fn config(&self) -> &SnapshotConfig {
         &self.config
     }
+
+    /// The clock used for ids, creation times, expiry and retention.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
 }
 
 /// The error for a committed snapshot whose blob is gone.

@@ -9,6 +9,7 @@ use object_store::{BackoffConfig, ObjectStoreScheme, RetryConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use url::Url;
@@ -182,8 +183,43 @@ pub fn sink_from_url(url: &str, options: &SinkOptions) -> Result<Arc<dyn Snapsho
         if url.is_empty() {
             return Err(Error::Config("empty repository URL".into()));
         }
-        return Ok(Arc::new(LocalFsSink::new(url)?));
+        return local_sink(Path::new(url), options);
     }
+    let (parsed, shown) = parse_repo_url(url)?;
+    let (scheme, prefix) = ObjectStoreScheme::parse(&parsed).map_err(|e| {
+        Error::Config(format!(
+            "unsupported repository URL {shown}: {e}; use file://, memory://, s3://, gs:// or az://"
+        ))
+    })?;
+    let sink = match scheme {
+        ObjectStoreScheme::Local => {
+            let path = parsed
+                .to_file_path()
+                .map_err(|_| Error::Config(format!("{shown} is not an absolute local path")))?;
+            return local_sink(&path, options);
+        }
+        ObjectStoreScheme::Memory => ObjectStoreSink::memory(),
+        scheme => cloud_sink(scheme, url, prefix, &shown, options)?,
+    };
+    Ok(Arc::new(
+        sink.with_upload_options(options.upload())?
+            .with_description(shown),
+    ))
+}
+
+/// A local directory; it takes no backend options.
+fn local_sink(path: &Path, options: &SinkOptions) -> Result<Arc<dyn SnapshotSink>> {
+    if let Some(key) = options.store.keys().next() {
+        return Err(Error::Config(format!(
+            "a local repository takes no backend options (got {key:?})"
+        )));
+    }
+    Ok(Arc::new(LocalFsSink::new(path)?))
+}
+
+/// Parses a repository URL and checks what object_store's parser lets through: a cloud
+/// URL names a bucket, a `file://` URL an absolute path. Returns it with its redacted form.
+fn parse_repo_url(url: &str) -> Result<(Url, String)> {
     let parsed = Url::parse(url).map_err(|e| {
         let scheme = url.split("://").next().unwrap_or_default();
         Error::Config(format!("invalid repository URL ({scheme}://...): {e}"))
@@ -208,43 +244,38 @@ pub fn sink_from_url(url: &str, options: &SinkOptions) -> Result<Arc<dyn Snapsho
             "{shown} is not an absolute local path: use file:///absolute/path (three slashes)"
         )));
     }
-    let (scheme, prefix) = ObjectStoreScheme::parse(&parsed).map_err(|e| {
-        Error::Config(format!(
-            "unsupported repository URL {shown}: {e}; use file://, memory://, s3://, gs:// or az://"
-        ))
-    })?;
-    let upload = options.upload();
-    // The three clouds differ only in their builder and key types: build from the
-    // environment and the URL, apply options (unknown keys are errors), and remember whether
-    // any credentials were given, to explain a failed lookup of implicit ones.
-    macro_rules! cloud_sink {
-        ($builder:ty, $key:ident, $name:literal, [$($cred:ident),*], $hint:literal) => {{
-            let mut b = <$builder>::from_env().with_url(url).with_retry(options.retry());
-            for (k, v) in options.pairs() {
-                b = b.with_config(parse_key::<$key>($name, &k)?, v);
-            }
-            let explicit = [$($key::$cred),*]
-                .iter()
-                .any(|k| b.get_config_value(k).is_some_and(|v| !v.is_empty() && v != "false"));
-            let store = b.build().map_err(|e| build_error($name, &shown, e))?;
-            let sink = ObjectStoreSink::new(Arc::new(store), prefix);
-            if explicit { sink } else { sink.with_credentials_hint($hint) }
-        }};
-    }
-    let sink = match scheme {
-        ObjectStoreScheme::Local => {
-            if !options.store.is_empty() {
-                return Err(Error::Config(
-                    "a local repository takes no backend options".into(),
-                ));
-            }
-            let path = parsed
-                .to_file_path()
-                .map_err(|_| Error::Config(format!("{shown} is not an absolute local path")))?;
-            return Ok(Arc::new(LocalFsSink::new(path)?));
+    Ok((parsed, shown))
+}
+
+/// The three clouds differ only in their builder and key types: build from the environment
+/// and the URL, apply options (unknown keys are errors), and remember whether any
+/// credentials were given, to explain a failed lookup of implicit ones.
+macro_rules! cloud_sink {
+    ($url:expr, $prefix:expr, $shown:expr, $options:expr, $builder:ty, $key:ident, $name:literal, [$($cred:ident),*], $hint:literal) => {{
+        let mut b = <$builder>::from_env().with_url($url).with_retry($options.retry());
+        for (k, v) in $options.pairs() {
+            b = b.with_config(parse_key::<$key>($name, &k)?, v);
         }
-        ObjectStoreScheme::Memory => ObjectStoreSink::memory(),
+        let explicit = [$($key::$cred),*]
+            .iter()
+            .any(|k| b.get_config_value(k).is_some_and(|v| !v.is_empty() && v != "false"));
+        let store = b.build().map_err(|e| build_error($name, $shown, e))?;
+        let sink = ObjectStoreSink::new(Arc::new(store), $prefix);
+        if explicit { sink } else { sink.with_credentials_hint($hint) }
+    }};
+}
+
+/// An S3, GCS or Azure sink.
+fn cloud_sink(
+    scheme: ObjectStoreScheme,
+    url: &str,
+    prefix: object_store::path::Path,
+    shown: &str,
+    options: &SinkOptions,
+) -> Result<ObjectStoreSink> {
+    Ok(match scheme {
         ObjectStoreScheme::AmazonS3 => cloud_sink!(
+            url, prefix, shown, options,
             AmazonS3Builder,
             AmazonS3ConfigKey,
             "S3",
@@ -252,6 +283,7 @@ pub fn sink_from_url(url: &str, options: &SinkOptions) -> Result<Arc<dyn Snapsho
             "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the access_key_id and secret_access_key options)"
         ),
         ObjectStoreScheme::GoogleCloudStorage => cloud_sink!(
+            url, prefix, shown, options,
             GoogleCloudStorageBuilder,
             GoogleConfigKey,
             "GCS",
@@ -259,6 +291,7 @@ pub fn sink_from_url(url: &str, options: &SinkOptions) -> Result<Arc<dyn Snapsho
             "set GOOGLE_SERVICE_ACCOUNT to a service-account key file (or the service_account_key option)"
         ),
         ObjectStoreScheme::MicrosoftAzure => cloud_sink!(
+            url, prefix, shown, options,
             MicrosoftAzureBuilder,
             AzureConfigKey,
             "Azure",
@@ -271,8 +304,5 @@ pub fn sink_from_url(url: &str, options: &SinkOptions) -> Result<Arc<dyn Snapsho
                  for an S3-compatible server use s3://bucket/prefix with the `endpoint` option"
             )))
         }
-    };
-    Ok(Arc::new(
-        sink.with_upload_options(upload)?.with_description(shown),
-    ))
+    })
 }

@@ -159,6 +159,14 @@ pub fn show_json(l: &Lineage) -> Value {
 
 pub fn show(l: &Lineage) -> String {
     let m = &l.chain[0];
+    let mut out = show_fields(m);
+    out.push_str(&show_namespaces(m));
+    out.push_str(&show_chain(l));
+    out
+}
+
+/// The snapshot's own fields, one per line.
+fn show_fields(m: &SnapshotMetadata) -> String {
     let mut out = String::new();
     let mut field = |k: &str, v: String| {
         let _ = writeln!(out, "{k:<13}{v}");
@@ -217,7 +225,12 @@ pub fn show(l: &Lineage) -> String {
         "format",
         format!("{} {}, written by {}", m.format, m.format_version, m.writer),
     );
-    out.push('\n');
+    out
+}
+
+/// The namespaces the snapshot stores, and those it does not.
+fn show_namespaces(m: &SnapshotMetadata) -> String {
+    let mut out = String::from("\n");
     let rows: Vec<Vec<String>> = m
         .namespaces
         .iter()
@@ -249,6 +262,12 @@ pub fn show(l: &Lineage) -> String {
             m.deleted_namespaces.join(", ")
         );
     }
+    out
+}
+
+/// The chain of ancestors, newest first, and a missing one.
+fn show_chain(l: &Lineage) -> String {
+    let mut out = String::new();
     out.push_str("\nchain (newest first):\n");
     for a in &l.chain {
         let _ = writeln!(

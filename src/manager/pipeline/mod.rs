@@ -30,7 +30,7 @@ use std::collections::VecDeque;
 /// blocking pool, about +30 MiB with two arenas).
 pub(crate) struct Ordered<T> {
     max: usize,
-    queue: VecDeque<tokio::sync::oneshot::Receiver<Result<T>>>,
+    queue: VecDeque<JobResult<Result<T>>>,
 }
 
 /// The process-wide pool for chunk jobs, one thread per core.
@@ -57,23 +57,41 @@ impl<T: Send + 'static> Ordered<T> {
     }
 
     pub fn push(&mut self, job: impl FnOnce() -> Result<T> + Send + 'static) {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        cpu_pool().spawn(move || {
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))
-                .unwrap_or_else(|_| Err(Error::Task("a chunk job panicked".into())));
-            let _ = tx.send(result);
-        });
-        self.queue.push_back(rx);
+        self.queue.push_back(spawn_on_pool(job));
     }
 
     /// The oldest job's result.
     pub async fn next(&mut self) -> Option<Result<T>> {
         let rx = self.queue.pop_front()?;
-        Some(
-            rx.await
-                .unwrap_or_else(|_| Err(Error::Task("a chunk job was dropped".into()))),
-        )
+        Some(joined(rx.await).and_then(|r| r))
     }
+}
+
+/// Runs `job` on the worker pool; the receiver gets its result, or `Err` if it panicked.
+fn spawn_on_pool<T: Send + 'static>(job: impl FnOnce() -> T + Send + 'static) -> JobResult<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    cpu_pool().spawn(move || {
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).ok());
+    });
+    rx
+}
+
+type JobResult<T> = tokio::sync::oneshot::Receiver<Option<T>>;
+
+fn joined<T>(r: Result<Option<T>, tokio::sync::oneshot::error::RecvError>) -> Result<T> {
+    match r {
+        Ok(Some(v)) => Ok(v),
+        Ok(None) => Err(Error::Task("a worker job panicked".into())),
+        Err(_) => Err(Error::Task("a worker job was dropped".into())),
+    }
+}
+
+/// Runs blocking or CPU-bound work (hashing, file writes, decoding) on the worker pool and
+/// waits for it without holding a runtime thread.
+pub(crate) async fn on_pool<T: Send + 'static>(
+    job: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    joined(spawn_on_pool(job).await)
 }
 
 /// Maps a codec error to the crate error, naming the snapshot and namespace.

@@ -1,6 +1,6 @@
 //! Checking and decoding one namespace section out of a spool.
 
-use super::{decode_error, Ordered, Spool};
+use super::{decode_error, on_pool, Ordered, Spool};
 use crate::error::{Error, Result};
 use crate::format::blob::{self, ContentDigest, DecodeError, DecodedChunk, Filter};
 use crate::format::sidecar::{ChunkEntry, NamespaceEntry, SnapshotMetadata};
@@ -201,7 +201,7 @@ impl<'m> NamespaceReader<'m> {
     }
 }
 
-/// Reads and decodes one small chunk on the blocking pool.
+/// Reads and decodes one small chunk on the worker pool.
 async fn read_chunk<T: Send + 'static>(
     spool: &Arc<Spool>,
     base: u64,
@@ -212,8 +212,6 @@ async fn read_chunk<T: Send + 'static>(
 ) -> Result<T> {
     let (spool, off, len) = (spool.clone(), c.offset - base, c.length);
     let (id, ns, at) = (meta.id.to_string(), entry.name.clone(), c.offset);
-    tokio::task::spawn_blocking(move || {
-        decode(spool.read(off, len)?).map_err(|e| decode_error(&id, Some(&ns), at, e))
-    })
-    .await?
+    on_pool(move || decode(spool.read(off, len)?).map_err(|e| decode_error(&id, Some(&ns), at, e)))
+        .await?
 }

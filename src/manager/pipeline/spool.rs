@@ -1,5 +1,6 @@
 //! Downloading an object or a range of it into a spool readable at any offset.
 
+use super::on_pool;
 use crate::error::{Error, Result, SinkErrorKind, SinkOp};
 use crate::paths::Key;
 use crate::progress::Progress;
@@ -7,6 +8,7 @@ use crate::sink::SnapshotSink;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use std::io::Write;
+use std::ops::Range;
 
 /// Objects up to this size are downloaded into memory with one request.
 const SPOOL_MEMORY: usize = 8 << 20;
@@ -70,118 +72,180 @@ impl Spool {
     }
 }
 
-/// Downloads `key` (or a range of it), checking its length and hashing it.
+/// Downloads `key` (or a range of it), checking its length and hashing it. Without a
+/// hash to compute, a sink's own local file is read in place.
 pub(crate) async fn download(
     sink: &dyn SnapshotSink,
     key: &Key,
-    range: Option<std::ops::Range<u64>>,
+    range: Option<Range<u64>>,
     expected_len: u64,
-    mut sha: Option<&mut Sha256>,
+    sha: Option<&mut Sha256>,
     progress: &dyn Progress,
 ) -> Result<Spool> {
-    let local_err = |e: std::io::Error| {
-        Error::sink(
-            SinkOp::Get,
-            key.as_str(),
-            SinkErrorKind::Other,
-            format!("local temporary file: {e}"),
-        )
-    };
     if sha.is_none() {
         if let Some(file) = sink.open_local(key).await? {
-            let size = file.metadata().map_err(local_err)?.len();
-            let r = range.clone().unwrap_or(0..size);
-            if r.end > size || r.end - r.start != expected_len {
-                let why = format!("{}..{} of {key}, which is {size} bytes", r.start, r.end);
-                return Err(Error::sink(
-                    SinkOp::Get,
-                    key.as_str(),
-                    SinkErrorKind::InvalidRange,
-                    why,
-                ));
-            }
+            let spool = local_range(file, key, range, expected_len)?;
             progress.advance(expected_len);
-            return Ok(Spool {
-                data: SpoolData::Local {
-                    file,
-                    base: r.start,
-                },
-                key: key.to_string(),
-            });
+            return Ok(spool);
         }
     }
     let whole = range.clone().unwrap_or(0..expected_len);
-    if whole.end - whole.start != expected_len {
+    if whole.end.checked_sub(whole.start) != Some(expected_len) {
         return Err(Error::Internal(format!(
             "download of {}..{} is not {expected_len} bytes",
             whole.start, whole.end
         )));
     }
-    let short = |got: u64| {
-        Error::sink(
+    let fetch = Fetch {
+        sink,
+        key,
+        whole,
+        sha,
+        progress,
+    };
+    if expected_len <= SPOOL_MEMORY as u64 {
+        fetch.into_memory(range).await
+    } else {
+        fetch.in_parts().await
+    }
+}
+
+/// The byte range of a sink's local file, without copying it.
+fn local_range(
+    file: std::fs::File,
+    key: &Key,
+    range: Option<Range<u64>>,
+    expected_len: u64,
+) -> Result<Spool> {
+    let size = file.metadata().map_err(|e| local_error(key, e))?.len();
+    let r = range.unwrap_or(0..size);
+    if r.end > size || r.end.checked_sub(r.start) != Some(expected_len) {
+        let why = format!("{}..{} of {key}, which is {size} bytes", r.start, r.end);
+        return Err(Error::sink(
             SinkOp::Get,
             key.as_str(),
-            SinkErrorKind::Other,
-            format!(
-                "read {got} bytes of {key} at {}..{}, expected {expected_len}",
-                whole.start, whole.end
-            ),
-        )
-    };
-    // Small objects: one request into memory.
-    if expected_len <= SPOOL_MEMORY as u64 {
-        let mut stream = sink.get(key, range.clone()).await?;
-        let mut mem = Vec::with_capacity(expected_len as usize);
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk?;
-            if mem.len() + chunk.len() > expected_len as usize {
-                return Err(short(mem.len() as u64 + chunk.len() as u64));
-            }
-            mem.extend_from_slice(&chunk);
-            progress.advance(chunk.len() as u64);
-        }
-        if mem.len() as u64 != expected_len {
-            return Err(short(mem.len() as u64));
-        }
-        if let Some(h) = sha.as_mut() {
-            h.update(&mem);
-        }
-        return Ok(Spool {
-            data: SpoolData::Memory(mem),
-            key: key.to_string(),
-        });
-    }
-    // Larger ones: ranged requests of DOWNLOAD_PART bytes, DOWNLOAD_CONCURRENCY at once, taken
-    // in order (so hashing stays sequential) and appended to an unnamed temporary file.
-    let parts: Vec<std::ops::Range<u64>> = (whole.start..whole.end)
-        .step_by(DOWNLOAD_PART)
-        .map(|at| at..(at + DOWNLOAD_PART as u64).min(whole.end))
-        .collect();
-    let mut fetched = futures::stream::iter(parts)
-        .map(|r| async move {
-            let want = r.end - r.start;
-            let bytes = crate::sink::SinkExt::get_bytes(sink, key, Some(r)).await?;
-            Ok::<_, Error>((want, bytes))
-        })
-        .buffered(DOWNLOAD_CONCURRENCY);
-    let mut file = tempfile::tempfile().map_err(local_err)?;
-    let mut got = 0u64;
-    while let Some(part) = fetched.next().await {
-        let (want, bytes) = part?;
-        got += bytes.len() as u64;
-        if bytes.len() as u64 != want {
-            return Err(short(got));
-        }
-        if let Some(h) = sha.as_mut() {
-            h.update(&bytes);
-        }
-        progress.advance(bytes.len() as u64);
-        file = tokio::task::spawn_blocking(move || file.write_all(&bytes).map(|_| file))
-            .await?
-            .map_err(local_err)?;
+            SinkErrorKind::InvalidRange,
+            why,
+        ));
     }
     Ok(Spool {
-        data: SpoolData::File(file),
+        data: SpoolData::Local {
+            file,
+            base: r.start,
+        },
         key: key.to_string(),
     })
+}
+
+fn local_error(key: &Key, e: std::io::Error) -> Error {
+    Error::sink(
+        SinkOp::Get,
+        key.as_str(),
+        SinkErrorKind::Other,
+        format!("local temporary file: {e}"),
+    )
+}
+
+/// One download through the sink's streams.
+struct Fetch<'a> {
+    sink: &'a dyn SnapshotSink,
+    key: &'a Key,
+    whole: Range<u64>,
+    sha: Option<&'a mut Sha256>,
+    progress: &'a dyn Progress,
+}
+
+impl Fetch<'_> {
+    fn expected(&self) -> u64 {
+        self.whole.end - self.whole.start
+    }
+
+    fn short(&self, got: u64) -> Error {
+        Error::sink(
+            SinkOp::Get,
+            self.key.as_str(),
+            SinkErrorKind::Other,
+            format!(
+                "read {got} bytes of {} at {}..{}, expected {}",
+                self.key,
+                self.whole.start,
+                self.whole.end,
+                self.expected()
+            ),
+        )
+    }
+
+    /// Feeds `data` to the caller's hash, if any, on the worker pool; gives `data` back.
+    async fn hash(&mut self, data: Vec<u8>) -> Result<Vec<u8>> {
+        let Some(sha) = self.sha.as_deref_mut() else {
+            return Ok(data);
+        };
+        let mut h = sha.clone();
+        let (h, data) = on_pool(move || {
+            h.update(&data);
+            (h, data)
+        })
+        .await?;
+        *sha = h;
+        Ok(data)
+    }
+
+    /// Small objects: one request into memory.
+    async fn into_memory(mut self, range: Option<Range<u64>>) -> Result<Spool> {
+        let expected = self.expected() as usize;
+        let mut stream = self.sink.get(self.key, range).await?;
+        let mut mem = Vec::with_capacity(expected);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            if mem.len() + chunk.len() > expected {
+                return Err(self.short((mem.len() + chunk.len()) as u64));
+            }
+            mem.extend_from_slice(&chunk);
+            self.progress.advance(chunk.len() as u64);
+        }
+        if mem.len() != expected {
+            return Err(self.short(mem.len() as u64));
+        }
+        let mem = self.hash(mem).await?;
+        Ok(Spool {
+            data: SpoolData::Memory(mem),
+            key: self.key.to_string(),
+        })
+    }
+
+    /// Larger ones: ranged requests of DOWNLOAD_PART bytes, DOWNLOAD_CONCURRENCY at once,
+    /// taken in order (so hashing stays sequential) and appended to an unnamed temporary
+    /// file; hashing and the file writes run on the worker pool, off the runtime's threads.
+    async fn in_parts(mut self) -> Result<Spool> {
+        let (sink, key) = (self.sink, self.key);
+        let parts: Vec<Range<u64>> = (self.whole.start..self.whole.end)
+            .step_by(DOWNLOAD_PART)
+            .map(|at| at..(at + DOWNLOAD_PART as u64).min(self.whole.end))
+            .collect();
+        let mut fetched = futures::stream::iter(parts)
+            .map(|r| async move {
+                let want = r.end - r.start;
+                let bytes = crate::sink::SinkExt::get_bytes(sink, key, Some(r)).await?;
+                Ok::<_, Error>((want, bytes))
+            })
+            .buffered(DOWNLOAD_CONCURRENCY);
+        let mut file = tempfile::tempfile().map_err(|e| local_error(key, e))?;
+        let mut got = 0u64;
+        while let Some(part) = fetched.next().await {
+            let (want, bytes) = part?;
+            got += bytes.len() as u64;
+            if bytes.len() as u64 != want {
+                return Err(self.short(got));
+            }
+            self.progress.advance(bytes.len() as u64);
+            let bytes = self.hash(bytes.into()).await?;
+            file = on_pool(move || file.write_all(&bytes).map(|_| file))
+                .await?
+                .map_err(|e| local_error(key, e))?;
+        }
+        Ok(Spool {
+            data: SpoolData::File(file),
+            key: key.to_string(),
+        })
+    }
 }

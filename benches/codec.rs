@@ -3,7 +3,7 @@
 //! regression in the hot loop shows up. Run with `cargo bench --bench codec`.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use dakera_snapshot::format::blob::{decode_chunk, encode_chunk, Filter};
+use dakera_snapshot::testing::codec::{decode_chunk, encode_chunk, Filter};
 use dakera_snapshot::Vector;
 use serde_json::json;
 

@@ -3,7 +3,7 @@
 //! An id looks like `20261125T115859123Z-3f9a1c0e8b7d6a51`: the UTC creation time to the
 //! millisecond, then 64 random bits in hex. Ids therefore sort as plain strings in creation
 //! order (so a prefix listing is already in time order) and two processes or machines creating
-//! a snapshot in the same millisecond still get different ids. One [`IdGenerator`] also never
+//! a snapshot in the same millisecond still get different ids. One generator also never
 //! hands out a time at or before the previous one, so ids from one manager are strictly
 //! increasing even when the wall clock stalls or steps back.
 
@@ -180,10 +180,12 @@ impl RandomSource for OsRandom {
     }
 }
 
-/// A deterministic generator (splitmix64) for tests.
+/// A deterministic generator (splitmix64) for tests (feature `test-util`).
 #[derive(Debug)]
+#[cfg(any(test, feature = "test-util"))]
 pub struct SeededRandom(Mutex<u64>);
 
+#[cfg(any(test, feature = "test-util"))]
 impl SeededRandom {
     /// A generator starting from `seed`.
     pub fn new(seed: u64) -> Arc<Self> {
@@ -191,6 +193,7 @@ impl SeededRandom {
     }
 }
 
+#[cfg(any(test, feature = "test-util"))]
 impl RandomSource for SeededRandom {
     fn next_u64(&self) -> u64 {
         let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -204,7 +207,7 @@ impl RandomSource for SeededRandom {
 
 /// Makes snapshot ids: strictly increasing within one generator, unique across processes.
 #[derive(Debug)]
-pub struct IdGenerator {
+pub(crate) struct IdGenerator {
     clock: Arc<dyn Clock>,
     random: Arc<dyn RandomSource>,
     last_ms: Mutex<u64>,

@@ -6,8 +6,9 @@
 //! The layers, top to bottom:
 //! - [`SnapshotManager`]: the use cases (create full and incremental snapshots, restore,
 //!   list, verify, delete, retention, garbage collection).
-//! - [`mod@format`]: the versioned blob codec (independent gzip members of binary framed
-//!   vectors) and the JSON sidecar schema. `docs/FORMAT.md` documents both byte by byte.
+//! - The format (crate-internal): the versioned blob codec (independent gzip members of
+//!   binary framed vectors) and the JSON sidecar schema ([`SnapshotMetadata`]).
+//!   `docs/FORMAT.md` documents both byte by byte.
 //! - [`sink`]: where bytes go. [`SnapshotSink`] is the trait; [`LocalFsSink`] writes
 //!   crash-safely to a directory; [`ObjectStoreSink`] serves S3, S3-compatible servers, GCS,
 //!   Azure and memory; [`sink_from_url`] opens any of them from a URL.
@@ -41,15 +42,17 @@
 
 pub mod config;
 pub mod error;
-pub mod format;
+mod format;
 pub mod id;
 pub mod jsonl;
-pub mod manager;
+mod manager;
 pub mod paths;
 pub mod progress;
-pub mod retention;
+mod retention;
 pub mod sink;
 pub mod storage;
+#[cfg(feature = "test-util")]
+pub mod testing;
 
 /// The README's examples compile as doctests, so they cannot drift from the API.
 #[cfg(doctest)]
@@ -58,7 +61,10 @@ struct ReadmeDoctests;
 
 pub use config::{CompressionLevel, CreateOptions, RestoreMode, RestoreOptions, SnapshotConfig};
 pub use error::{Error, Result};
-pub use format::sidecar::{NamespaceEntry, SnapshotMetadata, SnapshotType};
+pub use format::blob::Filter;
+pub use format::sidecar::{
+    ByteRange, ChunkEntry, CompressionInfo, NamespaceEntry, SnapshotMetadata, SnapshotType,
+};
 pub use id::{Clock, ManualClock, SnapshotId, SystemClock};
 pub use manager::{
     Catalog, CopyOutcome, DamagedSnapshot, DiffEntry, DiffKind, ExportReport, GcReport, Lineage,

@@ -1,7 +1,7 @@
 //! The one place that builds and checks object keys.
 //!
 //! Everything a sink stores lives under a key relative to the sink's root. Keys come from
-//! [`RepoLayout`] only; user input (snapshot ids, namespace names) is validated before it can
+//! the crate's repository layout only; user input (snapshot ids, namespace names) is validated before it can
 //! become part of a key, so nothing can address an object outside the repository.
 
 use crate::error::{Error, Result};
@@ -95,7 +95,7 @@ fn validate_key(s: &str) -> Result<()> {
 
 /// The kind of object found in the snapshots folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ObjectKind {
+pub(crate) enum ObjectKind {
     /// `<id>.snap.gz`, the data.
     Blob,
     /// `<id>.meta.json`, the commit record.
@@ -112,7 +112,7 @@ pub enum ObjectKind {
 ///                            retention and delete leave that parent alone while it exists
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RepoLayout;
+pub(crate) struct RepoLayout;
 
 const SNAPSHOTS: &str = "snapshots";
 const BLOB_SUFFIX: &str = ".snap.gz";

@@ -58,7 +58,7 @@ pub struct RetentionPlan {
 const DAY: u64 = 86_400;
 
 /// Plans retention over `snapshots` (any order) at time `now_secs`.
-pub fn plan(
+pub(crate) fn plan(
     snapshots: &[SnapshotMetadata],
     policy: &RetentionPolicy,
     now_secs: u64,

@@ -1,7 +1,7 @@
 //! Property tests of the blob codec: arbitrary vectors round-trip bit for bit, and arbitrary
 //! or mutated bytes never panic the reader.
 
-use dakera_snapshot::format::blob::{
+use dakera_snapshot::testing::codec::{
     compress_member, decode_chunk, decode_footer, decode_header, decode_namespace, encode_chunk,
     encode_ns_end, encode_ns_header, ContentDigest, Filter,
 };

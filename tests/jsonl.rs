@@ -6,8 +6,8 @@ mod common;
 use common::{dump, restore_all, store_with};
 use dakera_snapshot::jsonl::{export_jsonl, import_jsonl, import_jsonl_with_buffer, JsonlRecord};
 use dakera_snapshot::{
-    CreateOptions, Error, InMemoryStorage, SnapshotConfig, SnapshotManager, SnapshotMetadata,
-    Vector, VectorStorage,
+    CreateOptions, Error, InMemoryStorage, ManualClock, SnapshotConfig, SnapshotManager,
+    SnapshotMetadata, Vector, VectorStorage,
 };
 use std::io::Write;
 
@@ -231,12 +231,10 @@ async fn duplicate_ids_are_refused_even_across_sorted_runs() {
 #[tokio::test]
 async fn ttl_without_expiry_expires_after_the_import_and_empty_input_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let m = manager(&dir);
+    // The manager's clock, not the machine's, dates the expiry.
+    let clock = ManualClock::new(1_700_000_000_000);
+    let m = manager(&dir).with_clock(clock.clone());
     let text = "{\"namespace\":\"a\",\"id\":\"t\",\"values\":[1],\"ttl_seconds\":60}\n";
-    let before = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
     let r = import_jsonl(
         &m,
         std::io::Cursor::new(text.as_bytes().to_vec()),
@@ -252,8 +250,7 @@ async fn ttl_without_expiry_expires_after_the_import_and_empty_input_is_refused(
     })
     .await
     .unwrap();
-    let at = seen[0].expires_at.unwrap();
-    assert!((before + 60..=before + 120).contains(&at), "{at}");
+    assert_eq!(seen[0].expires_at, Some(1_700_000_000 + 60));
     assert_eq!(seen[0].ttl_seconds, Some(60));
 
     // An empty input makes an empty snapshot rather than failing: it is what the file says.

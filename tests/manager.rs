@@ -4,10 +4,10 @@
 mod common;
 
 use common::{dump, make_vectors, restore_all, store_with};
-use dakera_snapshot::format::blob::Filter;
 use dakera_snapshot::id::SeededRandom;
 use dakera_snapshot::paths::Key;
 use dakera_snapshot::sink::fault::{Call, Fault, FaultySink};
+use dakera_snapshot::Filter;
 use dakera_snapshot::{
     CompressionLevel, CreateOptions, Error, InMemoryStorage, LocalFsSink, ManualClock, RestoreMode,
     RestoreOptions, RetentionPolicy, SinkExt, SnapshotConfig, SnapshotManager, Vector,

@@ -199,8 +199,8 @@ pub fn encode_ns_end(count: u64, digest: &[u8; 32]) -> Vec<u8> {
 
 /// A namespace's content digest: SHA-256 over the dimension (u32 LE) followed by the
 /// SHA-256 of every vector's canonical VECTOR frame, in order. The per-vector hashes are
-/// computed in parallel with the chunks ([`EncodedChunk::vector_hashes`],
-/// [`DecodedChunk::vector_hashes`]); only 32 bytes per vector are hashed in order. The
+/// computed in parallel with the chunks (the chunks' `vector_hashes`);
+/// only 32 bytes per vector are hashed in order. The
 /// digest does not depend on the filter, the level, chunking or the namespace's name.
 #[derive(Clone)]
 pub struct ContentDigest(Sha256);
@@ -260,6 +260,7 @@ pub struct EncodedChunk {
     pub vectors: u64,
 }
 
+#[cfg(any(test, feature = "test-util"))]
 /// Encodes vectors (in strictly ascending id order, all of `dimension` values) into one
 /// chunk. With `level = None`, only the per-vector hashes are produced (`bytes` is empty),
 /// which is what a digest-only pass needs.
@@ -863,6 +864,7 @@ fn decode_data_frame(
     Ok(())
 }
 
+#[cfg(any(test, feature = "test-util"))]
 /// Decodes one data chunk (its gzip members) of a namespace with this dimension and filter.
 pub fn decode_chunk(
     compressed: impl Read,
@@ -894,6 +896,7 @@ pub fn decode_chunk_within(
     Ok(out)
 }
 
+#[cfg(any(test, feature = "test-util"))]
 /// What a decoded namespace section turned out to hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamespaceSummary {
@@ -909,6 +912,7 @@ pub struct NamespaceSummary {
     pub digest: [u8; 32],
 }
 
+#[cfg(any(test, feature = "test-util"))]
 /// Decodes one whole namespace section sequentially from its compressed bytes (all its
 /// chunks), handing vectors to `sink` in batches of up to `batch` vectors. Needs no sidecar:
 /// this is how a blob is read without one, and what the fuzz tests drive.

@@ -80,7 +80,8 @@ pub struct NamespaceEntry {
     pub length: u64,
     /// Decompressed length of its section.
     pub raw_length: u64,
-    /// Hex content digest (see [`crate::format::blob::ContentDigest`]).
+    /// Hex content digest: SHA-256 over the dimension and each vector frame's SHA-256, in id
+    /// order (independent of filter, level and chunking; see docs/FORMAT.md).
     pub content_sha256: String,
     /// Its chunks, in order: the header chunk, data chunks, the end chunk. They tile
     /// `offset..offset+length`.
@@ -111,7 +112,7 @@ pub struct CompressionInfo {
 /// Everything known about one snapshot: the sidecar's content.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SnapshotMetadata {
-    /// Always [`FORMAT_NAME`].
+    /// Always `"dakera-snapshot"`.
     pub format: String,
     /// `"MAJOR.MINOR"`.
     pub format_version: String,

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 /// How long a pin protects its parent: a writer that crashed leaves its pin behind, and
 /// after this long retention ignores it and `gc` removes it.
-pub const PIN_TTL: Duration = Duration::from_secs(6 * 3600);
+pub(crate) const PIN_TTL: Duration = Duration::from_secs(6 * 3600);
 
 impl SnapshotManager {
     /// Deletes a snapshot. If other snapshots build on it, fails with
@@ -64,7 +64,8 @@ impl SnapshotManager {
         Ok(())
     }
 
-    /// Applies a retention policy (see [`crate::retention`]). Deletes nothing if the listing
+    /// Applies a retention policy (see [`RetentionPolicy`]: rules combine, the newest
+    /// snapshot and every ancestor of a kept one are kept). Deletes nothing if the listing
     /// fails or any sidecar cannot be read (a snapshot it cannot read might be one a kept
     /// snapshot needs); never deletes an ancestor of a kept snapshot or of a pinned one.
     pub async fn apply_retention(

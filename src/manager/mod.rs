@@ -19,7 +19,6 @@ mod reports;
 mod restore;
 mod verify;
 
-pub use lifecycle::PIN_TTL;
 pub use reports::{
     Catalog, CopyOutcome, DamagedSnapshot, DiffEntry, DiffKind, ExportReport, GcReport, Lineage,
     RestoreResult, RestoredNamespace, RetentionReport, SnapshotDiff, VerifyOutcome, VerifyReport,

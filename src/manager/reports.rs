@@ -71,7 +71,8 @@ pub struct GcReport {
     pub removed: Vec<String>,
     /// Incomplete uploads / temporary files the sink removed.
     pub incomplete_uploads_removed: usize,
-    /// Pins left by incremental writers that died, removed after [`super::PIN_TTL`].
+    /// Pins left by incremental writers that died, removed once six hours old (after that
+    /// retention ignores them too).
     pub stale_pins_removed: usize,
 }
 

@@ -1,9 +1,8 @@
 //! Human and JSON renderings of library results. Formatting only: no decisions here.
 
-use dakera_snapshot::manager::DiffKind;
 use dakera_snapshot::{
-    Catalog, DamagedSnapshot, GcReport, Lineage, RetentionReport, SnapshotDiff, SnapshotId,
-    SnapshotMetadata, SnapshotType, VerifyOutcome,
+    Catalog, DamagedSnapshot, DiffKind, GcReport, Lineage, RetentionReport, SnapshotDiff,
+    SnapshotId, SnapshotMetadata, SnapshotType, VerifyOutcome,
 };
 use indicatif::HumanBytes;
 use serde_json::{json, Value};

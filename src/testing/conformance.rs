@@ -1,13 +1,15 @@
-//! The conformance suite: plain async functions over a sink or a manager. Every backend's
-//! test file calls each of them once, so a new backend is tested by adding one call.
+//! The conformance suite: plain async functions over a sink or a manager, each asserting
+//! the [`SnapshotSink`] contract or a whole workflow and panicking with what failed. Every
+//! backend's test calls each of them once, so a new backend is tested by adding one call.
+//! Each works under its own `conf/` keys or a fresh manager and deletes nothing else.
 
 use super::{dump, make_vectors, restore_all, store_with};
-use bytes::Bytes;
-use dakera_snapshot::paths::Key;
-use dakera_snapshot::{
+use crate::paths::Key;
+use crate::{
     CreateOptions, Error, PutMode, RetentionPolicy, SinkExt, SnapshotManager, SnapshotSink,
     SnapshotType, VectorStorage,
 };
+use bytes::Bytes;
 
 fn key(s: &str) -> Key {
     Key::parse(s).unwrap()
@@ -300,7 +302,7 @@ pub async fn sink_listing_paginates(sink: &dyn SnapshotSink) {
         .collect::<Vec<_>>()
         .await
         .into_iter()
-        .collect::<dakera_snapshot::Result<Vec<_>>>()
+        .collect::<crate::Result<Vec<_>>>()
         .unwrap();
     let listed = sink.list_all(&key("conf/many")).await.unwrap();
     assert_eq!(listed.len(), n);

@@ -1,0 +1,101 @@
+//! Test support (feature `test-util`): the conformance suite that proves a
+//! [`SnapshotSink`](crate::SnapshotSink) keeps the contract the manager relies on, test-data
+//! helpers, and the codec entry points the crate's fuzz tests and benchmarks drive.
+//!
+//! Run the suite on your own sink (here the in-memory one stands in for it):
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> dakera_snapshot::Result<()> {
+//! use dakera_snapshot::testing::conformance;
+//! use dakera_snapshot::{ObjectStoreSink, SnapshotConfig, SnapshotManager, SnapshotSink};
+//! use std::sync::Arc;
+//!
+//! let sink: Arc<dyn SnapshotSink> = Arc::new(ObjectStoreSink::memory()); // yours here
+//! conformance::sink_basics(sink.as_ref()).await;
+//! conformance::sink_ranges(sink.as_ref()).await;
+//! conformance::sink_streaming(sink.as_ref()).await;
+//! conformance::sink_listing(sink.as_ref()).await;
+//! conformance::sink_listing_paginates(sink.as_ref()).await;
+//! let manager = SnapshotManager::new(sink, SnapshotConfig::default())?;
+//! conformance::manager_workflow(&manager).await;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod conformance;
+
+/// The blob codec, for fuzzing and benchmarks. Not a stable API.
+pub mod codec {
+    pub use crate::format::blob::{
+        compress_member, decode_chunk, decode_footer, decode_header, decode_namespace,
+        encode_chunk, encode_ns_end, encode_ns_header, ContentDigest, Filter,
+    };
+}
+
+pub use crate::id::SeededRandom;
+
+use crate::{InMemoryStorage, Vector, VectorStorage};
+use serde_json::json;
+use std::collections::BTreeMap;
+
+/// Deterministic pseudo-random floats.
+pub fn values(seed: u64, dim: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..dim)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % 2_000_001) as f32 / 1_000_000.0 - 1.0
+        })
+        .collect()
+}
+
+/// `n` vectors of `dim` with ids `<prefix>-00000..`, metadata on every other one.
+pub fn make_vectors(prefix: &str, n: usize, dim: usize) -> Vec<Vector> {
+    (0..n)
+        .map(|i| {
+            let v = Vector::new(
+                format!("{prefix}-{i:05}"),
+                values(i as u64 + prefix.len() as u64 * 7919, dim),
+            );
+            if i % 2 == 0 {
+                v.with_metadata(json!({"i": i, "tag": prefix}))
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+/// A store with the given namespaces: (name, vectors, dimension).
+pub async fn store_with(spec: &[(&str, usize, usize)]) -> InMemoryStorage {
+    let s = InMemoryStorage::new();
+    for (name, n, dim) in spec {
+        s.ensure_namespace(name).await.unwrap();
+        if *n > 0 {
+            s.upsert(name, make_vectors(name, *n, *dim)).await.unwrap();
+        }
+    }
+    s
+}
+
+/// Everything in a store: namespace -> (dimension, vectors in id order).
+pub async fn dump(s: &dyn VectorStorage) -> BTreeMap<String, (Option<usize>, Vec<Vector>)> {
+    let mut out = BTreeMap::new();
+    for ns in s.list_namespaces().await.unwrap() {
+        let dim = s.dimension(&ns).await.unwrap();
+        out.insert(ns.clone(), (dim, s.get_all(&ns).await.unwrap()));
+    }
+    out
+}
+
+/// Restores snapshot `id` with default options into a fresh store and returns it.
+pub async fn restore_all(m: &crate::SnapshotManager, id: &str) -> InMemoryStorage {
+    let target = InMemoryStorage::new();
+    m.restore_snapshot(&target, id, &crate::RestoreOptions::new())
+        .await
+        .unwrap_or_else(|e| panic!("restore of {id}: {e}"));
+    target
+}

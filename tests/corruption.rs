@@ -276,10 +276,9 @@ async fn forged_numbers_in_the_sidecar_never_allocate_or_read_past_the_data() {
             // Listing and retention planning take any sidecar without panicking.
             let catalog = f.m.list_catalog().await.unwrap();
             assert_eq!(catalog.snapshots.len() + catalog.damaged.len(), 1, "{case}");
-            let _ = f
-                .m
-                .apply_retention(&dakera_snapshot::RetentionPolicy::keep_last(1), true)
-                .await;
+            let _ =
+                f.m.apply_retention(&dakera_snapshot::RetentionPolicy::keep_last(1), true)
+                    .await;
             if f.m.verify_snapshot(f.meta.id.as_str()).await.is_ok() {
                 // unchanged in effect (e.g. the same value): the data must still be right
                 assert!(f.restore_is_right_or_refused(&case, None).await, "{case}");

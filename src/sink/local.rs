@@ -414,17 +414,24 @@ struct LocalWriter {
     synced: u64,
 }
 
-#[async_trait]
-impl SinkWriter for LocalWriter {
-    async fn write(&mut self, data: Bytes) -> Result<()> {
-        let mut tmp = self.tmp.take().ok_or_else(|| {
+impl LocalWriter {
+    /// The temporary file, taken for one write or the finish; a failed write leaves none.
+    fn take_tmp(&mut self) -> Result<NamedTempFile> {
+        self.tmp.take().ok_or_else(|| {
             Error::sink(
                 SinkOp::PutStreaming,
                 self.key.as_str(),
                 SinkErrorKind::Other,
                 "writer used after a failed write",
             )
-        })?;
+        })
+    }
+}
+
+#[async_trait]
+impl SinkWriter for LocalWriter {
+    async fn write(&mut self, data: Bytes) -> Result<()> {
+        let mut tmp = self.take_tmp()?;
         let key = self.key.clone();
         self.written += data.len() as u64;
         let (from, to) = (self.synced, self.written);
@@ -446,14 +453,7 @@ impl SinkWriter for LocalWriter {
     }
 
     async fn finish(mut self: Box<Self>) -> Result<ObjectInfo> {
-        let tmp = self.tmp.take().ok_or_else(|| {
-            Error::sink(
-                SinkOp::PutStreaming,
-                self.key.as_str(),
-                SinkErrorKind::Other,
-                "writer used after a failed write",
-            )
-        })?;
+        let tmp = self.take_tmp()?;
         let (path, key, mode) = (self.path.clone(), self.key.clone(), self.mode);
         tokio::task::spawn_blocking(move || publish(tmp, &path, mode, &key, SinkOp::PutStreaming))
             .await?

@@ -68,32 +68,48 @@ pub async fn export_jsonl(
 ) -> Result<ExportReport> {
     manager
         .read_vectors(id, only, |ns, batch| {
-            for v in &batch {
-                if let Some(bad) = v.values.iter().find(|x| !x.is_finite()) {
-                    return Err(Error::invalid(
-                        "vector",
-                        format!(
-                            "{:?} in namespace {ns:?} holds {bad}, which JSON cannot represent",
-                            v.id
-                        ),
-                    ));
-                }
-                let line = Line {
-                    namespace: ns,
-                    id: &v.id,
-                    values: &v.values,
-                    metadata: &v.metadata,
-                    ttl_seconds: v.ttl_seconds,
-                    expires_at: v.expires_at,
-                };
-                serde_json::to_writer(&mut *out, &line)
-                    .map_err(|e| Error::io("writing the export", e.into()))?;
-                out.write_all(b"\n")
-                    .map_err(|e| Error::io("writing the export", e))?;
-            }
-            Ok(())
+            outside_the_runtime(|| write_batch(&mut *out, ns, &batch))
         })
         .await
+}
+
+/// Runs synchronous work (serializing and writing an export batch) from inside the runtime
+/// without stalling its other tasks: on a multi-threaded runtime the thread first hands them
+/// to the others (`block_in_place`); a current-thread runtime has no other thread to hand
+/// them to, so the work runs in place.
+fn outside_the_runtime<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// One batch of vectors as JSON Lines.
+fn write_batch(out: &mut (dyn Write + Send), ns: &str, batch: &[Vector]) -> Result<()> {
+    for v in batch {
+        if let Some(bad) = v.values.iter().find(|x| !x.is_finite()) {
+            return Err(Error::invalid(
+                "vector",
+                format!(
+                    "{:?} in namespace {ns:?} holds {bad}, which JSON cannot represent",
+                    v.id
+                ),
+            ));
+        }
+        let line = Line {
+            namespace: ns,
+            id: &v.id,
+            values: &v.values,
+            metadata: &v.metadata,
+            ttl_seconds: v.ttl_seconds,
+            expires_at: v.expires_at,
+        };
+        serde_json::to_writer(&mut *out, &line)
+            .map_err(|e| Error::io("writing the export", e.into()))?;
+        out.write_all(b"\n")
+            .map_err(|e| Error::io("writing the export", e))?;
+    }
+    Ok(())
 }
 
 /// What [`import_jsonl`] built.

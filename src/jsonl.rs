@@ -12,6 +12,7 @@ use crate::config::CreateOptions;
 use crate::error::{Error, Result};
 use crate::format::blob::MAX_DIMENSION;
 use crate::format::sidecar::SnapshotMetadata;
+use crate::manager::pipeline::outside_the_runtime;
 use crate::manager::{ExportReport, SnapshotManager};
 use crate::paths::validate_namespace;
 use crate::storage::{NamespaceId, Vector, VectorStorage};
@@ -71,17 +72,6 @@ pub async fn export_jsonl(
             outside_the_runtime(|| write_batch(&mut *out, ns, &batch))
         })
         .await
-}
-
-/// Runs synchronous work (serializing and writing an export batch) from inside the runtime
-/// without stalling its other tasks: on a multi-threaded runtime the thread first hands them
-/// to the others (`block_in_place`); a current-thread runtime has no other thread to hand
-/// them to, so the work runs in place.
-fn outside_the_runtime<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
-    }
 }
 
 /// One batch of vectors as JSON Lines.

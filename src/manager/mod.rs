@@ -13,7 +13,7 @@ mod commit;
 mod copy;
 mod create;
 mod lifecycle;
-mod pipeline;
+pub(crate) mod pipeline;
 mod plan;
 mod reports;
 mod restore;

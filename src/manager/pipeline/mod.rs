@@ -86,6 +86,18 @@ fn joined<T>(r: Result<Option<T>, tokio::sync::oneshot::error::RecvError>) -> Re
     }
 }
 
+/// Runs synchronous work from inside the runtime without stalling its other tasks: on a
+/// multi-threaded runtime the thread first hands them to the others (`block_in_place`); a
+/// current-thread runtime has no other thread to hand them to, so the work runs in place.
+/// For work that must not queue behind chunk jobs on the pool (the blob's running hash,
+/// which the upload waits for) or that borrows from the caller (an export's writer).
+pub(crate) fn outside_the_runtime<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// Runs blocking or CPU-bound work (hashing, file writes, decoding) on the worker pool and
 /// waits for it without holding a runtime thread.
 pub(crate) async fn on_pool<T: Send + 'static>(

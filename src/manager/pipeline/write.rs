@@ -1,6 +1,6 @@
 //! Appending encoded chunks to an upload while hashing the blob.
 
-use super::on_pool;
+use super::outside_the_runtime;
 use crate::error::{Error, Result, SinkErrorKind, SinkOp};
 use crate::format::blob;
 use crate::format::sidecar::ChunkEntry;
@@ -29,19 +29,9 @@ impl BlobWriter {
         let task = tokio::spawn(async move {
             let mut sha = Sha256::new();
             while let Some(bytes) = rx.recv().await {
-                // Hashing is CPU work: on the worker pool, not a runtime thread.
-                let hashed = on_pool(move || {
-                    sha.update(&bytes);
-                    (sha, bytes)
-                })
-                .await;
-                let bytes = match hashed {
-                    Ok((h, bytes)) => {
-                        sha = h;
-                        bytes
-                    }
-                    Err(e) => return (out, Err(e)),
-                };
+                // Hashing is CPU work: the runtime's other tasks move to other threads
+                // meanwhile. (On the worker pool it would queue behind chunk encodes.)
+                outside_the_runtime(|| sha.update(&bytes));
                 if let Err(e) = out.write(Bytes::from(bytes)).await {
                     return (out, Err(e));
                 }

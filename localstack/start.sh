@@ -12,8 +12,26 @@ bucket="${DAKERA_BUCKET:-dakera}"
 key="${AWS_ACCESS_KEY_ID:-dakera-local}"
 secret="${AWS_SECRET_ACCESS_KEY:-dakera-local-secret}"
 
-if [ -f "$run/$name.pid" ] && kill -0 "$(cat "$run/$name.pid")" 2>/dev/null; then
-  echo "$name is already running (pid $(cat "$run/$name.pid")); stop it first"; exit 1
+print_access() {
+  echo "$name is listening on 127.0.0.1:$1 (pid $2, log $run/$name.log)"
+  case "$name" in
+    azurite)
+      echo "repository URL: az://$bucket/<prefix>"
+      echo "  export AZURE_STORAGE_ACCOUNT_NAME=devstoreaccount1 AZURE_STORAGE_USE_EMULATOR=true AZURITE_BLOB_STORAGE_URL=http://127.0.0.1:$1"
+      ;;
+    *)
+      echo "repository URL: s3://$bucket/<prefix>"
+      echo "  export AWS_ENDPOINT=http://127.0.0.1:$1 AWS_ALLOW_HTTP=true AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=$key AWS_SECRET_ACCESS_KEY=$secret"
+      ;;
+  esac
+}
+
+# Already running: say so and how to reach it, and succeed (so `start.sh X && export ...`
+# works when run twice).
+if [ -f "$run/$name.pid" ] && kill -0 "$(cat "$run/$name.pid")" 2>/dev/null && [ -f "$run/$name.port" ]; then
+  echo "$name is already running"
+  print_access "$(cat "$run/$name.port")" "$(cat "$run/$name.pid")"
+  exit 0
 fi
 
 wait_port() {
@@ -63,15 +81,5 @@ case "$name" in
   *) echo "unknown server $name (moto, seaweedfs, azurite, localstack)"; exit 2 ;;
 esac
 echo "$pid" >"$run/$name.pid"
-
-echo "$name is listening on 127.0.0.1:$port (pid $pid, log $run/$name.log)"
-case "$name" in
-  azurite)
-    echo "repository URL: az://$bucket/<prefix>"
-    echo "  export AZURE_STORAGE_ACCOUNT_NAME=devstoreaccount1 AZURE_STORAGE_USE_EMULATOR=true AZURITE_BLOB_STORAGE_URL=http://127.0.0.1:$port"
-    ;;
-  *)
-    echo "repository URL: s3://$bucket/<prefix>"
-    echo "  export AWS_ENDPOINT=http://127.0.0.1:$port AWS_ALLOW_HTTP=true AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=$key AWS_SECRET_ACCESS_KEY=$secret"
-    ;;
-esac
+echo "$port" >"$run/$name.port"
+print_access "$port" "$pid"

@@ -14,7 +14,7 @@ for pidfile in "$run"/*.pid; do
       kill -9 "$pid" 2>/dev/null || true
       echo "stopped $name (pid $pid)"
     fi
-    rm -f "$pidfile"
+    rm -f "$pidfile" "$run/$name.port"
     [ "$name" = seaweedfs ] && rm -rf "$run/seaweedfs-data"
     [ "$name" = localstack ] && rm -rf "$run/localstack-volume"
   fi

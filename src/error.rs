@@ -205,7 +205,10 @@ pub enum Error {
     },
 
     /// A snapshot cannot be deleted because other snapshots depend on it.
-    #[error("snapshot {id} is the parent of {children:?}; delete them first or force the delete")]
+    #[error(
+        "snapshot {id} has snapshots built on it ({}); delete them first, or force the delete (--force) to remove them too",
+        children.join(", ")
+    )]
     HasDependents {
         /// The snapshot that was to be deleted.
         id: String,

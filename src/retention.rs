@@ -49,7 +49,9 @@ impl RetentionPolicy {
 /// The outcome of planning: what stays (with the reasons) and what goes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct RetentionPlan {
-    /// Kept snapshots, newest first, each with why it is kept.
+    /// Kept snapshots, newest first, each with why it is kept (in JSON: objects with `id`
+    /// and `reasons`).
+    #[serde(serialize_with = "kept_objects")]
     pub keep: Vec<(SnapshotId, Vec<String>)>,
     /// Snapshots to delete, in a safe deletion order (descendants before their ancestors).
     pub remove: Vec<SnapshotId>,
@@ -162,4 +164,17 @@ fn keep_per_bucket<'a>(
         seen.insert(b);
         add(reasons, s, format!("{rule} {n}"));
     }
+}
+
+/// `(id, reasons)` pairs as `{"id": id, "reasons": [...]}` objects.
+fn kept_objects<S: serde::Serializer>(
+    kept: &[(SnapshotId, Vec<String>)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(kept.len()))?;
+    for (id, reasons) in kept {
+        seq.serialize_element(&serde_json::json!({"id": id, "reasons": reasons}))?;
+    }
+    seq.end()
 }

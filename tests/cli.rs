@@ -219,6 +219,13 @@ fn workflow(cli: &Cli, repo: &str, dest: &str, options: &SinkOptions, work: &Pat
     // verify
     let text = cli.ok(repo, &["verify", &first]);
     assert!(text.starts_with("ok"), "{text}");
+    assert!(text.ends_with("1 ok, 0 broken\n"), "{text}");
+    let verified = cli.json(repo, &["verify", &first]);
+    assert_eq!(verified[0]["ok"], true);
+    assert_eq!(
+        verified[0]["report"]["namespaces"][0],
+        json!({"namespace": "docs", "vectors": 120})
+    );
 
     // export equals the import (and a gzip export, imported again, too)
     let out = work.join("out.jsonl");
@@ -264,6 +271,9 @@ fn workflow(cli: &Cli, repo: &str, dest: &str, options: &SinkOptions, work: &Pat
     // prune: a dry run deletes nothing, then the real run
     let text = cli.ok(repo, &["prune", "--keep-last", "1", "--dry-run"]);
     assert!(text.contains(&format!("would delete {first}")), "{text}");
+    let plan = cli.json(repo, &["prune", "--keep-last", "1", "--dry-run"]);
+    assert_eq!(plan["plan"]["keep"][0]["id"], second.as_str());
+    assert!(plan["plan"]["keep"][0]["reasons"][0].is_string(), "{plan}");
     assert_eq!(ids(&cli.json(repo, &["list"])).len(), 2);
     let text = cli.ok(repo, &["prune", "--keep-last", "1"]);
     assert!(text.contains("1 kept, 1 deleted"), "{text}");
@@ -464,7 +474,22 @@ async fn chains_show_diff_copy_delete_and_corruption() {
         cli.ok(dest, &["verify", "--all"]);
         // delete refuses to orphan, --force says what it removed
         let line = cli.fails(Some(dest), &["delete", &inc1], 1);
-        assert!(line.contains(&inc2) && line.contains("force"), "{line}");
+        assert!(
+            line.ends_with(&format!(
+                "has snapshots built on it ({inc2}); delete them first, or force the delete (--force) to remove them too"
+            )),
+            "{line}"
+        );
+        // A dry run says what would go and deletes nothing.
+        let text = cli.ok(dest, &["delete", &inc1, "--force", "--dry-run"]);
+        assert_eq!(
+            text,
+            format!("would delete {inc2} (built on it)\nwould delete {inc1}\n")
+        );
+        assert_eq!(ids(&cli.json(dest, &["list"])).len(), 3);
+        // Several ids are all checked first: a bad one deletes nothing.
+        cli.fails(Some(dest), &["delete", &inc2, "20200101T000000000Z-00000000000000aa"], 1);
+        assert_eq!(ids(&cli.json(dest, &["list"])).len(), 3);
         let text = cli.ok(dest, &["delete", &inc1, "--force"]);
         assert!(
             text.contains(&format!("deleted {inc2} (built on it)"))
@@ -487,6 +512,19 @@ async fn chains_show_diff_copy_delete_and_corruption() {
             .find(|l| l.starts_with("BROKEN"))
             .unwrap();
         assert!(broken.contains(&full), "{}", out.stdout);
+        // The reason names the damaged chunk's byte range, which holds the flipped byte.
+        let range = broken
+            .split("the chunk at bytes ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no chunk range in {broken}"));
+        let (a, b) = range.split_once("..").unwrap();
+        let (a, b): (usize, usize) = (a.parse().unwrap(), b.parse().unwrap());
+        assert!(a <= mid && mid < b, "{mid} outside {range}: {broken}");
+        assert!(
+            !broken.contains("SHA-256"),
+            "one check per reason: {broken}"
+        );
         assert!(
             out.stdout.contains(&format!(
                 "affects the snapshots built on it: {inc1}, {inc2}"
@@ -494,14 +532,49 @@ async fn chains_show_diff_copy_delete_and_corruption() {
             "{}",
             out.stdout
         );
-        assert!(out
-            .stderr
-            .contains("1 of 3 snapshot(s) failed verification"));
+        // Newest first, like `list`; the intact children of the broken one are flagged.
+        let order: Vec<&str> = out
+            .stdout
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|w| w.len() > 30)
+            .collect();
+        assert_eq!(
+            order,
+            [inc2.as_str(), inc1.as_str(), full.as_str()],
+            "{}",
+            out.stdout
+        );
+        assert!(
+            out.stdout.contains(&format!(
+                "AFFECTED  {inc2}  its own data verified, but it builds on BROKEN {full}"
+            )),
+            "{}",
+            out.stdout
+        );
+        assert!(
+            out.stdout
+                .ends_with("0 ok, 1 broken, 2 affected by a broken ancestor\n"),
+            "{}",
+            out.stdout
+        );
+        assert!(
+            out.stderr.contains(
+                "1 of 3 snapshot(s) failed verification; 2 more build on a broken snapshot"
+            ),
+            "{}",
+            out.stderr
+        );
+        let all = cli.run_with(Some(&repo), &["--json", "verify", "--all"], None);
+        let all: Value = serde_json::from_str(&all.stdout).unwrap();
+        assert_eq!(all[0]["ok"], false);
+        assert_eq!(all[0]["broken_ancestor"], json!(full));
         let out = cli.run_with(Some(&repo), &["--json", "verify", &full], None);
         assert_eq!(out.code, 1);
         let v: Value = serde_json::from_str(&out.stdout).unwrap();
         assert!(v[0]["problem"].as_str().unwrap().contains(&full));
         assert_eq!(v[0]["affects"], json!([inc1, inc2]));
+        assert_eq!(v[0]["ok"], false);
         // exporting the damaged snapshot fails, naming it, and leaves no file
         let target = work.path().join("never.jsonl");
         let line = cli.fails(
@@ -689,7 +762,14 @@ fn every_command_has_help_with_examples() {
             "{cmd} --help has no example:\n{}",
             out.stdout
         );
+        // The command's own options first, the global ones under their own heading.
+        let global = out.stdout.find("Global options:").unwrap();
+        assert!(out.stdout[global..].contains("--repo <URL>"), "{cmd}");
+        assert!(!out.stdout[..global].contains("--repo <URL>"), "{cmd}");
     }
+    let prune = cli.run_with(None, &["prune", "--help"], None).stdout;
+    let global = prune.find("Global options:").unwrap();
+    assert!(prune[..global].contains("--keep-weekly"), "{prune}");
 }
 
 /// Rewrites fields of a committed sidecar on disk.
@@ -709,17 +789,30 @@ async fn forged_and_damaged_sidecars_are_shown_not_fatal() {
     let repo = dir.path().to_str().unwrap();
     let cli = Cli::local();
 
+    // list fits 100 columns with incrementals: parents by a short id, no repeated time.
+    let text = cli.ok(repo, &["list"]);
+    assert!(text.lines().all(|l| l.chars().count() <= 100), "{text}");
+    let row = text.lines().find(|l| l.starts_with(&snaps[2])).unwrap();
+    let short = format!("~{}", &snaps[1][snaps[1].len() - 8..]);
+    assert!(row.contains(&short) && row.contains("incremental"), "{row}");
+    assert!(text.starts_with("ID "), "{text}");
+
     // A creation time past year 9999 (and one that overflows the clock) renders.
     forge_sidecar(
         dir.path(),
         &snaps[2],
         json!({"created_at": 300_000_000_000u64}),
     );
-    let text = cli.ok(repo, &["list"]);
+    cli.ok(repo, &["list"]);
+    let text = cli.ok(repo, &["show", &snaps[2]]);
     assert!(
         text.contains("300000000000 s after 1970 (invalid)"),
         "{text}"
     );
+    let listed = cli.json(repo, &["list"]);
+    assert!(listed
+        .to_string()
+        .contains("300000000000 s after 1970 (invalid)"));
     forge_sidecar(dir.path(), &snaps[2], json!({"created_at": u64::MAX}));
     cli.ok(repo, &["list"]);
     cli.ok(repo, &["show", &snaps[2]]);
@@ -752,7 +845,7 @@ async fn forged_and_damaged_sidecars_are_shown_not_fatal() {
     let out = cli.run_with(Some(repo), &["verify", "--all"], None);
     assert_eq!(out.code, 1);
     assert!(
-        out.stdout.contains(&format!("BROKEN  {}", snaps[1])),
+        out.stdout.contains(&format!("BROKEN    {}", snaps[1])),
         "{}",
         out.stdout
     );
@@ -773,4 +866,26 @@ async fn forged_and_damaged_sidecars_are_shown_not_fatal() {
     let left = ids(&cli.json(repo, &["list"]));
     assert_eq!(left, [snaps[0].clone()]);
     cli.ok(repo, &["verify", "--all"]);
+}
+
+#[test]
+fn a_closed_output_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("r");
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/vectors.jsonl");
+    let cli = Cli::local();
+    cli.ok(repo.to_str().unwrap(), &["-q", "import", sample]);
+    // The reader is gone before the command writes anything.
+    let mut child = std::process::Command::new(BIN)
+        .args(["--repo", repo.to_str().unwrap(), "--json", "list"])
+        .env_remove("DAKERA_SNAPSHOT_URL")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
 }

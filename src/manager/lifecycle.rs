@@ -23,6 +23,16 @@ impl SnapshotManager {
     /// be read, nothing else is deleted (it might build on the one to delete). Returns what
     /// was deleted.
     pub async fn delete_snapshot(&self, id: &str, force: bool) -> Result<Vec<SnapshotId>> {
+        let doomed = self.plan_delete(id, force).await?;
+        for s in &doomed {
+            self.remove(s).await?;
+        }
+        Ok(doomed)
+    }
+
+    /// What [`Self::delete_snapshot`] would delete, in the order it would (descendants
+    /// first), after every check it makes; deletes nothing (a dry run).
+    pub async fn plan_delete(&self, id: &str, force: bool) -> Result<Vec<SnapshotId>> {
         let id = SnapshotId::parse(id)?;
         if !self.snapshot_exists(id.as_str()).await? {
             return Err(Error::SnapshotNotFound { id: id.to_string() });
@@ -47,9 +57,6 @@ impl SnapshotManager {
             });
         }
         doomed.reverse();
-        for s in &doomed {
-            self.remove(s).await?;
-        }
         Ok(doomed)
     }
 

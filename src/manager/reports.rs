@@ -43,7 +43,9 @@ pub struct VerifyReport {
     pub snapshot_id: SnapshotId,
     /// Bytes of blob read and hashed.
     pub bytes_checked: u64,
-    /// Namespaces decoded, with their vector counts.
+    /// Namespaces decoded, with their vector counts (in JSON: objects with `namespace` and
+    /// `vectors`).
+    #[serde(serialize_with = "namespace_counts")]
     pub namespaces: Vec<(String, u64)>,
     /// Vectors decoded.
     pub vectors_checked: u64,
@@ -93,7 +95,9 @@ pub struct Lineage {
 pub struct ExportReport {
     /// The snapshot read.
     pub snapshot_id: Option<SnapshotId>,
-    /// Per namespace: name and vectors read.
+    /// Per namespace: name and vectors read (in JSON: objects with `namespace` and
+    /// `vectors`).
+    #[serde(serialize_with = "namespace_counts")]
     pub namespaces: Vec<(String, u64)>,
     /// Vectors read in all.
     pub vectors: u64,
@@ -105,13 +109,18 @@ pub struct ExportReport {
 pub struct VerifyOutcome {
     /// The snapshot.
     pub snapshot_id: SnapshotId,
-    /// What was checked, when everything was intact.
+    /// True when the snapshot verified and nothing it builds on was found broken.
+    pub ok: bool,
+    /// What was checked, when the snapshot's own data was intact.
     pub report: Option<super::VerifyReport>,
     /// What is broken, when something is.
     pub problem: Option<String>,
     /// Snapshots that cannot be fully restored because of this one: those building on it
     /// (its descendants, each after its parent). Empty when intact.
     pub affects: Vec<SnapshotId>,
+    /// For an intact snapshot: the nearest ancestor found broken in the same run (only
+    /// [`crate::SnapshotManager::verify_all`] looks), which its restore may depend on.
+    pub broken_ancestor: Option<SnapshotId>,
 }
 
 /// How a namespace differs between two snapshots.
@@ -205,4 +214,17 @@ impl DamagedSnapshot {
             problem: problem.into(),
         }
     }
+}
+
+/// `(name, count)` pairs as `{"namespace": name, "vectors": count}` objects.
+pub(crate) fn namespace_counts<S: serde::Serializer>(
+    pairs: &[(String, u64)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    let mut seq = s.serialize_seq(Some(pairs.len()))?;
+    for (namespace, vectors) in pairs {
+        seq.serialize_element(&serde_json::json!({"namespace": namespace, "vectors": vectors}))?;
+    }
+    seq.end()
 }

@@ -92,15 +92,14 @@ impl SnapshotManager {
     }
 
     /// The blob's SHA-256 differs from the sidecar's: says where, by the first chunk whose
-    /// checksum fails (which names the namespace).
+    /// checksum fails (which names the namespace and the chunk's byte range).
     async fn locate_damage(&self, meta: &SnapshotMetadata, spool: &Arc<Spool>) -> Error {
         let parallelism = self.config.effective_parallelism();
         for entry in &meta.namespaces {
-            if let Err(Error::Corrupt { location, reason }) =
+            if let Err(e @ Error::Corrupt { .. }) =
                 pipeline::check_chunks(spool, 0, meta, entry, parallelism).await
             {
-                let reason = format!("blob SHA-256 does not match the sidecar: {reason}");
-                return Error::Corrupt { location, reason };
+                return e;
             }
         }
         Error::corrupt(
@@ -111,10 +110,12 @@ impl SnapshotManager {
         )
     }
 
-    /// Verifies every snapshot in the repository (see [`Self::verify_snapshot`]), oldest
-    /// first, and reports for each what is broken and which snapshots that affects. A
-    /// snapshot whose sidecar cannot be read is reported broken with the reason. Fails only
-    /// if the repository cannot be listed.
+    /// Verifies every snapshot in the repository (see [`Self::verify_snapshot`]), newest
+    /// first (as `list`), and reports for each what is broken and which snapshots that
+    /// affects; an intact snapshot that builds on a broken one is flagged
+    /// ([`VerifyOutcome::broken_ancestor`], `ok` false). A snapshot whose sidecar cannot be
+    /// read is reported broken with the reason. Fails only if the repository cannot be
+    /// listed.
     pub async fn verify_all(&self) -> Result<Vec<VerifyOutcome>> {
         let catalog = self.list_catalog().await?;
         let chains = ChainIndex::new(&catalog.snapshots);
@@ -123,16 +124,19 @@ impl SnapshotManager {
             .iter()
             .map(|d| VerifyOutcome {
                 snapshot_id: d.id.clone(),
+                ok: false,
                 report: None,
                 problem: Some(d.problem.clone()),
                 affects: chains.descendants(&d.id),
+                broken_ancestor: None,
             })
             .collect();
         for meta in &catalog.snapshots {
             let checked = self.verify_snapshot(meta.id.as_str()).await;
             out.push(outcome(&meta.id, checked, || chains.descendants(&meta.id)));
         }
-        out.sort_by(|a, b| a.snapshot_id.cmp(&b.snapshot_id));
+        flag_broken_ancestors(&mut out, &chains);
+        out.sort_by(|a, b| b.snapshot_id.cmp(&a.snapshot_id));
         Ok(out)
     }
 
@@ -185,6 +189,23 @@ fn check_footer(meta: &SnapshotMetadata, spool: &Spool) -> Result<()> {
     Ok(())
 }
 
+/// Marks intact snapshots whose ancestors include a broken one.
+fn flag_broken_ancestors(outcomes: &mut [VerifyOutcome], chains: &ChainIndex<'_>) {
+    let broken: std::collections::BTreeSet<SnapshotId> = outcomes
+        .iter()
+        .filter(|o| o.problem.is_some())
+        .map(|o| o.snapshot_id.clone())
+        .collect();
+    for o in outcomes.iter_mut().filter(|o| o.problem.is_none()) {
+        o.broken_ancestor = chains
+            .ancestors(&o.snapshot_id)
+            .into_iter()
+            .find(|a| broken.contains(*a))
+            .cloned();
+        o.ok = o.broken_ancestor.is_none();
+    }
+}
+
 fn outcome(
     id: &SnapshotId,
     checked: Result<VerifyReport>,
@@ -193,15 +214,19 @@ fn outcome(
     match checked {
         Ok(report) => VerifyOutcome {
             snapshot_id: id.clone(),
+            ok: true,
             report: Some(report),
             problem: None,
             affects: Vec::new(),
+            broken_ancestor: None,
         },
         Err(e) => VerifyOutcome {
             snapshot_id: id.clone(),
+            ok: false,
             report: None,
             problem: Some(e.to_string()),
             affects: affects(),
+            broken_ancestor: None,
         },
     }
 }

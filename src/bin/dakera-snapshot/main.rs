@@ -38,33 +38,39 @@ struct Cli {
     /// The repository: a local directory, file:///abs/path, s3://bucket/prefix,
     /// gs://bucket/prefix or az://container/prefix. Credentials come from the usual
     /// AWS_*, GOOGLE_*, AZURE_* variables.
-    #[arg(long, env = "DAKERA_SNAPSHOT_URL", global = true, value_name = "URL")]
+    #[arg(
+        long,
+        env = "DAKERA_SNAPSHOT_URL",
+        global = true,
+        help_heading = "Global options",
+        value_name = "URL"
+    )]
     repo: Option<String>,
 
     /// A backend option, KEY=VALUE (repeatable), e.g. endpoint=http://127.0.0.1:9000,
     /// allow_http=true, region=eu-west-1. Values are never printed.
-    #[arg(long = "option", short = 'o', global = true, value_name = "KEY=VALUE", value_parser = key_value)]
+    #[arg(long = "option", short = 'o', global = true, help_heading = "Global options", value_name = "KEY=VALUE", value_parser = key_value)]
     options: Vec<(String, String)>,
 
     /// Retries of a failed request to object storage (default 10).
-    #[arg(long, global = true, value_name = "N")]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "N")]
     retries: Option<usize>,
 
     /// Give up retrying a request after this long (default 3m).
-    #[arg(long, global = true, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "DURATION", value_parser = humantime::parse_duration)]
     retry_timeout: Option<Duration>,
 
     /// Print machine-readable JSON on stdout instead of text.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     json: bool,
 
     /// No progress bars and no informational messages on stderr.
-    #[arg(long, short, global = true)]
+    #[arg(long, short, global = true, help_heading = "Global options")]
     quiet: bool,
 
     /// More logging on stderr (-v info, -vv debug, -vvv trace) and the full chain of causes
     /// of an error. RUST_LOG overrides the level.
-    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    #[arg(long, short, global = true, help_heading = "Global options", action = clap::ArgAction::Count)]
     verbose: u8,
 
     #[command(subcommand)]
@@ -140,17 +146,21 @@ enum Command {
         level: Level,
     },
 
-    /// Delete a snapshot. Refuses if other snapshots build on it, unless --force, which
-    /// deletes those too and lists them.
+    /// Delete snapshots. Refuses if other snapshots build on one, unless --force, which
+    /// deletes those too and lists them. Every id is checked before anything is deleted.
     #[command(
-        after_help = "Example:\n  dakera-snapshot --repo ./backups delete 20261125T101500123Z-0123456789abcdef --force"
+        after_help = "Examples:\n  dakera-snapshot --repo ./backups delete 20261125T101500123Z-0123456789abcdef --dry-run\n  dakera-snapshot --repo ./backups delete 20261125T101500123Z-0123456789abcdef --force\n  dakera-snapshot --repo ./backups delete ID1 ID2"
     )]
     Delete {
-        /// Snapshot id, or `latest`.
-        id: String,
-        /// Also delete the snapshots that build on it.
+        /// Snapshot ids (or `latest`).
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
+        /// Also delete the snapshots that build on them.
         #[arg(long)]
         force: bool,
+        /// Say what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 
     /// Delete snapshots no retention rule keeps. Rules combine (a snapshot any rule keeps
@@ -285,6 +295,9 @@ fn main() -> ExitCode {
             eprintln!("error: {}", one_line(&msg));
             ExitCode::from(2)
         }
+        // The reader of our output went away (`... | head`): stop quietly, like a process
+        // ended by SIGPIPE, but with our usual failure status.
+        Err(Failure::Failed(e)) if is_broken_pipe(&e) => ExitCode::from(1),
         Err(Failure::Failed(e)) => {
             let mut line = one_line(&e.to_string());
             // The innermost cause ("Connection refused", "No such file") is often the one
@@ -309,6 +322,20 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// True when writing our output failed because its reader closed the pipe.
+fn is_broken_pipe(e: &Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 fn one_line(s: &str) -> String {
@@ -429,7 +456,11 @@ async fn run(cli: Cli) -> CliResult {
             labels,
             ..
         } => import(&ctx, &input, description, labels).await,
-        Command::Delete { id, force } => delete(&ctx, &id, force).await,
+        Command::Delete {
+            ids,
+            force,
+            dry_run,
+        } => delete(&ctx, &ids, force, dry_run).await,
         Command::Prune {
             keep_last,
             keep_within,
@@ -505,15 +536,23 @@ async fn verify(ctx: &Ctx, id: Option<&str>, all: bool) -> CliResult {
         vec![ctx.manager.verify_with_impact(id.as_str()).await?]
     };
     let broken = outcomes.iter().filter(|o| o.problem.is_some()).count();
+    let affected = outcomes
+        .iter()
+        .filter(|o| o.problem.is_none() && !o.ok)
+        .count();
     if ctx.json {
         print_json(&outcomes)?;
     } else {
         print(&render::verify(&outcomes))?;
     }
-    if broken > 0 {
+    if broken + affected > 0 {
         if !ctx.json {
+            let more = match affected {
+                0 => String::new(),
+                n => format!("; {n} more build on a broken snapshot"),
+            };
             eprintln!(
-                "error: {broken} of {} snapshot(s) failed verification",
+                "error: {broken} of {} snapshot(s) failed verification{more}",
                 outcomes.len()
             );
         }
@@ -640,16 +679,36 @@ async fn import(
     print(&format!("{}\n", report.snapshot.id))
 }
 
-async fn delete(ctx: &Ctx, id: &str, force: bool) -> CliResult {
-    let id = ctx.manager.find_snapshot(id).await?;
-    let deleted = ctx.manager.delete_snapshot(id.as_str(), force).await?;
+async fn delete(ctx: &Ctx, ids: &[String], force: bool, dry_run: bool) -> CliResult {
+    // Every id is resolved and checked first: a typo in the second id deletes nothing.
+    let mut plans: Vec<(SnapshotId, Vec<SnapshotId>)> = Vec::new();
+    for spec in ids {
+        let id = ctx.manager.find_snapshot(spec).await?;
+        let doomed = ctx.manager.plan_delete(id.as_str(), force).await?;
+        plans.push((id, doomed));
+    }
+    let mut deleted: Vec<SnapshotId> = Vec::new();
+    let mut text = String::new();
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    for (id, doomed) in plans {
+        let done = if dry_run {
+            doomed
+        } else if deleted.contains(&id) {
+            Vec::new() // built on an id deleted before it, with --force
+        } else {
+            ctx.manager.delete_snapshot(id.as_str(), force).await?
+        };
+        for d in done {
+            if deleted.contains(&d) {
+                continue;
+            }
+            let why = if d == id { "" } else { " (built on it)" };
+            text.push_str(&format!("{verb} {d}{why}\n"));
+            deleted.push(d);
+        }
+    }
     if ctx.json {
         return print_json(&deleted);
-    }
-    let mut text = String::new();
-    for d in &deleted {
-        let why = if *d == id { "" } else { " (built on it)" };
-        text.push_str(&format!("deleted {d}{why}\n"));
     }
     print(&text)
 }

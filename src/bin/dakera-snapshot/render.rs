@@ -78,57 +78,75 @@ pub fn summary(m: &SnapshotMetadata) -> Value {
     })
 }
 
+/// Width `list` fits in: the last column (description and labels) is cut to fit.
+const LIST_WIDTH: usize = 100;
+
+/// `list`: newest first, one line each, at most [`LIST_WIDTH`] columns. The id carries the
+/// creation time; a parent is shown by the last 8 hex digits of its id (`--json` and `show`
+/// give full ids).
 pub fn list(catalog: &Catalog) -> String {
     let mut rows: Vec<(&SnapshotId, Vec<String>)> = catalog
         .snapshots
         .iter()
-        .map(|m| {
-            (
-                &m.id,
-                vec![
-                    m.id.to_string(),
-                    time(m.created_at),
-                    kind(m.snapshot_type).to_string(),
-                    m.parent_id
-                        .as_ref()
-                        .map_or("-".to_string(), |p| p.to_string()),
-                    m.all_namespaces().len().to_string(),
-                    m.total_vectors.to_string(),
-                    HumanBytes(m.size_bytes).to_string(),
-                    m.description.clone().unwrap_or_default(),
-                    labels(m),
-                ],
-            )
-        })
+        .map(|m| (&m.id, list_row(m)))
         .collect();
     rows.extend(catalog.damaged.iter().map(|d| (&d.id, damaged_row(d))));
     rows.sort_by(|a, b| b.0.cmp(a.0));
     let rows: Vec<Vec<String>> = rows.into_iter().map(|(_, r)| r).collect();
-    table(
+    let text = table(
         &[
             "ID",
-            "CREATED",
             "TYPE",
             "PARENT",
-            "NAMESPACES",
+            "NS",
             "VECTORS",
             "SIZE",
             "DESCRIPTION",
-            "LABELS",
         ],
         &rows,
-    )
+    );
+    text.lines()
+        .map(|l| format!("{}\n", cut(l, LIST_WIDTH)))
+        .collect()
+}
+
+fn list_row(m: &SnapshotMetadata) -> Vec<String> {
+    let mut about = m.description.clone().unwrap_or_default();
+    if !m.labels.is_empty() {
+        about = format!("{about} [{}]", labels(m)).trim_start().to_string();
+    }
+    vec![
+        m.id.to_string(),
+        kind(m.snapshot_type).to_string(),
+        m.parent_id.as_ref().map_or("-".to_string(), short_id),
+        m.all_namespaces().len().to_string(),
+        m.total_vectors.to_string(),
+        HumanBytes(m.size_bytes).to_string(),
+        about,
+    ]
+}
+
+/// `~` and the last 8 hex digits of an id: enough to tell a chain's snapshots apart.
+pub fn short_id(id: &SnapshotId) -> String {
+    let s = id.as_str();
+    format!("~{}", &s[s.len().saturating_sub(8)..])
+}
+
+/// `line` cut to `width` characters, with `…` where it was cut.
+fn cut(line: &str, width: usize) -> String {
+    if line.chars().count() <= width {
+        return line.to_string();
+    }
+    let mut out: String = line.chars().take(width - 1).collect();
+    out.push('…');
+    out
 }
 
 /// A row for a snapshot whose sidecar cannot be read: its id, DAMAGED, and why.
 fn damaged_row(d: &DamagedSnapshot) -> Vec<String> {
-    let created =
-        d.id.timestamp_ms()
-            .map_or("-".to_string(), |ms| time(ms / 1000));
-    let mut row = vec![d.id.to_string(), created, "DAMAGED".to_string()];
+    let mut row = vec![d.id.to_string(), "DAMAGED".to_string()];
     row.extend(["-", "-", "-", "-"].map(String::from));
     row.push(d.problem.clone());
-    row.push(String::new());
     row
 }
 
@@ -286,40 +304,49 @@ fn show_chain(l: &Lineage) -> String {
     out
 }
 
+/// `verify`: one line per snapshot (`ok`, `BROKEN` with the reason and what it affects,
+/// or `AFFECTED` for an intact snapshot that builds on a broken one), then a summary.
 pub fn verify(outcomes: &[VerifyOutcome]) -> String {
     let mut out = String::new();
     for o in outcomes {
-        match (&o.report, &o.problem) {
-            (Some(r), _) => {
-                let _ = writeln!(
-                    out,
-                    "ok      {}  {} vectors in {} namespace(s), {} checked, chain of {}",
-                    o.snapshot_id,
-                    r.vectors_checked,
-                    r.namespaces.len(),
-                    HumanBytes(r.bytes_checked),
-                    r.chain.len()
-                );
-            }
-            (None, problem) => {
-                let _ = writeln!(
-                    out,
-                    "BROKEN  {}  {}",
-                    o.snapshot_id,
-                    problem.as_deref().unwrap_or("unknown problem")
-                );
-                if !o.affects.is_empty() {
-                    let ids: Vec<String> = o.affects.iter().map(|s| s.to_string()).collect();
-                    let _ = writeln!(
-                        out,
-                        "        affects the snapshots built on it: {}",
-                        ids.join(", ")
-                    );
-                }
-            }
+        let _ = writeln!(out, "{}", verify_line(o));
+        if o.problem.is_some() && !o.affects.is_empty() {
+            let ids: Vec<String> = o.affects.iter().map(|s| s.to_string()).collect();
+            let _ = writeln!(
+                out,
+                "          affects the snapshots built on it: {}",
+                ids.join(", ")
+            );
         }
     }
+    let count = |f: fn(&VerifyOutcome) -> bool| outcomes.iter().filter(|o| f(o)).count();
+    let broken = count(|o| o.problem.is_some());
+    let affected = count(|o| o.problem.is_none() && !o.ok);
+    let _ = write!(out, "{} ok, {broken} broken", count(|o| o.ok));
+    if affected > 0 {
+        let _ = write!(out, ", {affected} affected by a broken ancestor");
+    }
+    out.push('\n');
     out
+}
+
+fn verify_line(o: &VerifyOutcome) -> String {
+    match (&o.report, &o.problem, &o.broken_ancestor) {
+        (_, Some(problem), _) => format!("BROKEN    {}  {problem}", o.snapshot_id),
+        (_, None, Some(a)) => format!(
+            "AFFECTED  {}  its own data verified, but it builds on BROKEN {a}",
+            o.snapshot_id
+        ),
+        (Some(r), None, None) => format!(
+            "ok        {}  {} vectors in {} namespace(s), {} checked, chain of {}",
+            o.snapshot_id,
+            r.vectors_checked,
+            r.namespaces.len(),
+            HumanBytes(r.bytes_checked),
+            r.chain.len()
+        ),
+        (None, None, None) => format!("ok        {}", o.snapshot_id),
+    }
 }
 
 pub fn prune(r: &RetentionReport, dry_run: bool) -> String {

@@ -28,12 +28,13 @@ pub(crate) async fn check_chunks(
             jobs.push(move || {
                 let bytes = spool.read(c.offset - base, c.length)?;
                 if crc32fast::hash(&bytes) != c.crc32 {
-                    return Err(Error::corrupt(
-                        &id,
-                        Some(&ns),
-                        Some(c.offset),
-                        "chunk bytes do not match their recorded checksum (damaged or truncated)",
-                    ));
+                    // The damage is somewhere in the chunk: name its range, not a byte.
+                    let why = format!(
+                        "the chunk at bytes {}..{} does not match its recorded CRC-32 (damaged or truncated)",
+                        c.offset,
+                        c.offset + c.length
+                    );
+                    return Err(Error::corrupt(&id, Some(&ns), None, why));
                 }
                 Ok(())
             });

@@ -15,7 +15,8 @@ for pidfile in "$run"/*.pid; do
       echo "stopped $name (pid $pid)"
     fi
     rm -f "$pidfile" "$run/$name.port"
-    [ "$name" = seaweedfs ] && rm -rf "$run/seaweedfs-data"
-    [ "$name" = localstack ] && rm -rf "$run/localstack-volume"
+    if [ "$name" = seaweedfs ]; then rm -rf "$run/seaweedfs-data"; fi
+    if [ "$name" = localstack ]; then rm -rf "$run/localstack-volume"; fi
   fi
 done
+exit 0

@@ -121,3 +121,37 @@ fn examples_without_a_repository_say_what_to_set() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("set DAKERA_SNAPSHOT_URL"));
 }
+
+/// The README's `bash localstack/start.sh NAME && export ...` line works when run twice: the
+/// second run finds the server up, prints how to reach it again and succeeds.
+#[test]
+fn start_sh_twice_succeeds_and_stop_sh_stops() {
+    let here = env!("CARGO_MANIFEST_DIR");
+    let port = servers::free_port().to_string();
+    let run = |script: &str, args: &[&str]| {
+        let out = Command::new("bash")
+            .arg(format!("{here}/localstack/{script}"))
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        (
+            out.status.code(),
+            text + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, first) = run("start.sh", &["moto", &port]);
+    assert_eq!(code, Some(0), "{first}");
+    let (code, second) = run("start.sh", &["moto", &port]);
+    let (stop_code, stopped) = run("stop.sh", &["moto"]);
+    assert_eq!(code, Some(0), "{second}");
+    assert!(second.contains("already running"), "{second}");
+    let export = format!("export AWS_ENDPOINT=http://127.0.0.1:{port}");
+    assert!(
+        first.contains(&export) && second.contains(&export),
+        "{second}"
+    );
+    assert_eq!(stop_code, Some(0), "{stopped}");
+    assert!(stopped.contains("stopped moto"), "{stopped}");
+    announce("localstack/start.sh: a second run finds moto up and prints its access line");
+}

@@ -64,7 +64,7 @@ pub fn unavailable<T>(name: &str, why: String) -> Option<T> {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

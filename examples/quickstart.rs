@@ -8,15 +8,17 @@
 //! ```
 //!
 //! It fills a store with a few thousand vectors in three namespaces, takes a full snapshot,
-//! lists the repository, changes the store and takes an incremental snapshot (only the
-//! changed namespace is stored), verifies both, restores the incremental into a fresh store
-//! and checks that the restored store equals the original, vector for vector.
+//! lists the repository, changes two of the namespaces (150 FAQ entries added, one article
+//! deleted) and takes an incremental snapshot (only those two namespaces are stored; the
+//! third is recorded as unchanged), verifies both, restores the incremental into a fresh
+//! store and checks that the restored store equals the original, vector for vector.
 
 #[path = "support/mod.rs"]
 mod support;
 
 use dakera_snapshot::{
-    CreateOptions, InMemoryStorage, RestoreOptions, SnapshotConfig, SnapshotManager, VectorStorage,
+    CreateOptions, InMemoryStorage, RestoreOptions, SnapshotConfig, SnapshotManager, SnapshotType,
+    VectorStorage,
 };
 use std::process::ExitCode;
 
@@ -82,6 +84,10 @@ async fn run() -> dakera_snapshot::Result<()> {
             "the example's deletion matched nothing".into(),
         ));
     }
+    println!(
+        "changed the store: 150 FAQ entries added, 1 article deleted ({} vectors now)",
+        3_500 + 150 - 1
+    );
     let inc = manager
         .create_incremental_snapshot(
             &store,
@@ -92,11 +98,11 @@ async fn run() -> dakera_snapshot::Result<()> {
         .await?;
     let stored: Vec<&str> = inc.namespaces.iter().map(|n| n.name.as_str()).collect();
     println!(
-        "created incremental snapshot {} on {}: stored {:?}, unchanged {:?}, {} on disk",
+        "created incremental snapshot {} on {}: stored {}, unchanged {}, {} on disk",
         inc.id,
         full.id,
-        stored,
-        inc.unchanged_namespaces,
+        stored.join(", "),
+        inc.unchanged_namespaces.join(", "),
         mib(inc.size_bytes)
     );
 
@@ -105,7 +111,10 @@ async fn run() -> dakera_snapshot::Result<()> {
         println!(
             "  {}  {:<11}  {:>6} vectors  {:>10}  {}",
             s.id,
-            format!("{:?}", s.snapshot_type).to_lowercase(),
+            match s.snapshot_type {
+                SnapshotType::Full => "full",
+                SnapshotType::Incremental => "incremental",
+            },
             s.total_vectors,
             mib(s.size_bytes),
             s.description.unwrap_or_default()

@@ -15,7 +15,8 @@
 mod support;
 
 use dakera_snapshot::{
-    InMemoryStorage, RestoreOptions, SinkOptions, SnapshotConfig, SnapshotManager, VectorStorage,
+    InMemoryStorage, RestoreOptions, SinkOptions, SnapshotConfig, SnapshotManager, SnapshotType,
+    VectorStorage,
 };
 use std::process::ExitCode;
 use std::time::Instant;
@@ -51,9 +52,21 @@ async fn run() -> Result<(), String> {
         .get_snapshot_metadata(&id)
         .await
         .map_err(|e| e.to_string())?;
+    // RFC 3339 ends at year 9999; a damaged sidecar could claim a later time.
+    let secs = meta.created_at_ms / 1000;
+    let created = if secs <= 253_402_300_799 {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        humantime::format_rfc3339_seconds(t).to_string()
+    } else {
+        format!("{secs} s after 1970 (invalid)")
+    };
     println!(
-        "snapshot: {id} ({:?}, {} vectors stored, created {})",
-        meta.snapshot_type, meta.total_vectors, meta.created_at
+        "snapshot: {id} ({}, {} vectors stored, created {created})",
+        match meta.snapshot_type {
+            SnapshotType::Full => "full",
+            SnapshotType::Incremental => "incremental",
+        },
+        meta.total_vectors,
     );
 
     let started = Instant::now();

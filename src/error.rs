@@ -100,7 +100,8 @@ impl SinkErrorKind {
         self == SinkErrorKind::Transient
     }
 
-    /// A short explanation with what to do, for the kinds that have one.
+    /// A short explanation with what to do, for the kinds that have one; an error of such a
+    /// kind shows this instead of the backend's own words (which stay in its source).
     pub fn hint(self) -> Option<&'static str> {
         Some(match self {
             SinkErrorKind::Unauthenticated => {
@@ -109,9 +110,7 @@ impl SinkErrorKind {
             SinkErrorKind::PermissionDenied => {
                 "permission denied: check the credentials' rights on this bucket"
             }
-            SinkErrorKind::NoCredentials => "no credentials found",
             SinkErrorKind::BucketNotFound => "the bucket or container does not exist",
-            SinkErrorKind::InvalidRange => "the object is shorter than the range asked for",
             _ => return None,
         })
     }
@@ -126,6 +125,17 @@ pub enum Error {
     SnapshotNotFound {
         /// The id that was asked for.
         id: String,
+    },
+
+    /// `latest` or `latest~N` names no snapshot: the repository has fewer.
+    #[error("{spec} names no snapshot: {repository} has {}", count_snapshots(*.count))]
+    NotThatMany {
+        /// What was asked for (`latest`, `latest~3`).
+        spec: String,
+        /// The repository.
+        repository: String,
+        /// How many snapshots it has.
+        count: usize,
     },
 
     /// An object the operation needs is absent from the sink.
@@ -220,13 +230,17 @@ pub enum Error {
     #[error("configuration error: {0}")]
     Config(String),
 
-    /// The sink failed while performing an operation on a key.
-    #[error("{op} of {key} failed: {}{source}", kind_prefix(*.kind))]
+    /// The sink failed while performing an operation on a key. The message is short when
+    /// the kind says what to do (authentication, permissions, a missing bucket, ...): the
+    /// backend's own words (a server's XML body, say) are then only in `source`.
+    #[error("{op} of {key}{} failed: {}", in_repository(.repository), sink_reason(*.kind, .source.as_ref()))]
     Sink {
         /// What the sink was doing.
         op: SinkOp,
         /// The key (or prefix, for a listing) relative to the sink's root.
         key: String,
+        /// The repository (sink) it happened in, credential-free, when the sink says.
+        repository: String,
         /// What kind of failure it was.
         kind: SinkErrorKind,
         /// The underlying error, as the backend reported it.
@@ -245,11 +259,11 @@ pub enum Error {
     },
 
     /// An input file (e.g. a JSON Lines import) is malformed at a given line.
-    #[error("{input}, line {line}: {reason}")]
+    #[error("{input}{}: {reason}", line_part(*.line))]
     BadInput {
         /// The input's name (a path, or "stdin").
         input: String,
-        /// 1-based line number.
+        /// 1-based line number; 0 when the problem is the input as a whole.
         line: u64,
         /// What is wrong with the line.
         reason: String,
@@ -268,8 +282,31 @@ pub enum Error {
     Internal(String),
 }
 
-fn kind_prefix(kind: SinkErrorKind) -> String {
-    kind.hint().map(|h| format!("{h}: ")).unwrap_or_default()
+fn line_part(line: u64) -> String {
+    match line {
+        0 => String::new(),
+        n => format!(", line {n}"),
+    }
+}
+
+fn count_snapshots(count: usize) -> String {
+    match count {
+        0 => "no snapshots yet".into(),
+        1 => "only 1 snapshot".into(),
+        n => format!("only {n} snapshots"),
+    }
+}
+
+fn in_repository(repository: &str) -> String {
+    match repository {
+        "" => String::new(),
+        r => format!(" in {r}"),
+    }
+}
+
+fn sink_reason(kind: SinkErrorKind, source: &(dyn std::error::Error + Send + Sync)) -> String {
+    kind.hint()
+        .map_or_else(|| source.to_string(), str::to_string)
 }
 
 fn context_suffix(context: &str) -> String {
@@ -299,9 +336,18 @@ impl Error {
         Error::Sink {
             op,
             key: key.into(),
+            repository: String::new(),
             kind,
             source: source.into(),
         }
+    }
+
+    /// Names the repository of a sink error (other errors are returned unchanged).
+    pub fn in_repository(mut self, description: impl Into<String>) -> Self {
+        if let Error::Sink { repository, .. } = &mut self {
+            *repository = description.into();
+        }
+        self
     }
 
     /// The kind of a sink failure (`NotFound` for [`Error::ObjectNotFound`],
@@ -351,6 +397,7 @@ impl Error {
         matches!(
             self,
             Error::SnapshotNotFound { .. }
+                | Error::NotThatMany { .. }
                 | Error::ObjectNotFound { .. }
                 | Error::NamespaceNotFound { .. }
                 | Error::Sink {

@@ -229,8 +229,13 @@ impl Stager {
 
     /// One non-blank line: parsed, checked, staged.
     fn line(&mut self, line_no: u64, text: &[u8]) -> Result<()> {
-        let rec: JsonlRecord =
-            serde_json::from_slice(text).map_err(|e| self.bad(line_no, json_reason(&e)))?;
+        let rec: JsonlRecord = serde_json::from_slice(text).map_err(|e| {
+            if text.trim_ascii_start().starts_with(b"[") {
+                let why = "a JSON array, but the input must be JSON Lines: one record object per line (convert with `jq -c '.[]' FILE`)";
+                return self.bad(line_no, why.into());
+            }
+            self.bad(line_no, json_reason(&e))
+        })?;
         self.check(line_no, &rec)?;
         *self.counts.entry(rec.namespace.clone()).or_default() += 1;
         self.records += 1;
@@ -293,6 +298,10 @@ impl Stager {
     }
 
     fn finish(self) -> Result<StagedStore> {
+        if self.records == 0 {
+            let why = "no records (the input is empty or blank); nothing was imported";
+            return Err(self.bad(0, why.into()));
+        }
         let sorted = match self.sorter {
             Some(s) => Some(
                 s.done()

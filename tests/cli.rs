@@ -373,6 +373,26 @@ async fn workflow_on_s3_and_from_local_to_s3() {
         cli.ok(&up, &["verify", &id]);
         let back = cli.ok(&up, &["export", &id, "--output", "-"]);
         assert_eq!(parse_jsonl(&back), sorted(records()));
+        // A copy to a bucket that does not exist says which side and which bucket, briefly.
+        let line = cli.fails(
+            Some(local),
+            &[
+                "--retries",
+                "0",
+                "copy",
+                &id,
+                "--to",
+                "s3://no-such-bucket-4e1/x",
+            ],
+            1,
+        );
+        assert!(
+            line.contains(
+                "in s3://no-such-bucket-4e1/x failed: the bucket or container does not exist"
+            ),
+            "{line}"
+        );
+        assert!(!line.contains("<?xml"), "{line}");
         announce(&format!(
             "cli: workflow ran end to end against {} ({prefix})",
             server.name
@@ -635,12 +655,54 @@ fn bad_input_gives_one_line_and_the_right_exit_code() {
         "{\"namespace\":\"a\",\"id\":\"x\",\"values\":[1,2]}\n\n{\"namespace\":\"a\",\"id\":\"y\",\"values\":[1]}\n",
     )
     .unwrap();
-    let line = cli.fails(Some(repo), &["import", input.to_str().unwrap()], 1);
+    let out = cli.run_with(Some(repo), &["import", input.to_str().unwrap()], None);
+    assert_eq!(out.code, 1);
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap();
     assert!(
         line.contains("bad.jsonl, line 3") && line.contains("dimension"),
         "{line}"
     );
+    // The first import into a path that does not exist says it creates a repository there.
+    assert!(
+        out.stderr
+            .contains(&format!("creating a new repository at {repo}")),
+        "{}",
+        out.stderr
+    );
     assert!(cli.ok(repo, &["list", "--json"]).trim() == "[]");
+    // An empty repository: `latest` says so plainly.
+    let line = cli.fails(Some(repo), &["show", "latest"], 1);
+    assert!(
+        line.starts_with("error: latest names no snapshot:")
+            && line.ends_with("has no snapshots yet"),
+        "{line}"
+    );
+    // An empty input file and a JSON array file are refused, saying why.
+    let empty = work.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let line = cli.fails(Some(repo), &["import", empty.to_str().unwrap()], 1);
+    assert!(
+        line.ends_with(
+            "empty.jsonl: no records (the input is empty or blank); nothing was imported"
+        ),
+        "{line}"
+    );
+    let array = work.path().join("array.json");
+    std::fs::write(
+        &array,
+        "[{\"namespace\":\"a\",\"id\":\"x\",\"values\":[1]}]",
+    )
+    .unwrap();
+    let line = cli.fails(Some(repo), &["import", array.to_str().unwrap()], 1);
+    assert!(line.contains("jq -c '.[]'"), "{line}");
+    assert!(cli.ok(repo, &["list", "--json"]).trim() == "[]");
+    // --repo naming a file says so.
+    let line = cli.fails(Some(input.to_str().unwrap()), &["list"], 1);
+    assert!(line.contains("is a file, not a folder"), "{line}");
     let line = cli.fails(Some(repo), &["import", "/no/such/file.jsonl"], 1);
     assert!(line.contains("opening /no/such/file.jsonl"), "{line}");
 
@@ -654,6 +716,16 @@ fn bad_input_gives_one_line_and_the_right_exit_code() {
         assert_eq!(out.code, 0, "{}", out.stderr);
         out.stdout.trim().to_string()
     };
+    // Export into a folder that does not exist names that folder, not a temporary file.
+    let line = cli.fails(
+        Some(repo),
+        &["export", &id, "--output", "/no-such-dir-7f3/out.jsonl"],
+        1,
+    );
+    assert_eq!(
+        line,
+        "error: cannot write /no-such-dir-7f3/out.jsonl: the folder /no-such-dir-7f3 does not exist"
+    );
     let missing = format!("{}0", &id[..id.len() - 1]);
     let missing = if missing == id {
         format!("{}1", &id[..id.len() - 1])
@@ -737,7 +809,19 @@ async fn a_wrong_secret_on_a_signing_server_is_one_line_without_the_secret() {
         }
         let url = format!("{}/cli-auth", server.url);
         let line = cli.fails(Some(&url), &["--retries", "0", "list"], 1);
-        assert!(line.contains("authentication failed"), "{line}");
+        // One short line that names the repository and what to do; the server's XML only
+        // under -v.
+        assert_eq!(
+            line,
+            format!("error: list of snapshots in {url} failed: authentication failed: check the access key and secret")
+        );
+        let out = cli.run_with(Some(&url), &["-v", "--retries", "0", "list"], None);
+        assert_eq!(out.code, 1);
+        assert!(
+            out.stderr.contains("caused by:") && out.stderr.contains("SignatureDoesNotMatch"),
+            "{}",
+            out.stderr
+        );
         // and the right secret works on the same server
         let cli = Cli::s3(&server.endpoint);
         cli.ok(&url, &["list"]);
@@ -752,7 +836,17 @@ fn every_command_has_help_with_examples() {
     let top = cli.run_with(None, &["--help"], None);
     assert_eq!(top.code, 0);
     for cmd in [
-        "list", "show", "verify", "export", "import", "delete", "prune", "gc", "copy", "diff",
+        "list",
+        "show",
+        "verify",
+        "export",
+        "import",
+        "delete",
+        "prune",
+        "gc",
+        "copy",
+        "diff",
+        "completions",
     ] {
         assert!(top.stdout.contains(cmd), "top-level help lacks {cmd}");
         let out = cli.run_with(None, &[cmd, "--help"], None);
@@ -888,4 +982,91 @@ fn a_closed_output_pipe_ends_quietly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.is_empty(), "{stderr}");
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish_need_no_repository() {
+    let cli = Cli::local();
+    for (shell, marker) in [
+        ("bash", "_dakera__snapshot()"),
+        ("zsh", "#compdef dakera-snapshot"),
+        ("fish", "complete -c dakera-snapshot"),
+    ] {
+        let out = cli.run_with(None, &["completions", shell], None);
+        assert_eq!(out.code, 0, "{shell}: {}", out.stderr);
+        assert!(
+            out.stdout.contains(marker),
+            "{shell}: {}",
+            &out.stdout[..200.min(out.stdout.len())]
+        );
+        assert!(
+            out.stdout.contains("prune") && out.stdout.contains("keep-last"),
+            "{shell}"
+        );
+    }
+    let out = cli.run_with(None, &["completions", "tcsh"], None);
+    assert_eq!(out.code, 2);
+}
+
+#[test]
+fn a_config_file_names_the_repository_options_and_settings_and_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let other = dir.path().join("other");
+    let config = dir.path().join("dakera.toml");
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/vectors.jsonl");
+    std::fs::write(
+        &config,
+        format!(
+            "repo = {:?}\n\n[snapshot]\ncompression_level = \"best\"\ninclude_metadata = false\n",
+            repo.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let cli = Cli::local();
+    // No --repo: the file's repository and settings.
+    let out = cli.run_with(None, &["--config", cfg, "-q", "import", sample], None);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let shown = cli.json(repo.to_str().unwrap(), &["show", "latest"]);
+    assert_eq!(shown["snapshot"]["compression"]["level"], 9, "{shown}");
+    assert_eq!(shown["snapshot"]["include_metadata"], false);
+    // --repo and --level win over the file.
+    let out = cli.run_with(
+        Some(other.to_str().unwrap()),
+        &["--config", cfg, "-q", "import", sample, "--level", "fast"],
+        None,
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let shown = cli.json(other.to_str().unwrap(), &["show", "latest"]);
+    assert_eq!(shown["snapshot"]["compression"]["level"], 2, "{shown}");
+    // The file's backend options reach the repository (a local one takes none).
+    std::fs::write(
+        &config,
+        format!(
+            "repo = {:?}\n[options]\nfoo = \"bar\"\n",
+            repo.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let line = cli.fails(None, &["--config", cfg, "list"], 2);
+    assert!(
+        line.contains("takes no backend options (got \"foo\")"),
+        "{line}"
+    );
+    // Unknown keys and bad values are usage errors naming the file.
+    std::fs::write(&config, "repo = \"x\"\nrepository = \"y\"\n").unwrap();
+    let line = cli.fails(None, &["--config", cfg, "list"], 2);
+    assert!(
+        line.contains("dakera.toml") && line.contains("repository"),
+        "{line}"
+    );
+    std::fs::write(&config, "[snapshot]\nchunk_size = 0\n").unwrap();
+    let line = cli.fails(Some(repo.to_str().unwrap()), &["--config", cfg, "list"], 2);
+    assert!(line.contains("chunk_size"), "{line}");
+    let line = cli.fails(None, &["--config", "/no/such/dakera.toml", "list"], 1);
+    assert!(
+        line.contains("reading the config file /no/such/dakera.toml"),
+        "{line}"
+    );
 }

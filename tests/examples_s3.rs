@@ -81,6 +81,16 @@ fn backup_then_restore(server: &Server) {
         "{latest}"
     );
     assert!(latest.contains(&id), "{latest}");
+    // The snapshot line reads as a person would write it: the type in words, a UTC time.
+    let line = latest
+        .lines()
+        .find(|l| l.starts_with("snapshot: "))
+        .unwrap();
+    assert!(
+        line.contains("(full, 3000 vectors stored, created 20"),
+        "{line}"
+    );
+    assert!(line.ends_with("Z)"), "{line}");
     let by_id = run(server, "s3_restore", &url, &[&id]);
     assert!(
         by_id.contains("restored: 2 namespaces, 3000 vectors"),
@@ -154,4 +164,37 @@ fn start_sh_twice_succeeds_and_stop_sh_stops() {
     assert_eq!(stop_code, Some(0), "{stopped}");
     assert!(stopped.contains("stopped moto"), "{stopped}");
     announce("localstack/start.sh: a second run finds moto up and prints its access line");
+}
+
+/// README command 1: the quickstart says what it changed between its two snapshots and
+/// prints lists as text, not Rust debug output.
+#[test]
+fn quickstart_explains_each_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(example("quickstart"))
+        .arg(dir.path().join("repo"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "changed the store: 150 FAQ entries added, 1 article deleted (3649 vectors now)"
+        ),
+        "{stdout}"
+    );
+    let inc = stdout
+        .lines()
+        .find(|l| l.starts_with("created incremental snapshot"))
+        .unwrap();
+    assert!(
+        inc.contains("stored articles, faq, unchanged images"),
+        "{inc}"
+    );
+    assert!(!stdout.contains('[') && !stdout.contains('"'), "{stdout}");
+    assert!(stdout.contains("restored store equals the original: 3 namespaces, 3649 vectors"));
 }

@@ -192,6 +192,16 @@ async fn bad_lines_are_refused_with_their_line_number() {
             2,
             "invalid type",
         ),
+        (
+            "[{\"namespace\":\"a\",\"id\":\"x\",\"values\":[1]}]\n".to_string(),
+            1,
+            "a JSON array, but the input must be JSON Lines: one record object per line (convert with `jq -c '.[]' FILE`)",
+        ),
+        (
+            "[\n  {\"namespace\":\"a\",\"id\":\"x\",\"values\":[1]}\n]\n".to_string(),
+            1,
+            "a JSON array",
+        ),
     ];
     for (text, want_line, want) in cases {
         match import_error(&text, 1 << 20).await {
@@ -253,16 +263,22 @@ async fn ttl_without_expiry_expires_after_the_import_and_empty_input_is_refused(
     assert_eq!(seen[0].expires_at, Some(1_700_000_000 + 60));
     assert_eq!(seen[0].ttl_seconds, Some(60));
 
-    // An empty input makes an empty snapshot rather than failing: it is what the file says.
-    let r = import_jsonl(
-        &m,
-        std::io::Cursor::new(Vec::new()),
-        "e",
-        CreateOptions::default(),
-    )
-    .await
-    .unwrap();
-    assert_eq!((r.records, r.snapshot.namespaces.len()), (0, 0));
+    // An empty (or blank) input is refused: an empty snapshot is never what was meant.
+    for input in [&b""[..], b"\n  \n"] {
+        let err = import_jsonl(
+            &m,
+            std::io::Cursor::new(input.to_vec()),
+            "e",
+            CreateOptions::default(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "e: no records (the input is empty or blank); nothing was imported"
+        );
+    }
+    assert_eq!(m.list_snapshots().await.unwrap().len(), 1);
 }
 
 #[tokio::test]

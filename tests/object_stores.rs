@@ -130,11 +130,20 @@ async fn wrong_secret_is_an_authentication_error(server: &Server) {
         "{text}"
     );
     assert!(!err.is_retryable(), "{text}");
-    let shown = err.to_string();
     assert!(
-        shown.contains("authentication failed: check the access key and secret")
-            && shown.contains("SignatureDoesNotMatch"),
+        err.to_string()
+            .ends_with("failed: authentication failed: check the access key and secret"),
         "{text}"
+    );
+    let mut chain = String::new();
+    let mut cause = std::error::Error::source(&err);
+    while let Some(c) = cause {
+        chain.push_str(&c.to_string());
+        cause = c.source();
+    }
+    assert!(
+        chain.contains("SignatureDoesNotMatch"),
+        "the server's code stays in the source chain: {text}"
     );
     assert!(
         !text.contains(bad) && !text.contains(SECRET_KEY),
@@ -159,8 +168,9 @@ async fn missing_bucket_and_unreachable_endpoint_fail_clearly() {
     .unwrap();
     let err = m.list_snapshots().await.unwrap_err();
     assert!(
-        err.to_string()
-            .contains("the bucket or container does not exist"),
+        err.to_string().ends_with(
+            "in s3://no-such-bucket-here/x failed: the bucket or container does not exist"
+        ),
         "{err}"
     );
     assert_eq!(
@@ -239,7 +249,7 @@ async fn snapshot_repository_urls() {
         sink_from_url(&local, &SinkOptions::new()).unwrap();
     }
 
-    let bad: [(&str, SinkOptions, &str); 10] = [
+    let bad: [(&str, SinkOptions, &str); 11] = [
         ("", SinkOptions::new(), "empty repository URL"),
         (
             "ftp://host/x",
@@ -275,6 +285,13 @@ async fn snapshot_repository_urls() {
             "not a url://x",
             SinkOptions::new(),
             "invalid repository URL",
+        ),
+        (
+            "s3://bucket/p",
+            SinkOptions::new()
+                .with("endpoint", "http://user:hunter2@127.0.0.1:9")
+                .with("region", "x"),
+            "the endpoint http://127.0.0.1:9/ is plain HTTP, which is refused unless allowed: add -o allow_http=true (or set AWS_ALLOW_HTTP=true)",
         ),
         (
             "/tmp/dakera-snapshot-options-test",

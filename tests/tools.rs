@@ -133,10 +133,15 @@ async fn copy_refuses_a_different_snapshot_under_the_same_id_and_a_missing_paren
 async fn lineage_verify_all_diff_and_latest_report_a_lost_ancestor() {
     let dir = tempfile::tempdir().unwrap();
     let m = manager(dir.path(), 3);
-    assert!(matches!(
-        m.find_snapshot("latest").await.unwrap_err(),
-        Error::SnapshotNotFound { .. }
-    ));
+    let err = m.find_snapshot("latest").await.unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "latest names no snapshot: {} has no snapshots yet",
+            m.sink().describe()
+        )
+    );
     let store = store_with(&[("a", 10, 4), ("b", 10, 2)]).await;
     let full = m
         .create_snapshot(&store, CreateOptions::default())
@@ -151,6 +156,14 @@ async fn lineage_verify_all_diff_and_latest_report_a_lost_ancestor() {
         .await
         .unwrap();
     assert_eq!(m.find_snapshot("latest").await.unwrap(), inc.id);
+    assert_eq!(m.find_snapshot("latest~0").await.unwrap(), inc.id);
+    assert_eq!(m.find_snapshot("latest~1").await.unwrap(), full.id);
+    let err = m.find_snapshot("latest~2").await.unwrap_err().to_string();
+    assert!(err.ends_with("has only 2 snapshots"), "{err}");
+    for bad in ["latest~", "latest~x", "latest~-1", "latestx"] {
+        let err = m.find_snapshot(bad).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidInput { .. }), "{bad}: {err}");
+    }
 
     let d = m
         .diff_snapshots(full.id.as_str(), inc.id.as_str())
@@ -184,4 +197,68 @@ async fn lineage_verify_all_diff_and_latest_report_a_lost_ancestor() {
         "{problem}"
     );
     assert!(m.copy_plan(std::slice::from_ref(&inc.id)).await.is_err());
+}
+
+/// One reported phase: its name, its total, the bytes advanced, whether it ended.
+type Phase = (String, Option<u64>, u64, bool);
+
+/// Records what a manager reports to its progress.
+#[derive(Debug, Default)]
+struct Recorded(std::sync::Mutex<Vec<Phase>>);
+
+impl dakera_snapshot::Progress for Recorded {
+    fn begin(&self, what: &str, total: Option<u64>) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((what.to_string(), total, 0, false));
+    }
+    fn advance(&self, bytes: u64) {
+        if let Some(last) = self.0.lock().unwrap().last_mut() {
+            last.2 += bytes;
+        }
+    }
+    fn end(&self) {
+        if let Some(last) = self.0.lock().unwrap().last_mut() {
+            last.3 = true;
+        }
+    }
+}
+
+#[tokio::test]
+async fn long_operations_report_named_phases_that_end_at_their_total() {
+    let dir = tempfile::tempdir().unwrap();
+    let progress = std::sync::Arc::new(Recorded::default());
+    let m = manager(dir.path(), 0).with_progress(progress.clone());
+    let store = store_with(&[("a", 300, 8), ("b", 200, 4)]).await;
+    let full = m
+        .create_snapshot(&store, CreateOptions::default())
+        .await
+        .unwrap();
+    store
+        .upsert("a", vec![Vector::new("zzz", vec![1.0; 8])])
+        .await
+        .unwrap();
+    let inc = m
+        .create_incremental_snapshot(&store, full.id.as_str(), None, CreateOptions::default())
+        .await
+        .unwrap();
+    m.read_vectors(inc.id.as_str(), None, |_, _| Ok(()))
+        .await
+        .unwrap();
+    let phases = progress.0.lock().unwrap().clone();
+    let names: Vec<String> = phases
+        .iter()
+        .map(|p| p.0.split(' ').next().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["write", "compare", "write", "export"], "{phases:?}");
+    assert_eq!(phases[0].0, format!("write {}", full.id));
+    for (what, total, done, ended) in &phases {
+        assert!(ended, "{what} never ended");
+        assert_eq!(Some(*done), *total, "{what} does not end at its total");
+    }
+    // value bytes: 300 x 8 + 200 x 4 floats; the incremental compares both namespaces and
+    // writes only the changed one (301 x 8).
+    assert_eq!(phases[0].1, Some(4 * (300 * 8 + 200 * 4)));
+    assert_eq!(phases[2].1, Some(4 * 301 * 8));
 }

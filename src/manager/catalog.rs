@@ -215,34 +215,43 @@ impl SnapshotManager {
         }
     }
 
-    /// Turns what a user typed into a snapshot id: an id, or `latest` for the newest
-    /// snapshot (an error in an empty repository).
+    /// Turns what a user typed into a snapshot id: an id, `latest` for the newest snapshot,
+    /// or `latest~N` for the one N before it (`latest~0` is `latest`). Fails when the
+    /// repository has fewer snapshots, or when the one meant cannot be read (rather than
+    /// silently mean another).
     pub async fn find_snapshot(&self, spec: &str) -> Result<SnapshotId> {
-        if spec != "latest" {
+        let Some(back) = parse_relative(spec)? else {
             return SnapshotId::parse(spec);
-        }
+        };
         let catalog = self.list_catalog().await?;
-        let newest = catalog.snapshots.first().map(|m| &m.id);
-        // A damaged sidecar newer than every readable one: `latest` would silently mean an
-        // older snapshot, so say so instead.
-        if let Some(d) = catalog
-            .damaged
+        let mut all: Vec<(&SnapshotId, Option<&str>)> = catalog
+            .snapshots
             .iter()
-            .find(|d| newest.is_none_or(|n| d.id > *n))
-        {
-            return Err(Error::corrupt(
-                d.id.as_str(),
+            .map(|m| (&m.id, None))
+            .chain(
+                catalog
+                    .damaged
+                    .iter()
+                    .map(|d| (&d.id, Some(d.problem.as_str()))),
+            )
+            .collect();
+        all.sort_by(|a, b| b.0.cmp(a.0));
+        match all.get(back) {
+            Some((id, None)) => Ok((*id).clone()),
+            Some((id, Some(problem))) => Err(Error::corrupt(
+                id.as_str(),
                 None,
                 None,
                 format!(
-                    "the newest snapshot cannot be read ({}); name a snapshot by id, or remove it with `delete {} --force`",
-                    d.problem, d.id
+                    "{spec} is this snapshot, and its sidecar cannot be read ({problem}); name another by id, or remove it with `delete {id} --force`"
                 ),
-            ));
+            )),
+            None => Err(Error::NotThatMany {
+                spec: spec.to_string(),
+                repository: self.sink.describe(),
+                count: all.len(),
+            }),
         }
-        newest.cloned().ok_or_else(|| Error::SnapshotNotFound {
-            id: format!("latest (the repository {} is empty)", self.sink.describe()),
-        })
     }
 
     /// The snapshot and its ancestors, following `parent_id` to a full snapshot. A missing
@@ -311,4 +320,25 @@ impl SnapshotManager {
             namespaces,
         })
     }
+}
+
+/// `latest` → `Some(0)`, `latest~N` → `Some(N)`, anything else → `None` (an id).
+fn parse_relative(spec: &str) -> Result<Option<usize>> {
+    let Some(rest) = spec.strip_prefix("latest") else {
+        return Ok(None);
+    };
+    if rest.is_empty() {
+        return Ok(Some(0));
+    }
+    rest.strip_prefix('~')
+        .and_then(|n| n.parse().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            Error::invalid(
+                "snapshot id",
+                format!(
+                    "{spec:?}: use an id, `latest`, or `latest~N` (N snapshots before the newest)"
+                ),
+            )
+        })
 }

@@ -3,7 +3,7 @@
 use super::create::namespace_dimension;
 use super::pipeline::{BlobWriter, ChunkEncoder};
 use super::plan::WritePlan;
-use super::SnapshotManager;
+use super::{EndProgress, SnapshotManager};
 use crate::config::CreateOptions;
 use crate::error::{Error, Result, SinkErrorKind, SinkOp};
 use crate::format::blob;
@@ -16,6 +16,17 @@ use crate::retention::RetentionPolicy;
 use crate::sink::{PutMode, SinkExt};
 use crate::storage::VectorStorage;
 use bytes::Bytes;
+
+/// The value bytes (4 per dimension per vector) of `names`, from the store's counts: the
+/// total a create's progress counts up to.
+pub(super) async fn value_bytes(storage: &dyn VectorStorage, names: &[String]) -> Result<u64> {
+    let mut total = 0u64;
+    for ns in names {
+        let dim = storage.dimension(ns).await?.unwrap_or(0) as u64;
+        total = total.saturating_add(4 * dim * storage.count(ns).await? as u64);
+    }
+    Ok(total)
+}
 
 /// A blob uploaded and checked, not yet committed.
 struct UploadedBlob {
@@ -66,6 +77,9 @@ impl SnapshotManager {
         names: &[String],
     ) -> Result<UploadedBlob> {
         let blob_key = self.layout.blob_key(id);
+        let total = value_bytes(storage, names).await?;
+        self.progress.begin(&format!("write {id}"), Some(total));
+        let _end = EndProgress(self.progress.as_ref());
         let out = self.sink.put_streaming(&blob_key, PutMode::Create).await?;
         let mut w = BlobWriter::new(out);
         let (header, namespaces, footer) = match self
@@ -230,7 +244,6 @@ impl SnapshotManager {
         names: &[String],
     ) -> Result<(ByteRange, Vec<NamespaceEntry>, ByteRange)> {
         let level = self.config.effective_level();
-        let filter = self.config.effective_filter();
         let range = |c: crate::format::sidecar::ChunkEntry| ByteRange {
             offset: c.offset,
             length: c.length,
@@ -240,46 +253,60 @@ impl SnapshotManager {
                 .await?,
         );
         let mut entries = Vec::with_capacity(names.len());
-        let mut total = 0;
         for ns in names {
-            let dim = namespace_dimension(storage, ns).await?;
-            let mut chunks = vec![
-                w.write_raw(blob::encode_ns_header(ns, dim, filter), level)
-                    .await?,
-            ];
-            let mut digest = blob::ContentDigest::new(dim);
-            let mut count = 0u64;
-            let mut encoder =
-                ChunkEncoder::new(storage, ns, self.encode_settings(dim, Some(level)));
-            while let Some(chunk) = encoder.next().await? {
-                digest.add(&chunk.vector_hashes);
-                count += chunk.vectors;
-                chunks.push(
-                    w.write(chunk.bytes, chunk.crc32, chunk.raw_len, chunk.vectors)
-                        .await?,
-                );
-            }
-            let digest = digest.finish();
-            chunks.push(
-                w.write_raw(blob::encode_ns_end(count, &digest), level)
-                    .await?,
-            );
-            total += count;
-            entries.push(NamespaceEntry {
-                name: ns.clone(),
-                dimension: (dim > 0).then_some(dim),
-                vector_count: count,
-                offset: chunks[0].offset,
-                length: chunks.iter().map(|c| c.length).sum(),
-                raw_length: chunks.iter().map(|c| c.raw_length).sum(),
-                content_sha256: hex::encode(digest),
-                chunks,
-            });
+            entries.push(self.write_namespace(w, storage, ns).await?);
         }
+        let total = entries.iter().map(|e| e.vector_count).sum();
         let footer = range(
             w.write_raw(blob::encode_footer(names.len() as u32, total), level)
                 .await?,
         );
         Ok((header, entries, footer))
+    }
+
+    /// Writes one namespace section (header chunk, data chunks, end chunk), reporting the
+    /// value bytes written to the progress.
+    async fn write_namespace(
+        &self,
+        w: &mut BlobWriter,
+        storage: &dyn VectorStorage,
+        ns: &str,
+    ) -> Result<NamespaceEntry> {
+        let (level, filter) = (
+            self.config.effective_level(),
+            self.config.effective_filter(),
+        );
+        let dim = namespace_dimension(storage, ns).await?;
+        let mut chunks = vec![
+            w.write_raw(blob::encode_ns_header(ns, dim, filter), level)
+                .await?,
+        ];
+        let mut digest = blob::ContentDigest::new(dim);
+        let mut count = 0u64;
+        let mut encoder = ChunkEncoder::new(storage, ns, self.encode_settings(dim, Some(level)));
+        while let Some(chunk) = encoder.next().await? {
+            digest.add(&chunk.vector_hashes);
+            count += chunk.vectors;
+            self.progress.advance(4 * u64::from(dim) * chunk.vectors);
+            chunks.push(
+                w.write(chunk.bytes, chunk.crc32, chunk.raw_len, chunk.vectors)
+                    .await?,
+            );
+        }
+        let digest = digest.finish();
+        chunks.push(
+            w.write_raw(blob::encode_ns_end(count, &digest), level)
+                .await?,
+        );
+        Ok(NamespaceEntry {
+            name: ns.to_string(),
+            dimension: (dim > 0).then_some(dim),
+            vector_count: count,
+            offset: chunks[0].offset,
+            length: chunks.iter().map(|c| c.length).sum(),
+            raw_length: chunks.iter().map(|c| c.raw_length).sum(),
+            content_sha256: hex::encode(digest),
+            chunks,
+        })
     }
 }

@@ -1,9 +1,10 @@
 //! Create: full and incremental snapshots of a store.
 
 use super::catalog::ResolvedSnapshot;
+use super::commit::value_bytes;
 use super::pipeline::{ChunkEncoder, EncodeSettings};
 use super::plan::{self, Changes, WritePlan};
-use super::SnapshotManager;
+use super::{EndProgress, SnapshotManager};
 use crate::config::CreateOptions;
 use crate::error::{Error, Result};
 use crate::format::blob;
@@ -119,6 +120,14 @@ impl SnapshotManager {
         parent: &ResolvedSnapshot,
         current: &[String],
     ) -> Result<BTreeSet<String>> {
+        let compared: Vec<String> = current
+            .iter()
+            .filter(|n| parent.namespaces.contains_key(*n))
+            .cloned()
+            .collect();
+        let total = value_bytes(storage, &compared).await?;
+        self.progress.begin("compare with the parent", Some(total));
+        let _end = EndProgress(self.progress.as_ref());
         let mut same = BTreeSet::new();
         for n in current {
             let Some((_, entry)) = parent.namespaces.get(n) else {
@@ -155,6 +164,7 @@ impl SnapshotManager {
         let mut chunks = ChunkEncoder::new(storage, ns, self.encode_settings(dim, None));
         while let Some(chunk) = chunks.next().await? {
             digest.add(&chunk.vector_hashes);
+            self.progress.advance(4 * u64::from(dim) * chunk.vectors);
         }
         Ok((dim, digest.finish()))
     }

@@ -200,7 +200,7 @@ impl SnapshotManager {
         let id = SnapshotId::parse(id)?;
         let resolved = self.resolve_only(&id, only).await?;
         let total = resolved.namespaces.values().map(|(_, e)| e.length).sum();
-        self.progress.begin(&format!("read {id}"), Some(total));
+        self.progress.begin(&format!("export {id}"), Some(total));
         let _end = EndProgress(self.progress.as_ref());
         let mut report = ExportReport {
             snapshot_id: Some(id.clone()),

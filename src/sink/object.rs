@@ -116,12 +116,9 @@ impl ObjectStoreSink {
         let kind = classify(&e);
         if kind == SinkErrorKind::Transient || kind == SinkErrorKind::Other {
             if let Some(hint) = self.credentials_hint.filter(|_| is_credential_lookup(&e)) {
-                return Error::sink(
-                    op,
-                    key.as_str(),
-                    SinkErrorKind::NoCredentials,
-                    format!("{hint} (looking them up failed: {e})"),
-                );
+                let lookup = NoCredentials { hint, lookup: e };
+                return Error::sink(op, key.as_str(), SinkErrorKind::NoCredentials, lookup)
+                    .in_repository(&self.description);
             }
         }
         match kind {
@@ -131,7 +128,7 @@ impl ObjectStoreSink {
                 }
             }
             SinkErrorKind::AlreadyExists => conflict(key),
-            kind => Error::sink(op, key.as_str(), kind, e),
+            kind => Error::sink(op, key.as_str(), kind, e).in_repository(&self.description),
         }
     }
 
@@ -243,12 +240,26 @@ fn conflict(key: &Key) -> Error {
     }
 }
 
+/// No credentials were configured and looking them up (instance metadata and the like)
+/// failed: what to set, with the failed lookup as the source.
+#[derive(Debug, thiserror::Error)]
+#[error("no credentials found: {hint}")]
+struct NoCredentials {
+    hint: &'static str,
+    #[source]
+    lookup: object_store::Error,
+}
+
 /// The kind of an object_store error: from its variant, then, for `Generic` errors, from
 /// the HTTP layer's own classification of the failure, then from the service's error code.
 fn classify(e: &object_store::Error) -> SinkErrorKind {
     use object_store::Error as E;
     match e {
-        E::NotFound { .. } => SinkErrorKind::NotFound,
+        // A missing bucket answers 404 too: only its code tells it from a missing object.
+        E::NotFound { .. } => match service_code(e).and_then(code_kind) {
+            Some(SinkErrorKind::BucketNotFound) => SinkErrorKind::BucketNotFound,
+            _ => SinkErrorKind::NotFound,
+        },
         E::AlreadyExists { .. } | E::Precondition { .. } => SinkErrorKind::AlreadyExists,
         E::Unauthenticated { .. } => SinkErrorKind::Unauthenticated,
         // Some servers answer a bad signature with 403: the service's code tells which.

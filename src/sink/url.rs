@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
-use object_store::{BackoffConfig, ObjectStoreScheme, RetryConfig};
+use object_store::{BackoffConfig, ClientConfigKey, ObjectStoreScheme, RetryConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -251,11 +251,12 @@ fn parse_repo_url(url: &str) -> Result<(Url, String)> {
 /// and the URL, apply options (unknown keys are errors), and remember whether any
 /// credentials were given, to explain a failed lookup of implicit ones.
 macro_rules! cloud_sink {
-    ($url:expr, $prefix:expr, $shown:expr, $options:expr, $builder:ty, $key:ident, $name:literal, [$($cred:ident),*], $hint:literal) => {{
+    ($url:expr, $prefix:expr, $shown:expr, $options:expr, $builder:ty, $key:ident, $name:literal, [$($cred:ident),*], $hint:literal, $check:expr) => {{
         let mut b = <$builder>::from_env().with_url($url).with_retry($options.retry());
         for (k, v) in $options.pairs() {
             b = b.with_config(parse_key::<$key>($name, &k)?, v);
         }
+        $check(&b)?;
         let explicit = [$($key::$cred),*]
             .iter()
             .any(|k| b.get_config_value(k).is_some_and(|v| !v.is_empty() && v != "false"));
@@ -263,6 +264,28 @@ macro_rules! cloud_sink {
         let sink = ObjectStoreSink::new(Arc::new(store), $prefix);
         if explicit { sink } else { sink.with_credentials_hint($hint) }
     }};
+}
+
+/// A plain `http://` endpoint needs `allow_http`: object_store would refuse it later with
+/// "URL scheme is not allowed", which does not say what to set.
+fn plain_http_allowed(
+    endpoint: Option<String>,
+    allow_http: Option<String>,
+    env_hint: &str,
+) -> Result<()> {
+    let plain = endpoint
+        .as_deref()
+        .is_some_and(|e| e.starts_with("http://"));
+    let allowed = allow_http.is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    if plain && !allowed {
+        let shown = endpoint
+            .and_then(|e| Url::parse(&e).ok())
+            .map_or_else(|| "http://...".to_string(), |u| redact_url(&u));
+        return Err(Error::Config(format!(
+            "the endpoint {shown} is plain HTTP, which is refused unless allowed: add -o allow_http=true (or set {env_hint})"
+        )));
+    }
+    Ok(())
 }
 
 /// An S3, GCS or Azure sink.
@@ -280,7 +303,12 @@ fn cloud_sink(
             AmazonS3ConfigKey,
             "S3",
             [AccessKeyId, SkipSignature, WebIdentityTokenFile, ContainerCredentialsRelativeUri, ContainerCredentialsFullUri],
-            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the access_key_id and secret_access_key options)"
+            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or the access_key_id and secret_access_key options)",
+            |b: &AmazonS3Builder| plain_http_allowed(
+                b.get_config_value(&AmazonS3ConfigKey::Endpoint),
+                b.get_config_value(&AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp)),
+                "AWS_ALLOW_HTTP=true"
+            )
         ),
         ObjectStoreScheme::GoogleCloudStorage => cloud_sink!(
             url, prefix, shown, options,
@@ -288,7 +316,8 @@ fn cloud_sink(
             GoogleConfigKey,
             "GCS",
             [ServiceAccount, ServiceAccountKey, ApplicationCredentials, SkipSignature],
-            "set GOOGLE_SERVICE_ACCOUNT to a service-account key file (or the service_account_key option)"
+            "set GOOGLE_SERVICE_ACCOUNT to a service-account key file (or the service_account_key option)",
+            |_: &GoogleCloudStorageBuilder| Ok::<(), Error>(())
         ),
         ObjectStoreScheme::MicrosoftAzure => cloud_sink!(
             url, prefix, shown, options,
@@ -296,7 +325,8 @@ fn cloud_sink(
             AzureConfigKey,
             "Azure",
             [AccessKey, SasKey, Token, ClientSecret, FederatedTokenFile, UseEmulator, UseAzureCli, SkipSignature],
-            "set AZURE_STORAGE_ACCOUNT_KEY (or the access_key option), a SAS token, or client credentials"
+            "set AZURE_STORAGE_ACCOUNT_KEY (or the access_key option), a SAS token, or client credentials",
+            |_: &MicrosoftAzureBuilder| Ok::<(), Error>(())
         ),
         _ => {
             return Err(Error::Config(format!(

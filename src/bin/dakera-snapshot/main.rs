@@ -6,6 +6,7 @@ mod progress;
 mod render;
 
 use clap::{ArgGroup, Parser, Subcommand};
+use dakera_snapshot::error::SinkErrorKind;
 use dakera_snapshot::jsonl::{export_jsonl, import_jsonl};
 use dakera_snapshot::{
     CompressionLevel, CopyOutcome, CreateOptions, DamagedSnapshot, Error, Progress,
@@ -46,6 +47,17 @@ struct Cli {
         value_name = "URL"
     )]
     repo: Option<String>,
+
+    /// A TOML file with `repo = "URL"`, an `[options]` table of backend options and a
+    /// `[snapshot]` table of snapshot settings; the command line wins over it.
+    #[arg(
+        long,
+        env = "DAKERA_SNAPSHOT_CONFIG",
+        global = true,
+        help_heading = "Global options",
+        value_name = "FILE"
+    )]
+    config: Option<PathBuf>,
 
     /// A backend option, KEY=VALUE (repeatable), e.g. endpoint=http://127.0.0.1:9000,
     /// allow_http=true, region=eu-west-1. Values are never printed.
@@ -90,7 +102,7 @@ enum Command {
         after_help = "Examples:\n  dakera-snapshot --repo ./backups show latest\n  dakera-snapshot --repo ./backups show 20261125T101500123Z-0123456789abcdef --json"
     )]
     Show {
-        /// Snapshot id, or `latest`.
+        /// Snapshot id, `latest`, or `latest~N` (N before the newest).
         id: String,
     },
 
@@ -101,7 +113,7 @@ enum Command {
         after_help = "Examples:\n  dakera-snapshot --repo ./backups verify latest\n  dakera-snapshot --repo s3://bucket/dakera verify --all"
     )]
     Verify {
-        /// Snapshot id, or `latest`.
+        /// Snapshot id, `latest`, or `latest~N` (N before the newest).
         id: Option<String>,
         /// Verify every snapshot in the repository.
         #[arg(long)]
@@ -114,7 +126,7 @@ enum Command {
         after_help = "Examples:\n  dakera-snapshot --repo ./backups export latest --output all.jsonl\n  dakera-snapshot --repo ./backups export latest -n docs --output - | head\n  dakera-snapshot --repo ./backups export latest --gzip --output all.jsonl.gz"
     )]
     Export {
-        /// Snapshot id, or `latest`.
+        /// Snapshot id, `latest`, or `latest~N` (N before the newest).
         id: String,
         /// Only this namespace (repeatable).
         #[arg(long = "namespace", short = 'n', value_name = "NS")]
@@ -141,9 +153,9 @@ enum Command {
         /// Label KEY=VALUE stored with the snapshot (repeatable).
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = key_value)]
         labels: Vec<(String, String)>,
-        /// Compression level.
-        #[arg(long, value_enum, default_value = "fast")]
-        level: Level,
+        /// Compression level (default: the config file's, else fast).
+        #[arg(long, value_enum)]
+        level: Option<Level>,
     },
 
     /// Delete snapshots. Refuses if other snapshots build on one, unless --force, which
@@ -152,7 +164,7 @@ enum Command {
         after_help = "Examples:\n  dakera-snapshot --repo ./backups delete 20261125T101500123Z-0123456789abcdef --dry-run\n  dakera-snapshot --repo ./backups delete 20261125T101500123Z-0123456789abcdef --force\n  dakera-snapshot --repo ./backups delete ID1 ID2"
     )]
     Delete {
-        /// Snapshot ids (or `latest`).
+        /// Snapshot ids (or `latest`, `latest~N`).
         #[arg(required = true, value_name = "ID")]
         ids: Vec<String>,
         /// Also delete the snapshots that build on them.
@@ -208,7 +220,7 @@ enum Command {
         after_help = "Examples:\n  dakera-snapshot --repo ./backups copy latest --to s3://bucket/dakera\n  dakera-snapshot --repo s3://bucket/dakera copy --all --to gs://other-bucket/dakera"
     )]
     Copy {
-        /// Snapshot ids (or `latest`).
+        /// Snapshot ids (or `latest`, `latest~N`).
         ids: Vec<String>,
         /// Copy every snapshot.
         #[arg(long)]
@@ -231,6 +243,16 @@ enum Command {
         from: String,
         /// The later snapshot (id or `latest`).
         to: String,
+    },
+
+    /// Print a shell completion script: `source <(dakera-snapshot completions bash)`, or
+    /// save it where your shell loads completions from.
+    #[command(
+        after_help = "Examples:\n  dakera-snapshot completions bash > ~/.local/share/bash-completion/completions/dakera-snapshot\n  dakera-snapshot completions zsh > ~/.zfunc/_dakera-snapshot\n  dakera-snapshot completions fish > ~/.config/fish/completions/dakera-snapshot.fish"
+    )]
+    Completions {
+        /// bash, zsh or fish (also elvish, powershell).
+        shell: clap_complete::Shell,
     },
 }
 
@@ -301,8 +323,12 @@ fn main() -> ExitCode {
         Err(Failure::Failed(e)) => {
             let mut line = one_line(&e.to_string());
             // The innermost cause ("Connection refused", "No such file") is often the one
-            // that tells what to fix; name it when the message does not already.
-            let mut root = std::error::Error::source(&e);
+            // that tells what to fix; name it when the message does not already. A sink
+            // error whose kind already says what to do keeps the server's words for -v.
+            let said = e
+                .sink_kind()
+                .is_some_and(|k| !matches!(k, SinkErrorKind::Transient | SinkErrorKind::Other));
+            let mut root = std::error::Error::source(&e).filter(|_| !said);
             while let Some(next) = root.and_then(|c| c.source()) {
                 root = Some(next);
             }
@@ -375,9 +401,42 @@ impl Ctx {
     }
 }
 
-fn config() -> SnapshotConfig {
-    // Retention is explicit in the CLI (`prune`): an import or copy never deletes anything.
-    SnapshotConfig::default().with_max_snapshots(0)
+/// What a `--config` file may hold.
+#[derive(serde::Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    /// The repository URL (`--repo` wins).
+    repo: Option<String>,
+    /// Backend options (`-o KEY=VALUE` wins per key).
+    #[serde(default)]
+    options: std::collections::BTreeMap<String, String>,
+    /// Snapshot settings (`SnapshotConfig` fields).
+    snapshot: Option<SnapshotConfig>,
+}
+
+impl ConfigFile {
+    fn read(path: &Path) -> CliResult<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            let what = format!("reading the config file {}", path.display());
+            Failure::Failed(Error::io(what, e))
+        })?;
+        toml::from_str(&text).map_err(|e| {
+            let why = one_line(&e.to_string());
+            Failure::Usage(format!("config file {}: {why}", path.display()))
+        })
+    }
+
+    /// Snapshot settings: the file's, with retention off (it is explicit in the CLI:
+    /// `prune`; an import or copy never deletes anything).
+    fn snapshot_config(&self) -> CliResult<SnapshotConfig> {
+        let config = self
+            .snapshot
+            .clone()
+            .unwrap_or_default()
+            .with_max_snapshots(0);
+        config.validate()?;
+        Ok(config)
+    }
 }
 
 type Retry = (Option<usize>, Option<Duration>);
@@ -399,17 +458,26 @@ fn open(
     must_exist: bool,
     config: SnapshotConfig,
 ) -> CliResult<SnapshotManager> {
-    if must_exist {
-        if let Some(dir) = local_dir(url) {
-            if !dir.is_dir() {
-                return Err(Failure::Failed(Error::Config(format!(
-                    "repository {} does not exist (import or copy --to create one)",
-                    dir.display()
-                ))));
-            }
+    if let Some(dir) = local_dir(url) {
+        if dir.exists() && !dir.is_dir() {
+            return Err(Failure::Failed(Error::Config(format!(
+                "repository {} is a file, not a folder: name the repository's folder",
+                dir.display()
+            ))));
+        }
+        if must_exist && !dir.is_dir() {
+            return Err(Failure::Failed(Error::Config(format!(
+                "repository {} does not exist (import or copy --to create one)",
+                dir.display()
+            ))));
         }
     }
     Ok(SnapshotManager::from_url(url, options, config)?)
+}
+
+/// The folder of a local repository that does not exist yet (opening it creates it).
+fn new_local_repo(url: &str) -> Option<PathBuf> {
+    local_dir(url).filter(|d| !d.exists())
 }
 
 fn local_dir(url: &str) -> Option<PathBuf> {
@@ -420,19 +488,44 @@ fn local_dir(url: &str) -> Option<PathBuf> {
 }
 
 async fn run(cli: Cli) -> CliResult {
-    let Some(url) = cli.repo.clone() else {
+    if let Command::Completions { shell } = cli.command {
+        // Needs no repository.
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        let mut out = std::io::stdout().lock();
+        clap_complete::generate(shell, &mut cmd, "dakera-snapshot", &mut out);
+        return Ok(());
+    }
+    let file = match &cli.config {
+        Some(path) => ConfigFile::read(path)?,
+        None => ConfigFile::default(),
+    };
+    let Some(url) = cli.repo.clone().or(file.repo.clone()) else {
         return Err(Failure::Usage(
-            "no repository: pass --repo URL or set DAKERA_SNAPSHOT_URL".into(),
+            "no repository: pass --repo URL, set DAKERA_SNAPSHOT_URL, or name it in --config"
+                .into(),
         ));
     };
+    let config = file.snapshot_config()?;
     // Only an import writes snapshots (and may create the repository).
     let (creates, config) = match &cli.command {
-        Command::Import { level, .. } => (true, config().with_compression_level((*level).into())),
-        _ => (false, config()),
+        Command::Import { level: Some(l), .. } => {
+            (true, config.with_compression_level((*l).into()))
+        }
+        Command::Import { level: None, .. } => (true, config),
+        _ => (false, config),
     };
     let bars = Arc::new(Bars::new(!cli.quiet && std::io::stderr().is_terminal()));
     let retry = (cli.retries, cli.retry_timeout);
-    let manager = open(&url, &sink_options(retry, &cli.options), !creates, config)?
+    let new_repo = new_local_repo(&url);
+    // Backend options: the file's, then the command line's (which win, key by key).
+    let options: Vec<(String, String)> = file
+        .options
+        .iter()
+        .filter(|(k, _)| !cli.options.iter().any(|(c, _)| c.eq_ignore_ascii_case(k)))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .chain(cli.options.iter().cloned())
+        .collect();
+    let manager = open(&url, &sink_options(retry, &options), !creates, config)?
         .with_progress(bars.clone() as Arc<dyn Progress>);
     let ctx = Ctx {
         manager,
@@ -440,6 +533,9 @@ async fn run(cli: Cli) -> CliResult {
         quiet: cli.quiet,
         bars,
     };
+    if let Some(dir) = new_repo.filter(|_| creates) {
+        ctx.note(format!("creating a new repository at {}", dir.display()));
+    }
     match cli.command {
         Command::List => list(&ctx).await,
         Command::Show { id } => show(&ctx, &id).await,
@@ -484,6 +580,7 @@ async fn run(cli: Cli) -> CliResult {
             to_options,
         } => copy(&ctx, &ids, all, &to, &sink_options(retry, &to_options)).await,
         Command::Diff { from, to } => diff(&ctx, &from, &to).await,
+        Command::Completions { .. } => unreachable!("handled before the repository is opened"),
     }
 }
 
@@ -578,6 +675,14 @@ async fn export(ctx: &Ctx, id: &str, namespaces: &[String], output: &str, gzip: 
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        if !dir.is_dir() {
+            let missing = format!("the folder {} does not exist", dir.display());
+            let missing = std::io::Error::new(std::io::ErrorKind::NotFound, missing);
+            return Err(Failure::Failed(Error::io(
+                format!("cannot write {output}"),
+                missing,
+            )));
+        }
         let tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| {
             Failure::Failed(Error::io(
                 format!("creating a file in {}", dir.display()),
@@ -658,7 +763,7 @@ async fn import(
         let size = file.metadata().ok().map(|m| m.len());
         (Box::new(file), input.to_string(), size)
     };
-    ctx.bars.begin(&format!("import {name}"), size);
+    ctx.bars.begin(&format!("read and sort {name}"), size);
     let counted = Counted {
         inner: reader,
         bars: ctx.bars.clone(),
@@ -748,7 +853,10 @@ async fn copy(
         }
         v
     };
-    let dest = open(to, to_options, false, config())?;
+    if let Some(dir) = new_local_repo(to) {
+        ctx.note(format!("creating a new repository at {}", dir.display()));
+    }
+    let dest = open(to, to_options, false, ctx.manager.config().clone())?;
     let plan = if all {
         copy_plan_around_damage(ctx, &wanted, &mut skipped_damaged).await?
     } else {

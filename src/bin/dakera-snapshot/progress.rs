@@ -48,9 +48,11 @@ impl Progress for Bars {
             bar.set_style(style.progress_chars("=> "));
         }
         bar.set_message(what.to_string());
+        // Keep moving (and the rate fresh) while a phase makes no progress for a while.
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
         if let Ok(mut slot) = self.bar.lock() {
             if let Some(old) = slot.replace(bar) {
-                old.finish_and_clear();
+                complete(&old);
             }
         }
     }
@@ -66,8 +68,18 @@ impl Progress for Bars {
     fn end(&self) {
         if let Ok(mut slot) = self.bar.lock() {
             if let Some(b) = slot.take() {
-                b.finish_and_clear();
+                complete(&b);
             }
         }
     }
+}
+
+/// Ends a phase's bar at 100% (its total is an estimate from the store's counts, or the
+/// input's size), drawn once, then cleared.
+fn complete(bar: &ProgressBar) {
+    if let Some(total) = bar.length() {
+        bar.set_position(total);
+    }
+    bar.tick();
+    bar.finish_and_clear();
 }

@@ -200,7 +200,8 @@ async fn missing_bucket_and_unreachable_endpoint_fail_clearly() {
     let err = m.list_snapshots().await.unwrap_err();
     assert!(matches!(err, Error::Sink { .. }), "{err}");
     assert!(
-        err.to_string().starts_with("list of snapshots failed"),
+        err.to_string()
+            .starts_with(&format!("list of snapshots in {} failed", server.url)),
         "{err}"
     );
     assert_eq!(err.sink_kind(), Some(SinkErrorKind::Transient), "{err:?}");

@@ -7,8 +7,8 @@ mod common;
 use common::{dump, restore_all, store_with};
 use dakera_snapshot::id::SeededRandom;
 use dakera_snapshot::{
-    CopyOutcome, CreateOptions, Error, ManualClock, SnapshotConfig, SnapshotManager, Vector,
-    VectorStorage,
+    CopyOutcome, CreateOptions, Error, InMemoryStorage, ManualClock, SnapshotConfig,
+    SnapshotManager, SnapshotMetadata, Vector, VectorStorage,
 };
 use std::path::Path;
 
@@ -143,18 +143,7 @@ async fn lineage_verify_all_diff_and_latest_report_a_lost_ancestor() {
         )
     );
     let store = store_with(&[("a", 10, 4), ("b", 10, 2)]).await;
-    let full = m
-        .create_snapshot(&store, CreateOptions::default())
-        .await
-        .unwrap();
-    store
-        .upsert("a", vec![Vector::new("new", vec![0.0; 4])])
-        .await
-        .unwrap();
-    let inc = m
-        .create_incremental_snapshot(&store, full.id.as_str(), None, CreateOptions::default())
-        .await
-        .unwrap();
+    let (full, inc) = full_then_incremental(&m, &store, 4).await;
     assert_eq!(m.find_snapshot("latest").await.unwrap(), inc.id);
     assert_eq!(m.find_snapshot("latest~0").await.unwrap(), inc.id);
     assert_eq!(m.find_snapshot("latest~1").await.unwrap(), full.id);
@@ -231,18 +220,7 @@ async fn long_operations_report_named_phases_that_end_at_their_total() {
     let progress = std::sync::Arc::new(Recorded::default());
     let m = manager(dir.path(), 0).with_progress(progress.clone());
     let store = store_with(&[("a", 300, 8), ("b", 200, 4)]).await;
-    let full = m
-        .create_snapshot(&store, CreateOptions::default())
-        .await
-        .unwrap();
-    store
-        .upsert("a", vec![Vector::new("zzz", vec![1.0; 8])])
-        .await
-        .unwrap();
-    let inc = m
-        .create_incremental_snapshot(&store, full.id.as_str(), None, CreateOptions::default())
-        .await
-        .unwrap();
+    let (full, inc) = full_then_incremental(&m, &store, 8).await;
     m.read_vectors(inc.id.as_str(), None, |_, _| Ok(()))
         .await
         .unwrap();
@@ -261,4 +239,26 @@ async fn long_operations_report_named_phases_that_end_at_their_total() {
     // writes only the changed one (301 x 8).
     assert_eq!(phases[0].1, Some(4 * (300 * 8 + 200 * 4)));
     assert_eq!(phases[2].1, Some(4 * 301 * 8));
+}
+
+/// A full snapshot of `store`, one new vector in namespace `a` (of dimension `dim`), then an
+/// incremental (changes found by digest).
+async fn full_then_incremental(
+    m: &SnapshotManager,
+    store: &InMemoryStorage,
+    dim: usize,
+) -> (SnapshotMetadata, SnapshotMetadata) {
+    let full = m
+        .create_snapshot(store, CreateOptions::default())
+        .await
+        .unwrap();
+    store
+        .upsert("a", vec![Vector::new("zzz-new", vec![0.5; dim])])
+        .await
+        .unwrap();
+    let inc = m
+        .create_incremental_snapshot(store, full.id.as_str(), None, CreateOptions::default())
+        .await
+        .unwrap();
+    (full, inc)
 }

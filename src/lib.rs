@@ -197,9 +197,9 @@ pub use format::sidecar::{
 };
 pub use id::{Clock, ManualClock, SnapshotId, SystemClock};
 pub use manager::{
-    Catalog, CopyOutcome, DamagedSnapshot, DiffEntry, DiffKind, ExportReport, GcReport, Lineage,
-    RestoreResult, RestoredNamespace, RetentionReport, SnapshotDiff, SnapshotManager,
-    VerifyOutcome, VerifyReport,
+    Catalog, CatalogEntry, CopyOutcome, DamagedSnapshot, DiffEntry, DiffKind, ExportReport,
+    GcReport, Lineage, RestoreResult, RestoredNamespace, RetentionReport, SnapshotDiff,
+    SnapshotManager, VerifyOutcome, VerifyReport,
 };
 pub use progress::{NoProgress, Progress};
 pub use retention::{RetentionPlan, RetentionPolicy};

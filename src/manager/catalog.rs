@@ -1,6 +1,8 @@
 //! Reading the catalog: metadata, listing, chain resolution, lineage, `latest`, diffs.
 
-use super::reports::{Catalog, DamagedSnapshot, DiffEntry, DiffKind, Lineage, SnapshotDiff};
+use super::reports::{
+    Catalog, CatalogEntry, DamagedSnapshot, DiffEntry, DiffKind, Lineage, SnapshotDiff,
+};
 use super::SnapshotManager;
 use crate::error::{Error, Result};
 use crate::format::sidecar::{NamespaceEntry, SnapshotMetadata, MAX_SIDECAR_BYTES};
@@ -224,26 +226,16 @@ impl SnapshotManager {
             return SnapshotId::parse(spec);
         };
         let catalog = self.list_catalog().await?;
-        let mut all: Vec<(&SnapshotId, Option<&str>)> = catalog
-            .snapshots
-            .iter()
-            .map(|m| (&m.id, None))
-            .chain(
-                catalog
-                    .damaged
-                    .iter()
-                    .map(|d| (&d.id, Some(d.problem.as_str()))),
-            )
-            .collect();
-        all.sort_by(|a, b| b.0.cmp(a.0));
+        let all = catalog.newest_first();
         match all.get(back) {
-            Some((id, None)) => Ok((*id).clone()),
-            Some((id, Some(problem))) => Err(Error::corrupt(
-                id.as_str(),
+            Some(CatalogEntry::Readable(m)) => Ok(m.id.clone()),
+            Some(CatalogEntry::Damaged(d)) => Err(Error::corrupt(
+                d.id.as_str(),
                 None,
                 None,
                 format!(
-                    "{spec} is this snapshot, and its sidecar cannot be read ({problem}); name another by id, or remove it with `delete {id} --force`"
+                    "{spec} is this snapshot, and its sidecar cannot be read ({}); name another by id, or remove it with `delete {} --force`",
+                    d.problem, d.id
                 ),
             )),
             None => Err(Error::NotThatMany {

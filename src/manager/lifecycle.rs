@@ -117,10 +117,7 @@ impl SnapshotManager {
     /// Snapshots pinned by incremental snapshots being written (pins younger than
     /// [`PIN_TTL`]; pins whose age the backend cannot tell count as live).
     async fn live_pins(&self) -> Result<BTreeSet<SnapshotId>> {
-        let cutoff = self
-            .clock
-            .now_ms()
-            .saturating_sub(PIN_TTL.as_millis() as u64);
+        let cutoff = self.pin_cutoff_ms();
         Ok(self
             .sink
             .list_all(&self.layout.pins_dir())
@@ -162,13 +159,17 @@ impl SnapshotManager {
         Ok(report)
     }
 
+    /// Pins last modified before this (unix ms) are older than [`PIN_TTL`]: retention
+    /// ignores them and gc may remove them.
+    fn pin_cutoff_ms(&self) -> u64 {
+        self.clock
+            .now_ms()
+            .saturating_sub(PIN_TTL.as_millis() as u64)
+    }
+
     /// Removes pins of writers that died: only once retention ignores them anyway.
     async fn remove_stale_pins(&self, cutoff: u64) -> Result<usize> {
-        let pin_cutoff = cutoff.min(
-            self.clock
-                .now_ms()
-                .saturating_sub(PIN_TTL.as_millis() as u64),
-        );
+        let pin_cutoff = cutoff.min(self.pin_cutoff_ms());
         let mut removed = 0;
         for o in self.sink.list_all(&self.layout.pins_dir()).await? {
             if self.layout.parse_pin(&o.key).is_some()

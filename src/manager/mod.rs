@@ -20,8 +20,9 @@ mod restore;
 mod verify;
 
 pub use reports::{
-    Catalog, CopyOutcome, DamagedSnapshot, DiffEntry, DiffKind, ExportReport, GcReport, Lineage,
-    RestoreResult, RestoredNamespace, RetentionReport, SnapshotDiff, VerifyOutcome, VerifyReport,
+    Catalog, CatalogEntry, CopyOutcome, DamagedSnapshot, DiffEntry, DiffKind, ExportReport,
+    GcReport, Lineage, RestoreResult, RestoredNamespace, RetentionReport, SnapshotDiff,
+    VerifyOutcome, VerifyReport,
 };
 
 use crate::config::SnapshotConfig;

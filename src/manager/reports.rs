@@ -196,6 +196,40 @@ pub struct Catalog {
     pub damaged: Vec<DamagedSnapshot>,
 }
 
+impl Catalog {
+    /// Every listed snapshot, readable or not, newest first (by id, which carries the
+    /// creation time): what `latest~N` counts and `list` shows.
+    pub fn newest_first(&self) -> Vec<CatalogEntry<'_>> {
+        let mut all: Vec<CatalogEntry<'_>> = self
+            .snapshots
+            .iter()
+            .map(CatalogEntry::Readable)
+            .chain(self.damaged.iter().map(CatalogEntry::Damaged))
+            .collect();
+        all.sort_by(|a, b| b.id().cmp(a.id()));
+        all
+    }
+}
+
+/// One snapshot of a [`Catalog`].
+#[derive(Debug, Clone, Copy)]
+pub enum CatalogEntry<'a> {
+    /// Its sidecar reads.
+    Readable(&'a SnapshotMetadata),
+    /// Its sidecar cannot be read.
+    Damaged(&'a DamagedSnapshot),
+}
+
+impl CatalogEntry<'_> {
+    /// The snapshot's id.
+    pub fn id(&self) -> &SnapshotId {
+        match self {
+            CatalogEntry::Readable(m) => &m.id,
+            CatalogEntry::Damaged(d) => &d.id,
+        }
+    }
+}
+
 /// A listed snapshot whose sidecar cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[non_exhaustive]

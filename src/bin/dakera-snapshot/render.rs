@@ -1,8 +1,8 @@
 //! Human and JSON renderings of library results. Formatting only: no decisions here.
 
 use dakera_snapshot::{
-    Catalog, DamagedSnapshot, DiffKind, GcReport, Lineage, RetentionReport, SnapshotDiff,
-    SnapshotId, SnapshotMetadata, SnapshotType, VerifyOutcome,
+    Catalog, CatalogEntry, DamagedSnapshot, DiffKind, GcReport, Lineage, RetentionReport,
+    SnapshotDiff, SnapshotId, SnapshotMetadata, SnapshotType, VerifyOutcome,
 };
 use indicatif::HumanBytes;
 use serde_json::{json, Value};
@@ -85,14 +85,14 @@ const LIST_WIDTH: usize = 100;
 /// creation time; a parent is shown by the last 8 hex digits of its id (`--json` and `show`
 /// give full ids).
 pub fn list(catalog: &Catalog) -> String {
-    let mut rows: Vec<(&SnapshotId, Vec<String>)> = catalog
-        .snapshots
-        .iter()
-        .map(|m| (&m.id, list_row(m)))
+    let rows: Vec<Vec<String>> = catalog
+        .newest_first()
+        .into_iter()
+        .map(|e| match e {
+            CatalogEntry::Readable(m) => list_row(m),
+            CatalogEntry::Damaged(d) => damaged_row(d),
+        })
         .collect();
-    rows.extend(catalog.damaged.iter().map(|d| (&d.id, damaged_row(d))));
-    rows.sort_by(|a, b| b.0.cmp(a.0));
-    let rows: Vec<Vec<String>> = rows.into_iter().map(|(_, r)| r).collect();
     let text = table(
         &[
             "ID",
@@ -153,17 +153,14 @@ fn damaged_row(d: &DamagedSnapshot) -> Vec<String> {
 /// `list --json`: every snapshot, newest first, with `damaged` true and the `problem` for
 /// those whose sidecar cannot be read.
 pub fn list_json(catalog: &Catalog) -> Vec<Value> {
-    let mut out: Vec<(&SnapshotId, Value)> = catalog
-        .snapshots
-        .iter()
-        .map(|m| (&m.id, summary(m)))
-        .collect();
-    out.extend(catalog.damaged.iter().map(|d| {
-        let v = json!({"id": d.id, "damaged": true, "problem": d.problem});
-        (&d.id, v)
-    }));
-    out.sort_by(|a, b| b.0.cmp(a.0));
-    out.into_iter().map(|(_, v)| v).collect()
+    catalog
+        .newest_first()
+        .into_iter()
+        .map(|e| match e {
+            CatalogEntry::Readable(m) => summary(m),
+            CatalogEntry::Damaged(d) => json!({"id": d.id, "damaged": true, "problem": d.problem}),
+        })
+        .collect()
 }
 
 pub fn show_json(l: &Lineage) -> Value {

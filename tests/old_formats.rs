@@ -1,0 +1,104 @@
+//! Repositories written by earlier format versions stay readable, restorable and
+//! verifiable, and new snapshots can build on them. The fixtures under tests/fixtures were
+//! written by the code of their time (see tests/fixtures/README.md) and are never rewritten.
+
+use dakera_snapshot::testing::{dump, make_vectors, restore_all, store_with};
+use dakera_snapshot::{
+    CreateOptions, InMemoryStorage, SnapshotConfig, SnapshotManager, VectorStorage,
+};
+use std::path::{Path, PathBuf};
+
+const V1_FULL: &str = "20261202T075849828Z-e82b9485b1f90f4d";
+const V1_INCREMENTAL: &str = "20261202T075849848Z-40d6b5ddb3491548";
+const V1_PLAIN: &str = "20261202T075849862Z-619e8ecb7f927fe2";
+
+/// A writable copy of a committed fixture repository (tests never change the original).
+fn fixture_copy(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join("repo");
+    copy_dir(&src, &dst);
+    (tmp, dst)
+}
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let to = dst.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to);
+        } else {
+            std::fs::copy(entry.path(), &to).unwrap();
+        }
+    }
+}
+
+/// The store's three states when the 1.0 fixture was written (same steps as its generator).
+async fn v1_states() -> [InMemoryStorage; 3] {
+    let full = store_with(&[("alpha", 60, 8), ("beta", 10, 4), ("empty", 0, 0)]).await;
+    let incremental = store_with(&[("alpha", 60, 8), ("beta", 10, 4)]).await;
+    let mut upd = make_vectors("alpha", 65, 8);
+    for v in upd.iter_mut().take(3) {
+        v.values[0] += 1.0;
+    }
+    incremental.upsert("alpha", upd).await.unwrap();
+    incremental.ensure_namespace("gamma").await.unwrap();
+    incremental
+        .upsert("gamma", make_vectors("gamma", 5, 3))
+        .await
+        .unwrap();
+    let plain = InMemoryStorage::new();
+    for (ns, (_, vectors)) in dump(&incremental).await {
+        plain.ensure_namespace(&ns).await.unwrap();
+        plain.upsert(&ns, vectors).await.unwrap();
+    }
+    plain
+        .delete("gamma", &["gamma-00001".to_string()])
+        .await
+        .unwrap();
+    [full, incremental, plain]
+}
+
+fn manager(dir: &Path) -> SnapshotManager {
+    SnapshotManager::local(dir, SnapshotConfig::new().with_max_snapshots(0)).unwrap()
+}
+
+#[tokio::test]
+async fn a_format_1_0_repository_lists_verifies_and_restores() {
+    let (_tmp, dir) = fixture_copy("format-1.0");
+    let m = manager(&dir);
+    let listed = m.list_snapshots().await.unwrap();
+    let ids: Vec<&str> = listed.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, [V1_PLAIN, V1_INCREMENTAL, V1_FULL]);
+    assert!(listed.iter().all(|s| s.format_version == "1.0"));
+    for outcome in m.verify_all().await.unwrap() {
+        assert!(outcome.ok, "{}: {:?}", outcome.snapshot_id, outcome.problem);
+    }
+    let states = v1_states().await;
+    for (id, want) in [V1_FULL, V1_INCREMENTAL, V1_PLAIN].iter().zip(&states) {
+        let got = restore_all(&m, id).await;
+        assert_eq!(dump(&got).await, dump(want).await, "snapshot {id}");
+    }
+}
+
+#[tokio::test]
+async fn a_new_incremental_builds_on_a_format_1_0_parent() {
+    let (_tmp, dir) = fixture_copy("format-1.0");
+    let m = manager(&dir);
+    let [_, _, store] = v1_states().await;
+    store
+        .upsert("beta", make_vectors("beta", 12, 4))
+        .await
+        .unwrap();
+    let child = m
+        .create_incremental_snapshot(&store, V1_PLAIN, None, CreateOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(child.parent_id.as_ref().unwrap().as_str(), V1_PLAIN);
+    let stored: Vec<&str> = child.namespaces.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(stored, ["beta"], "only the changed namespace is stored");
+    m.verify_snapshot(child.id.as_str()).await.unwrap();
+    let got = restore_all(&m, child.id.as_str()).await;
+    assert_eq!(dump(&got).await, dump(&store).await);
+}

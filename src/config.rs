@@ -32,6 +32,11 @@ pub struct SnapshotConfig {
     /// compress slightly better; smaller ones bound memory and make corruption reports more
     /// precise. 4 KiB to 32 MiB, default 4 MiB.
     pub chunk_size: usize,
+    /// Target uncompressed bytes of a content-defined chunk, the unit of deduplication
+    /// between snapshots: an incremental stores only the chunks its parent's chain does not
+    /// hold. Smaller chunks store less per change but make the chunk index larger (about 60
+    /// bytes a chunk). 1 KiB to 1 MiB, default 16 KiB. See docs/PERFORMANCE.md.
+    pub dedup_chunk_size: usize,
     /// Vectors read from the store per scan call. Default 1000.
     pub scan_page_size: usize,
     /// Vectors per upsert call on restore. Default 1000.
@@ -49,6 +54,7 @@ impl Default for SnapshotConfig {
             shuffle: true,
             include_metadata: true,
             chunk_size: 4 << 20,
+            dedup_chunk_size: crate::format::chunker::DEFAULT_TARGET,
             scan_page_size: 1000,
             restore_batch_size: 1000,
             parallelism: 0,
@@ -98,6 +104,12 @@ impl SnapshotConfig {
         self
     }
 
+    /// Sets [`Self::dedup_chunk_size`].
+    pub fn with_dedup_chunk_size(mut self, bytes: usize) -> Self {
+        self.dedup_chunk_size = bytes;
+        self
+    }
+
     /// Sets [`Self::scan_page_size`].
     pub fn with_scan_page_size(mut self, n: usize) -> Self {
         self.scan_page_size = n;
@@ -122,6 +134,12 @@ impl SnapshotConfig {
             return Err(Error::Config(format!(
                 "chunk_size must be 4 KiB to 32 MiB, got {}",
                 self.chunk_size
+            )));
+        }
+        if !crate::format::chunker::TARGET_RANGE.contains(&self.dedup_chunk_size) {
+            return Err(Error::Config(format!(
+                "dedup_chunk_size must be 1 KiB to 1 MiB, got {}",
+                self.dedup_chunk_size
             )));
         }
         if self.scan_page_size == 0 || self.restore_batch_size == 0 {

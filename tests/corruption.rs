@@ -56,16 +56,12 @@ impl Fixture {
             return ("header".into(), None);
         }
         for ns in &self.meta.namespaces {
-            for (i, c) in ns.chunks.iter().enumerate() {
-                if (c.offset..c.offset + c.length).contains(&offset) {
-                    let last = ns.chunks.len() - 1;
-                    let what = match i {
-                        0 => "namespace header chunk".to_string(),
-                        i if i == last => "namespace end chunk".to_string(),
-                        i => format!("data chunk {i}"),
-                    };
-                    return (format!("{} {what}", ns.name), Some(ns.name.clone()));
-                }
+            let index = ns.index.as_ref().expect("format 2");
+            if (ns.offset..index.offset).contains(&offset) {
+                return (format!("{} data chunks", ns.name), Some(ns.name.clone()));
+            }
+            if (index.offset..index.offset + index.length).contains(&offset) {
+                return (format!("{} chunk index", ns.name), Some(ns.name.clone()));
             }
         }
         ("footer".into(), None)
@@ -172,10 +168,15 @@ async fn every_truncation_is_caught() {
     let len = f.original.len() as u64;
     let mut cuts: Vec<u64> = (0..len).step_by(7).collect();
     for ns in &f.meta.namespaces {
-        for c in &ns.chunks {
-            for at in [c.offset, c.offset + 1, c.offset + c.length - 1] {
-                cuts.push(at);
-            }
+        let index = ns.index.as_ref().expect("format 2");
+        for at in [
+            ns.offset,
+            ns.offset + 1,
+            index.offset,
+            index.offset + 1,
+            index.offset + index.length - 1,
+        ] {
+            cuts.push(at);
         }
     }
     cuts.extend([f.meta.footer.offset, len - 1]);

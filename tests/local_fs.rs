@@ -48,6 +48,13 @@ async fn conformance_manager_workflow() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_dedup_chain() {
+    let (_d, s) = sink();
+    let m = SnapshotManager::new(Arc::new(s), SnapshotConfig::default()).unwrap();
+    conformance::manager_dedup_chain(&m).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_concurrent_managers() {
     let (_d, s) = sink();
     let s: Arc<dyn SnapshotSink> = Arc::new(s);

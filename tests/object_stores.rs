@@ -36,6 +36,7 @@ async fn run_suite(name: &str, url: &str, options: &SinkOptions) {
     let manager = SnapshotManager::new(sink.clone(), SnapshotConfig::default()).unwrap();
     conformance::manager_workflow(&manager).await;
     conformance::manager_large_namespace(&manager).await;
+    conformance::manager_dedup_chain(&manager).await;
     let a = SnapshotManager::new(
         sink.clone(),
         SnapshotConfig::default().with_max_snapshots(0),

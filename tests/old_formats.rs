@@ -14,7 +14,9 @@ const V1_PLAIN: &str = "20261202T075849862Z-619e8ecb7f927fe2";
 
 /// A writable copy of a committed fixture repository (tests never change the original).
 fn fixture_copy(name: &str) -> (tempfile::TempDir, PathBuf) {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     let tmp = tempfile::tempdir().unwrap();
     let dst = tmp.path().join("repo");
     copy_dir(&src, &dst);

@@ -45,6 +45,8 @@ pub mod kind {
     pub const FILE_END: u8 = 0x05;
     /// A block of vectors with byte-shuffled values (filter shuffle).
     pub const BLOCK: u8 = 0x06;
+    /// A namespace's chunk table (format 2).
+    pub const CHUNK_INDEX: u8 = 0x07;
     /// First optional kind.
     pub const FIRST_OPTIONAL: u8 = 0x40;
 }
@@ -100,7 +102,7 @@ impl From<io::Error> for DecodeError {
     }
 }
 
-fn corrupt<T>(msg: impl Into<String>) -> Result<T, DecodeError> {
+pub(super) fn corrupt<T>(msg: impl Into<String>) -> Result<T, DecodeError> {
     Err(DecodeError::Corrupt(msg.into()))
 }
 
@@ -171,6 +173,7 @@ pub fn encode_footer(namespaces: u32, total_vectors: u64) -> Vec<u8> {
     buf
 }
 
+#[cfg(any(test, feature = "test-util"))]
 /// The NS_HEADER frame that starts a namespace section. `dimension` is 0 only for a
 /// namespace that never held a vector.
 pub fn encode_ns_header(name: &str, dimension: u32, filter: Filter) -> Vec<u8> {
@@ -187,6 +190,7 @@ pub fn encode_ns_header(name: &str, dimension: u32, filter: Filter) -> Vec<u8> {
     buf
 }
 
+#[cfg(any(test, feature = "test-util"))]
 /// The NS_END frame that closes a namespace section.
 pub fn encode_ns_end(count: u64, digest: &[u8; 32]) -> Vec<u8> {
     let mut p = Vec::with_capacity(40);
@@ -245,6 +249,7 @@ fn hash_vector_frame(head: &[u8], values: &[f32], tail: &[u8]) -> [u8; 32] {
     h.finalize().into()
 }
 
+#[cfg(any(test, feature = "test-util"))]
 /// One chunk of vectors, encoded.
 #[derive(Debug)]
 pub struct EncodedChunk {
@@ -274,18 +279,74 @@ pub fn encode_chunk(
     Ok(build_chunk(vectors, dimension, include_metadata, filter, level)?.compress())
 }
 
-/// Like [`encode_chunk`], but takes the vectors and frees them as soon as they are framed,
-/// before compressing: what the create pipeline uses, to keep memory down.
-pub fn encode_chunk_owned(
+/// One chunk of an [`EncodedBatch`].
+#[derive(Debug, Clone, Copy)]
+pub struct BatchChunk {
+    /// Its compressed length and CRC-32 in the batch's bytes; `None` when the chunk was
+    /// already stored (its hash was known) and is not in them.
+    pub stored: Option<(u32, u32)>,
+    /// Decompressed length.
+    pub raw_length: u32,
+    /// Vectors in the chunk.
+    pub vectors: u32,
+    /// SHA-256 of its decompressed bytes.
+    pub sha256: [u8; 32],
+}
+
+/// Consecutive chunks encoded together (the unit of work of the create pipeline).
+#[derive(Debug, Default)]
+pub struct EncodedBatch {
+    /// The stored chunks' gzip members, back to back.
+    pub bytes: Vec<u8>,
+    /// Every chunk, in order.
+    pub chunks: Vec<BatchChunk>,
+    /// Per-vector hashes, for the content digest ([`ContentDigest`]).
+    pub vector_hashes: Vec<[u8; 32]>,
+}
+
+/// Encodes vectors (ascending ids, all of `dimension` values) as the chunks that end at
+/// `cuts` (exclusive end indices, ascending, the last one `vectors.len()`), format 2: each
+/// chunk one or two gzip members of whole frames, identified by the SHA-256 of its raw
+/// bytes. Chunks whose hash `known` accepts are hashed but not compressed. With `level =
+/// None` only the per-vector hashes are produced (a digest pass).
+pub fn encode_batch(
     vectors: Vec<Vector>,
+    cuts: &[usize],
     dimension: u32,
     include_metadata: bool,
     filter: Filter,
     level: Option<u32>,
-) -> Result<EncodedChunk, EncodeError> {
-    let built = build_chunk(&vectors, dimension, include_metadata, filter, level)?;
-    drop(vectors);
-    Ok(built.compress())
+    known: &(dyn Fn(&[u8; 32]) -> bool + Sync),
+) -> Result<EncodedBatch, EncodeError> {
+    let mut batch = EncodedBatch {
+        vector_hashes: Vec::with_capacity(vectors.len()),
+        ..Default::default()
+    };
+    let mut low_level = None;
+    let mut start = 0;
+    for &end in cuts {
+        let built = build_chunk(
+            &vectors[start..end],
+            dimension,
+            include_metadata,
+            filter,
+            level,
+        )?;
+        start = end;
+        batch.vector_hashes.extend_from_slice(&built.vector_hashes);
+        let Some(level) = level else { continue };
+        let low_level = *low_level.get_or_insert_with(|| {
+            if mantissas_compress(&built.low, built.n, level) {
+                level
+            } else {
+                0
+            }
+        });
+        batch
+            .chunks
+            .push(built.append_to(&mut batch.bytes, level, low_level, known));
+    }
+    Ok(batch)
 }
 
 /// A chunk framed but not yet compressed.
@@ -295,12 +356,43 @@ struct BuiltChunk {
     /// Planes 2, 1, 0 (shuffle only), each `n` bytes.
     low: Vec<u8>,
     n: usize,
+    #[cfg_attr(not(any(test, feature = "test-util")), allow(dead_code))]
     level: Option<u32>,
     vector_hashes: Vec<[u8; 32]>,
     vectors: u64,
 }
 
 impl BuiltChunk {
+    /// Hashes the raw chunk and, unless its hash is `known`, appends its members to `out`.
+    fn append_to(
+        &self,
+        out: &mut Vec<u8>,
+        level: u32,
+        low_level: u32,
+        known: &(dyn Fn(&[u8; 32]) -> bool + Sync),
+    ) -> BatchChunk {
+        let mut h = Sha256::new();
+        h.update(&self.out);
+        h.update(&self.low);
+        let sha256: [u8; 32] = h.finalize().into();
+        let raw_length = (self.out.len() + self.low.len()) as u32;
+        let stored = (!known(&sha256)).then(|| {
+            let start = out.len();
+            super::gzip::append_member(out, &self.out, level);
+            if !self.low.is_empty() {
+                super::gzip::append_member(out, &self.low, low_level);
+            }
+            ((out.len() - start) as u32, crc32fast::hash(&out[start..]))
+        });
+        BatchChunk {
+            stored,
+            raw_length,
+            vectors: self.vectors as u32,
+            sha256,
+        }
+    }
+
+    #[cfg(any(test, feature = "test-util"))]
     fn compress(self) -> EncodedChunk {
         let Some(level) = self.level else {
             return EncodedChunk {
@@ -511,7 +603,7 @@ fn mantissas_compress(low_planes: &[u8], n: usize, level: u32) -> bool {
 }
 
 /// Reads frames from decompressed content.
-struct FrameReader<R: Read> {
+pub(super) struct FrameReader<R: Read> {
     r: R,
     /// Decompressed bytes consumed so far.
     pos: u64,
@@ -522,7 +614,7 @@ struct FrameReader<R: Read> {
 
 impl<R: Read> FrameReader<R> {
     /// Frames from `r`, whose first byte is at decompressed offset `pos`, with no size limit.
-    fn new(r: R, pos: u64) -> Self {
+    pub(super) fn new(r: R, pos: u64) -> Self {
         FrameReader {
             r,
             pos,
@@ -596,13 +688,13 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// A cursor over a frame payload with bounds-checked reads.
-struct Payload<'a> {
-    b: &'a [u8],
-    what: &'static str,
+pub(super) struct Payload<'a> {
+    pub(super) b: &'a [u8],
+    pub(super) what: &'static str,
 }
 
 impl<'a> Payload<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.b.len() < n {
             return corrupt(format!("{} frame too short", self.what));
         }
@@ -610,30 +702,30 @@ impl<'a> Payload<'a> {
         self.b = t;
         Ok(h)
     }
-    fn u8(&mut self) -> Result<u8, DecodeError> {
+    pub(super) fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
-    fn u16(&mut self) -> Result<u16, DecodeError> {
+    pub(super) fn u16(&mut self) -> Result<u16, DecodeError> {
         Ok(u16::from_le_bytes(
             self.take(2)?.try_into().expect("2 bytes"),
         ))
     }
-    fn u32(&mut self) -> Result<u32, DecodeError> {
+    pub(super) fn u32(&mut self) -> Result<u32, DecodeError> {
         Ok(u32::from_le_bytes(
             self.take(4)?.try_into().expect("4 bytes"),
         ))
     }
-    fn u64(&mut self) -> Result<u64, DecodeError> {
+    pub(super) fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_le_bytes(
             self.take(8)?.try_into().expect("8 bytes"),
         ))
     }
-    fn str(&mut self, n: usize) -> Result<String, DecodeError> {
+    pub(super) fn str(&mut self, n: usize) -> Result<String, DecodeError> {
         let what = self.what;
         String::from_utf8(self.take(n)?.to_vec())
             .or_else(|_| corrupt(format!("{what} frame holds invalid UTF-8")))
     }
-    fn end(&self) -> Result<(), DecodeError> {
+    pub(super) fn end(&self) -> Result<(), DecodeError> {
         if self.b.is_empty() {
             Ok(())
         } else {
@@ -677,7 +769,7 @@ pub fn decode_header(compressed: impl Read) -> Result<BlobHeader, DecodeError> {
     }
     let major = u16::from_le_bytes([fixed[8], fixed[9]]);
     let minor = u16::from_le_bytes([fixed[10], fixed[11]]);
-    if major != FORMAT_MAJOR {
+    if !super::SUPPORTED_MAJORS.contains(&major) {
         return Err(DecodeError::Version { major, minor });
     }
     let frames = FrameReader::new(r, 12);
@@ -717,7 +809,7 @@ pub fn decode_footer(compressed: impl Read) -> Result<BlobFooter, DecodeError> {
 
 /// Reads the one frame a small chunk holds: it must be of kind `want`, and nothing but
 /// optional frames may follow it.
-fn only_frame<R: Read, T>(
+pub(super) fn only_frame<R: Read, T>(
     mut frames: FrameReader<R>,
     want: u8,
     what: &str,
@@ -737,6 +829,22 @@ fn only_frame<R: Read, T>(
         return corrupt(format!("{what} holds more than one frame"));
     }
     Ok(value)
+}
+
+/// Decodes a namespace's chunk-index chunk (format 2), decompressing at most `raw_limit`
+/// bytes (its recorded raw length).
+pub fn decode_index_chunk(
+    compressed: impl Read,
+    raw_limit: u64,
+) -> Result<super::index::NamespaceIndex, DecodeError> {
+    let mut frames = FrameReader::new(MultiGzDecoder::new(compressed), 0);
+    frames.limit = raw_limit;
+    only_frame(
+        frames,
+        kind::CHUNK_INDEX,
+        "the chunk index",
+        super::index::NamespaceIndex::decode,
+    )
 }
 
 /// What an NS_HEADER frame says.
@@ -883,8 +991,23 @@ pub fn decode_chunk_within(
     filter: Filter,
     raw_limit: u64,
 ) -> Result<DecodedChunk, DecodeError> {
+    decode_frames(
+        MultiGzDecoder::new(compressed),
+        dimension,
+        filter,
+        raw_limit,
+    )
+}
+
+/// Decodes the data frames of decompressed chunk content.
+fn decode_frames(
+    raw: impl Read,
+    dimension: u32,
+    filter: Filter,
+    raw_limit: u64,
+) -> Result<DecodedChunk, DecodeError> {
     let mut frames = FrameReader {
-        r: MultiGzDecoder::new(compressed),
+        r: raw,
         pos: 0,
         limit: raw_limit,
     };
@@ -894,6 +1017,31 @@ pub fn decode_chunk_within(
         decode_data_frame(k, &payload, dimension, filter, &mut out, &mut last_id)?;
     }
     Ok(out)
+}
+
+/// Decodes one format 2 data chunk: decompresses exactly `raw_length` bytes, checks their
+/// SHA-256 against `sha256` (the chunk's identity in its index), then decodes the frames.
+pub fn decode_chunk_hashed(
+    compressed: impl Read,
+    dimension: u32,
+    filter: Filter,
+    raw_length: u64,
+    sha256: &[u8; 32],
+) -> Result<DecodedChunk, DecodeError> {
+    let mut raw = Vec::with_capacity(raw_length.min(MAX_FRAME_LEN as u64) as usize);
+    MultiGzDecoder::new(compressed)
+        .take(raw_length.saturating_add(1))
+        .read_to_end(&mut raw)?;
+    if raw.len() as u64 != raw_length {
+        return corrupt(format!(
+            "decompresses to {} bytes, its index records {raw_length}",
+            raw.len()
+        ));
+    }
+    if Sha256::digest(&raw).as_slice() != sha256 {
+        return corrupt("the chunk's content does not match its recorded SHA-256");
+    }
+    decode_frames(&raw[..], dimension, filter, raw_length)
 }
 
 #[cfg(any(test, feature = "test-util"))]
@@ -1255,9 +1403,15 @@ mod tests {
         );
 
         let mut future = encode_header("x", 1);
-        future[8..10].copy_from_slice(&2u16.to_le_bytes());
+        future[8..10].copy_from_slice(&3u16.to_le_bytes());
         let err = decode_header(&compress_member(&future, 1)[..]).unwrap_err();
-        assert!(matches!(err, DecodeError::Version { major: 2, .. }));
+        assert!(matches!(err, DecodeError::Version { major: 3, .. }));
+        let mut old = encode_header("x", 1);
+        old[8..10].copy_from_slice(&1u16.to_le_bytes());
+        assert_eq!(
+            decode_header(&compress_member(&old, 1)[..]).unwrap().major,
+            1
+        );
         assert!(matches!(
             decode_header(&compress_member(b"PK\x03\x04 not ours", 1)[..]),
             Err(DecodeError::Corrupt(_))

@@ -5,10 +5,15 @@
 //! and fuzzed on plain byte slices.
 
 pub mod blob;
+pub mod chunker;
+pub mod gzip;
+pub mod index;
 pub mod sidecar;
 
-/// The format major version this build writes and reads. Readers reject any other major.
-pub const FORMAT_MAJOR: u16 = 1;
+/// The format major version this build writes. Readers reject majors they do not know.
+pub const FORMAT_MAJOR: u16 = 2;
+/// Every major this build reads: format 1 repositories stay readable.
+pub const SUPPORTED_MAJORS: [u16; 2] = [1, 2];
 /// The format minor version this build writes. Readers accept any minor of their major:
 /// minors only add things older readers may ignore.
 pub const FORMAT_MINOR: u16 = 0;

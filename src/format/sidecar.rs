@@ -4,7 +4,7 @@
 //! only if its sidecar does. Readers accept any minor version of their major and ignore
 //! fields they do not know; they reject other majors with [`Error::UnsupportedVersion`].
 
-use super::{format_version, FORMAT_MAJOR};
+use super::{format_version, FORMAT_MAJOR, SUPPORTED_MAJORS};
 use crate::error::{Error, Result};
 use crate::id::SnapshotId;
 use serde::{Deserialize, Serialize};
@@ -83,9 +83,18 @@ pub struct NamespaceEntry {
     /// Hex content digest: SHA-256 over the dimension and each vector frame's SHA-256, in id
     /// order (independent of filter, level and chunking; see docs/FORMAT.md).
     pub content_sha256: String,
-    /// Its chunks, in order: the header chunk, data chunks, the end chunk. They tile
-    /// `offset..offset+length`.
+    /// Format 1: its chunks, in order: the header chunk, data chunks, the end chunk. They
+    /// tile `offset..offset+length`. Format 2 keeps them in the blob's chunk index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chunks: Vec<ChunkEntry>,
+    /// Format 2: the namespace's chunk index (its CHUNK_INDEX frame), the last chunk of its
+    /// section; the chunks stored in this blob come before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<ChunkEntry>,
+    /// Format 2: compressed bytes of all its data chunks, stored here or referenced in
+    /// ancestors: what a full snapshot would store for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logical_bytes: Option<u64>,
 }
 
 impl NamespaceEntry {
@@ -159,6 +168,10 @@ pub struct SnapshotMetadata {
     pub compression: CompressionInfo,
     /// Whether vector metadata was included.
     pub include_metadata: bool,
+    /// Format 2: compressed bytes of the data of every namespace at this point in time,
+    /// wherever stored (what a full snapshot would hold); `size_bytes` is what this one adds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logical_bytes: Option<u64>,
 }
 
 impl SnapshotMetadata {
@@ -178,6 +191,15 @@ impl SnapshotMetadata {
             .collect();
         v.sort();
         v
+    }
+
+    /// The format major version the snapshot was written with.
+    pub fn format_major(&self) -> u16 {
+        self.format_version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0)
     }
 
     /// Serializes for storage.
@@ -209,7 +231,7 @@ impl SnapshotMetadata {
             .split('.')
             .next()
             .and_then(|m| m.parse::<u16>().ok());
-        if major != Some(FORMAT_MAJOR) {
+        if !major.is_some_and(|m| SUPPORTED_MAJORS.contains(&m)) {
             return Err(Error::UnsupportedVersion {
                 what: format!("sidecar of snapshot {expected_id}"),
                 found: version,
@@ -239,12 +261,16 @@ impl SnapshotMetadata {
         let mut total = 0u64;
         let mut raw = 0u64;
         let mut last_name: Option<&str> = None;
+        let major = self.format_major();
         for ns in &self.namespaces {
             if last_name.is_some_and(|l| l >= ns.name.as_str()) {
                 return Err(format!("namespace {:?} out of order or repeated", ns.name));
             }
             last_name = Some(&ns.name);
-            at = ns.check_layout(at)?;
+            at = match major {
+                1 => ns.check_layout(at)?,
+                _ => ns.check_layout_v2(at)?,
+            };
             total = total.saturating_add(ns.vector_count);
             raw = raw.saturating_add(ns.raw_length);
         }
@@ -273,6 +299,37 @@ impl SnapshotMetadata {
 impl NamespaceEntry {
     fn end(&self) -> u64 {
         self.offset.saturating_add(self.length)
+    }
+
+    /// Format 2: checks that this namespace starts at byte `at` and ends with its chunk
+    /// index, which is where its chunks are listed (and checked when it is read); returns
+    /// where it ends.
+    fn check_layout_v2(&self, at: u64) -> std::result::Result<u64, String> {
+        let name = &self.name;
+        if self.offset != at {
+            return Err(format!(
+                "namespace {name:?} starts at {} instead of {at}",
+                self.offset
+            ));
+        }
+        let Some(index) = &self.index else {
+            return Err(format!("namespace {name:?} has no chunk index"));
+        };
+        if !self.chunks.is_empty() {
+            return Err(format!("namespace {name:?} lists chunks in the sidecar"));
+        }
+        if index.offset < self.offset || index.offset.saturating_add(index.length) != self.end() {
+            return Err(format!(
+                "the chunk index of {name:?} does not end its section"
+            ));
+        }
+        if index.length == 0 || index.vectors != 0 || index.raw_length > MAX_SIDECAR_BYTES {
+            return Err(format!("the chunk index of {name:?} is malformed"));
+        }
+        if self.content_sha256.len() != 64 {
+            return Err(format!("digest of {name:?} is malformed"));
+        }
+        Ok(self.end())
     }
 
     /// Checks that this namespace starts at byte `at`, that its chunks tile its range

@@ -196,7 +196,7 @@ impl SnapshotManager {
 
     /// Reads `parent`, the next ancestor of the chain from `id` read so far: `None` if it
     /// does not exist, an error if following it would loop.
-    async fn read_ancestor(
+    pub(super) async fn read_ancestor(
         &self,
         id: &SnapshotId,
         chain: &[SnapshotMetadata],

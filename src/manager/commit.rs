@@ -1,7 +1,8 @@
 //! Writing a snapshot: the blob upload, then the sidecar that commits it.
 
 use super::create::namespace_dimension;
-use super::pipeline::{BlobWriter, ChunkEncoder};
+use super::dedup::{DedupBase, IndexBuilder};
+use super::pipeline::{BlobWriter, ChunkEncoder, KnownChunks};
 use super::plan::WritePlan;
 use super::{EndProgress, SnapshotManager};
 use crate::config::CreateOptions;
@@ -16,6 +17,8 @@ use crate::retention::RetentionPolicy;
 use crate::sink::{PutMode, SinkExt};
 use crate::storage::VectorStorage;
 use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// The value bytes (4 per dimension per vector) of `names`, from the store's counts: the
 /// total a create's progress counts up to.
@@ -48,9 +51,7 @@ impl SnapshotManager {
     ) -> Result<SnapshotMetadata> {
         let (id, created_ms) = self.ids.next_id();
         tracing::info!(snapshot = %id, repo = %self.sink.describe(), namespaces = plan.store.len(), "creating snapshot");
-        let blob = self
-            .upload_blob(storage, &id, created_ms, &plan.store)
-            .await?;
+        let blob = self.upload_blob(storage, &id, created_ms, &plan).await?;
         let meta = self.new_metadata(id, created_ms, plan, options, blob);
         if let Err(e) = meta.check_layout() {
             self.discard_blob(&self.layout.blob_key(&meta.id)).await;
@@ -74,16 +75,16 @@ impl SnapshotManager {
         storage: &dyn VectorStorage,
         id: &SnapshotId,
         created_ms: u64,
-        names: &[String],
+        plan: &WritePlan,
     ) -> Result<UploadedBlob> {
         let blob_key = self.layout.blob_key(id);
-        let total = value_bytes(storage, names).await?;
+        let total = value_bytes(storage, &plan.store).await?;
         self.progress.begin(&format!("write {id}"), Some(total));
         let _end = EndProgress(self.progress.as_ref());
         let out = self.sink.put_streaming(&blob_key, PutMode::Create).await?;
         let mut w = BlobWriter::new(out);
         let (header, namespaces, footer) = match self
-            .write_body(&mut w, storage, id, created_ms, names)
+            .write_body(&mut w, storage, id, created_ms, &plan.store, &plan.bases)
             .await
         {
             Ok(parts) => parts,
@@ -153,6 +154,14 @@ impl SnapshotManager {
             snapshot_type: plan.snapshot_type,
             parent_id: plan.parent,
             total_vectors: blob.namespaces.iter().map(|n| n.vector_count).sum(),
+            logical_bytes: Some(
+                plan.inherited_bytes
+                    + blob
+                        .namespaces
+                        .iter()
+                        .filter_map(|n| n.logical_bytes)
+                        .sum::<u64>(),
+            ),
             namespaces: blob.namespaces,
             unchanged_namespaces: plan.unchanged,
             deleted_namespaces: plan.deleted,
@@ -242,6 +251,7 @@ impl SnapshotManager {
         id: &SnapshotId,
         created_ms: u64,
         names: &[String],
+        bases: &BTreeMap<String, DedupBase>,
     ) -> Result<(ByteRange, Vec<NamespaceEntry>, ByteRange)> {
         let level = self.config.effective_level();
         let range = |c: crate::format::sidecar::ChunkEntry| ByteRange {
@@ -254,7 +264,7 @@ impl SnapshotManager {
         );
         let mut entries = Vec::with_capacity(names.len());
         for ns in names {
-            entries.push(self.write_namespace(w, storage, ns).await?);
+            entries.push(self.write_namespace(w, storage, ns, bases.get(ns)).await?);
         }
         let total = entries.iter().map(|e| e.vector_count).sum();
         let footer = range(
@@ -264,49 +274,56 @@ impl SnapshotManager {
         Ok((header, entries, footer))
     }
 
-    /// Writes one namespace section (header chunk, data chunks, end chunk), reporting the
-    /// value bytes written to the progress.
+    /// Writes one namespace section (format 2: the chunks its parent's chain does not
+    /// hold, then its chunk index), reporting the value bytes written to the progress.
     async fn write_namespace(
         &self,
         w: &mut BlobWriter,
         storage: &dyn VectorStorage,
         ns: &str,
+        base: Option<&DedupBase>,
     ) -> Result<NamespaceEntry> {
         let (level, filter) = (
             self.config.effective_level(),
             self.config.effective_filter(),
         );
         let dim = namespace_dimension(storage, ns).await?;
-        let mut chunks = vec![
-            w.write_raw(blob::encode_ns_header(ns, dim, filter), level)
-                .await?,
-        ];
-        let mut digest = blob::ContentDigest::new(dim);
-        let mut count = 0u64;
-        let mut encoder = ChunkEncoder::new(storage, ns, self.encode_settings(dim, Some(level)));
-        while let Some(chunk) = encoder.next().await? {
-            digest.add(&chunk.vector_hashes);
-            count += chunk.vectors;
-            self.progress.advance(4 * u64::from(dim) * chunk.vectors);
-            chunks.push(
-                w.write(chunk.bytes, chunk.crc32, chunk.raw_len, chunk.vectors)
-                    .await?,
-            );
-        }
-        let digest = digest.finish();
-        chunks.push(
-            w.write_raw(blob::encode_ns_end(count, &digest), level)
-                .await?,
+        let known: KnownChunks = Arc::new(
+            base.map(|b| b.keys().copied().collect())
+                .unwrap_or_default(),
         );
+        let mut digest = blob::ContentDigest::new(dim);
+        let mut index = IndexBuilder::new(ns, dim, filter, base);
+        let section = w.offset();
+        let mut encoder =
+            ChunkEncoder::new(storage, ns, self.encode_settings(dim, Some(level)), known);
+        while let Some(batch) = encoder.next().await? {
+            digest.add(&batch.vector_hashes);
+            let raw: u64 = batch
+                .chunks
+                .iter()
+                .filter(|c| c.stored.is_some())
+                .map(|c| u64::from(c.raw_length))
+                .sum();
+            let at = w.append(batch.bytes, raw).await?;
+            index.add_batch(at, &batch.chunks)?;
+            self.progress
+                .advance(4 * u64::from(dim) * batch.vector_hashes.len() as u64);
+        }
+        let (logical, stored_raw) = (index.logical_bytes, index.stored_raw);
+        let (ix, frame) = index.finish(digest.finish())?;
+        let index_entry = w.write_raw(frame, level).await?;
         Ok(NamespaceEntry {
             name: ns.to_string(),
             dimension: (dim > 0).then_some(dim),
-            vector_count: count,
-            offset: chunks[0].offset,
-            length: chunks.iter().map(|c| c.length).sum(),
-            raw_length: chunks.iter().map(|c| c.raw_length).sum(),
-            content_sha256: hex::encode(digest),
-            chunks,
+            vector_count: ix.vector_count,
+            offset: section,
+            length: index_entry.offset + index_entry.length - section,
+            raw_length: stored_raw + index_entry.raw_length,
+            content_sha256: hex::encode(ix.digest),
+            chunks: Vec::new(),
+            index: Some(index_entry),
+            logical_bytes: Some(logical),
         })
     }
 }

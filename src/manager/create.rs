@@ -2,7 +2,7 @@
 
 use super::catalog::ResolvedSnapshot;
 use super::commit::value_bytes;
-use super::pipeline::{ChunkEncoder, EncodeSettings};
+use super::pipeline::{ChunkEncoder, EncodeSettings, KnownChunks};
 use super::plan::{self, Changes, WritePlan};
 use super::{EndProgress, SnapshotManager};
 use crate::config::CreateOptions;
@@ -107,7 +107,8 @@ impl SnapshotManager {
                 Changes::SameContent(&same_content)
             }
         };
-        let plan = plan::incremental(parent_id, &parent_names, &current, changes)?;
+        let mut plan = plan::incremental(parent_id, &parent_names, &current, changes)?;
+        self.add_dedup_bases(&mut plan, &parent).await?;
         tracing::info!(parent = %parent_id, changed = plan.store.len(), unchanged = plan.unchanged.len(), deleted = plan.deleted.len(), "incremental snapshot plan");
         self.write_and_commit(storage, plan, options).await
     }
@@ -141,6 +142,24 @@ impl SnapshotManager {
         Ok(same)
     }
 
+    /// Reads the parent's chunk tables of the namespaces the plan stores (chunks to
+    /// reference rather than store again) and the data size of those it leaves unchanged.
+    async fn add_dedup_bases(&self, plan: &mut WritePlan, parent: &ResolvedSnapshot) -> Result<()> {
+        for name in &plan.store {
+            let Some((idx, entry)) = parent.namespaces.get(name) else {
+                continue;
+            };
+            let table = self.chunk_table(&parent.chain[*idx], entry).await?;
+            plan.bases.insert(name.clone(), table.by_hash());
+        }
+        for name in &plan.unchanged {
+            if let Some((_, entry)) = parent.namespaces.get(name) {
+                plan.inherited_bytes += entry.logical_bytes.unwrap_or(entry.length);
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn encode_settings(&self, dimension: u32, level: Option<u32>) -> EncodeSettings {
         EncodeSettings {
             dimension,
@@ -148,6 +167,7 @@ impl SnapshotManager {
             filter: self.config.effective_filter(),
             level,
             chunk_size: self.config.chunk_size,
+            dedup_chunk_size: self.config.dedup_chunk_size,
             page_size: self.config.scan_page_size,
             parallelism: self.config.effective_parallelism(),
         }
@@ -161,10 +181,12 @@ impl SnapshotManager {
     ) -> Result<(u32, [u8; 32])> {
         let dim = namespace_dimension(storage, ns).await?;
         let mut digest = blob::ContentDigest::new(dim);
-        let mut chunks = ChunkEncoder::new(storage, ns, self.encode_settings(dim, None));
-        while let Some(chunk) = chunks.next().await? {
-            digest.add(&chunk.vector_hashes);
-            self.progress.advance(4 * u64::from(dim) * chunk.vectors);
+        let none: KnownChunks = Default::default();
+        let mut batches = ChunkEncoder::new(storage, ns, self.encode_settings(dim, None), none);
+        while let Some(batch) = batches.next().await? {
+            digest.add(&batch.vector_hashes);
+            self.progress
+                .advance(4 * u64::from(dim) * batch.vector_hashes.len() as u64);
         }
         Ok((dim, digest.finish()))
     }

@@ -9,9 +9,11 @@
 
 mod catalog;
 pub(crate) mod chain;
+pub(crate) mod chunks;
 mod commit;
 mod copy;
 mod create;
+mod dedup;
 mod lifecycle;
 pub(crate) mod pipeline;
 mod plan;

@@ -2,6 +2,7 @@
 //! remove, which snapshots retention spares for writers at work. No I/O here; the use cases
 //! gather the inputs, call these, and execute the result.
 
+use super::dedup::DedupBase;
 use crate::error::{Error, Result};
 use crate::format::sidecar::SnapshotType;
 use crate::id::SnapshotId;
@@ -21,6 +22,11 @@ pub(crate) struct WritePlan {
     pub unchanged: Vec<String>,
     /// Namespaces of the parent the store no longer has (incremental only).
     pub deleted: Vec<String>,
+    /// For stored namespaces the parent's chain holds: its chunks, to reference rather
+    /// than store again.
+    pub bases: BTreeMap<String, DedupBase>,
+    /// Compressed data bytes of the unchanged namespaces (stored in ancestors).
+    pub inherited_bytes: u64,
 }
 
 impl WritePlan {
@@ -32,6 +38,8 @@ impl WritePlan {
             store: current,
             unchanged: Vec::new(),
             deleted: Vec::new(),
+            bases: BTreeMap::new(),
+            inherited_bytes: 0,
         }
     }
 }
@@ -84,6 +92,8 @@ pub(crate) fn incremental(
             .filter(|n| !current_set.contains(n))
             .cloned()
             .collect(),
+        bases: BTreeMap::new(),
+        inherited_bytes: 0,
     })
 }
 

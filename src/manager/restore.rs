@@ -1,7 +1,8 @@
 //! Reading snapshot data back: restore into a store, and `read_vectors` for exports.
 
 use super::catalog::ResolvedSnapshot;
-use super::pipeline::{self, NamespaceReader};
+use super::chunks::{ChunkTable, Located};
+use super::pipeline::{self, ChunkBytes, NamespaceReader, Run};
 use super::plan;
 use super::reports::{ExportReport, RestoreResult, RestoredNamespace};
 use super::{blob_missing, EndProgress, SnapshotManager};
@@ -44,10 +45,9 @@ impl SnapshotManager {
             vectors_skipped_expired: 0,
             namespaces: Vec::new(),
         };
-        let total = targets
-            .iter()
-            .map(|(src, _)| resolved.namespaces[src].1.length)
-            .sum();
+        let total = targets.iter().fold(0u64, |n, (src, _)| {
+            n.saturating_add(logical(&resolved.namespaces[src].1))
+        });
         self.progress.begin(&format!("restore {id}"), Some(total));
         let _end = EndProgress(self.progress.as_ref());
         for (src, target) in targets {
@@ -104,13 +104,9 @@ impl SnapshotManager {
         options: &RestoreOptions,
         now: u64,
     ) -> Result<(u64, u64)> {
-        // One ranged read, checked against the namespace's checksum before anything changes:
+        // Every chunk fetched and checked against its checksum before anything changes:
         // a corrupt or truncated snapshot never half-replaces a namespace.
-        let spool = self.fetch_namespace(holder, entry).await?;
-        let parallelism = self.config.effective_parallelism();
-        let mut reader =
-            NamespaceReader::open(holder, entry, spool, entry.offset, parallelism).await?;
-
+        let mut reader = self.open_namespace(holder, entry).await?;
         match options.mode {
             RestoreMode::Replace => {
                 if storage.namespace_exists(target).await? {
@@ -142,45 +138,74 @@ impl SnapshotManager {
         Ok((written, skipped))
     }
 
-    /// Downloads one namespace's byte range and checks every chunk's SHA-256.
-    async fn fetch_namespace(
+    /// A reader of one namespace as `holder` records it: its chunk table read and checked,
+    /// every chunk (in this blob or an ancestor's) fetched and checked against its CRC-32.
+    pub(super) async fn open_namespace(
         &self,
-        meta: &SnapshotMetadata,
+        holder: &SnapshotMetadata,
         entry: &NamespaceEntry,
-    ) -> Result<Arc<pipeline::Spool>> {
-        let blob_key = self.layout.blob_key(&meta.id);
-        let range = entry.range();
-        let fetched = pipeline::download(
-            self.sink.as_ref(),
-            &blob_key,
-            Some(range.range()),
-            range.length,
-            None,
-            self.progress.as_ref(),
-        )
-        .await;
-        let spool = match fetched {
-            Err(e) if e.is_not_found() => return Err(blob_missing(meta.id.as_str())),
-            Err(e) if e.sink_kind() == Some(SinkErrorKind::InvalidRange) => {
-                return Err(Error::corrupt(
-                    meta.id.as_str(),
-                    Some(&entry.name),
-                    Some(range.offset),
-                    "the blob is shorter than its sidecar records (truncated)",
-                ))
+    ) -> Result<NamespaceReader> {
+        let table = Arc::new(self.chunk_table(holder, entry).await?);
+        let bytes = self.fetch_chunks(&table).await?;
+        let parallelism = self.config.effective_parallelism();
+        pipeline::check_chunks(&table, &bytes, parallelism).await?;
+        Ok(NamespaceReader::new(table, bytes, parallelism))
+    }
+
+    /// Downloads a namespace's chunks: consecutive chunks of one blob in one ranged read.
+    async fn fetch_chunks(&self, table: &ChunkTable) -> Result<Vec<ChunkBytes>> {
+        let mut runs: Vec<(Run, &Located)> = Vec::new();
+        let mut run_of = Vec::with_capacity(table.chunks.len());
+        for c in &table.chunks {
+            let extends = runs
+                .last_mut()
+                .filter(|(r, first)| first.snapshot == c.snapshot && r.range.end == c.chunk.offset);
+            match extends {
+                Some((r, _)) => r.range.end += c.chunk.length,
+                None => {
+                    let key = self.layout.blob_key(&c.snapshot);
+                    let range = c.chunk.offset..c.chunk.offset + c.chunk.length;
+                    runs.push((Run { key, range }, c));
+                }
             }
-            other => other?,
+            run_of.push(runs.len() - 1);
+        }
+        let on_error = |i: usize, e: Error| {
+            let first = runs[i].1;
+            if e.is_not_found() {
+                blob_missing(first.snapshot.as_str())
+            } else if e.sink_kind() == Some(SinkErrorKind::InvalidRange) {
+                Error::corrupt(
+                    first.snapshot.as_str(),
+                    Some(&table.name),
+                    Some(first.chunk.offset),
+                    "the blob is shorter than its chunk index records (truncated)",
+                )
+            } else {
+                e
+            }
         };
-        let spool = Arc::new(spool);
-        pipeline::check_chunks(
-            &spool,
-            range.offset,
-            meta,
-            entry,
-            self.config.effective_parallelism(),
+        let just_runs: Vec<Run> = runs
+            .iter()
+            .map(|(r, _)| Run {
+                key: r.key.clone(),
+                range: r.range.clone(),
+            })
+            .collect();
+        let spools = pipeline::download_runs(
+            self.sink.as_ref(),
+            &just_runs,
+            self.progress.as_ref(),
+            on_error,
         )
         .await?;
-        Ok(spool)
+        Ok(run_of
+            .into_iter()
+            .map(|i| ChunkBytes {
+                spool: spools[i].clone(),
+                base: just_runs[i].range.start,
+            })
+            .collect())
     }
 
     /// Reads a snapshot's vectors at its point in time (incremental chains resolved),
@@ -199,20 +224,19 @@ impl SnapshotManager {
     {
         let id = SnapshotId::parse(id)?;
         let resolved = self.resolve_only(&id, only).await?;
-        let total = resolved.namespaces.values().map(|(_, e)| e.length).sum();
+        let total = resolved
+            .namespaces
+            .values()
+            .fold(0u64, |n, (_, e)| n.saturating_add(logical(e)));
         self.progress.begin(&format!("export {id}"), Some(total));
         let _end = EndProgress(self.progress.as_ref());
         let mut report = ExportReport {
             snapshot_id: Some(id.clone()),
             ..Default::default()
         };
-        let parallelism = self.config.effective_parallelism();
         for (name, (idx, entry)) in &resolved.namespaces {
             let holder = &resolved.chain[*idx];
-            let spool = self.fetch_namespace(holder, entry).await?;
-            let mut reader =
-                pipeline::NamespaceReader::open(holder, entry, spool, entry.offset, parallelism)
-                    .await?;
+            let mut reader = self.open_namespace(holder, entry).await?;
             while let Some(batch) = reader.next().await? {
                 f(name, batch)?;
             }
@@ -222,4 +246,9 @@ impl SnapshotManager {
         }
         Ok(report)
     }
+}
+
+/// Compressed bytes of a namespace's data, wherever stored: what reading it downloads.
+fn logical(entry: &NamespaceEntry) -> u64 {
+    entry.logical_bytes.unwrap_or(entry.length)
 }

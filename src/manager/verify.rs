@@ -1,7 +1,7 @@
 //! Verification of one snapshot or of the whole repository.
 
 use super::chain::ChainIndex;
-use super::pipeline::{self, decode_error, NamespaceReader, Spool};
+use super::pipeline::{self, decode_error, Spool};
 use super::reports::{VerifyOutcome, VerifyReport};
 use super::{blob_missing, EndProgress, SnapshotManager};
 use crate::error::{Error, Result};
@@ -23,15 +23,12 @@ impl SnapshotManager {
         self.check_blob_size(&meta).await?;
         let (spool, sha) = self.download_blob(&meta).await?;
         if hex::encode(sha) != meta.blob_sha256 {
-            return Err(self.locate_damage(&meta, &spool).await);
+            return Err(self.locate_damage(&meta).await);
         }
         check_header(&meta, &spool)?;
         let mut namespaces = Vec::new();
-        let parallelism = self.config.effective_parallelism();
         for entry in &meta.namespaces {
-            pipeline::check_chunks(&spool, 0, &meta, entry, parallelism).await?;
-            let mut reader =
-                NamespaceReader::open(&meta, entry, spool.clone(), 0, parallelism).await?;
+            let mut reader = self.open_namespace(&meta, entry).await?;
             while reader.next().await?.is_some() {}
             namespaces.push((entry.name.clone(), reader.finish().await?));
         }
@@ -93,12 +90,9 @@ impl SnapshotManager {
 
     /// The blob's SHA-256 differs from the sidecar's: says where, by the first chunk whose
     /// checksum fails (which names the namespace and the chunk's byte range).
-    async fn locate_damage(&self, meta: &SnapshotMetadata, spool: &Arc<Spool>) -> Error {
-        let parallelism = self.config.effective_parallelism();
+    async fn locate_damage(&self, meta: &SnapshotMetadata) -> Error {
         for entry in &meta.namespaces {
-            if let Err(e @ Error::Corrupt { .. }) =
-                pipeline::check_chunks(spool, 0, meta, entry, parallelism).await
-            {
+            if let Err(e @ Error::Corrupt { .. }) = self.open_namespace(meta, entry).await {
                 return e;
             }
         }

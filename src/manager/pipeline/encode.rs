@@ -2,9 +2,11 @@
 
 use super::{encode_error, Ordered};
 use crate::error::{Error, Result};
-use crate::format::blob::{self, EncodedChunk, Filter};
+use crate::format::blob::{self, EncodedBatch, Filter};
+use crate::format::chunker::Chunker;
 use crate::storage::{Vector, VectorStorage};
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
 
 /// Settings of one namespace's encoding.
 #[derive(Clone)]
@@ -14,35 +16,55 @@ pub(crate) struct EncodeSettings {
     pub filter: Filter,
     /// `None`: canonical frames only (a digest pass).
     pub level: Option<u32>,
+    /// Raw bytes per batch of chunks (the unit of parallel work).
     pub chunk_size: usize,
+    /// Target raw bytes of a content-defined chunk (the unit of deduplication).
+    pub dedup_chunk_size: usize,
     pub page_size: usize,
     pub parallelism: usize,
 }
 
-/// Scans a namespace and yields its encoded chunks in order.
+/// Chunk hashes already stored in the chain (chunks with these hashes are referenced, not
+/// compressed and stored again).
+pub(crate) type KnownChunks = Arc<HashSet<[u8; 32]>>;
+
+/// Scans a namespace, cuts it into content-defined chunks ([`Chunker`]) and yields them
+/// encoded, in batches of about `chunk_size` raw bytes (the unit of parallel work), in order.
 pub(crate) struct ChunkEncoder<'a> {
     storage: &'a dyn VectorStorage,
     ns: String,
     s: EncodeSettings,
+    chunker: Chunker,
+    known: KnownChunks,
     after: Option<String>,
     scanned_all: bool,
+    /// The batch being filled, and the chunk ends within it.
     pending: Vec<Vector>,
+    cuts: Vec<usize>,
     pending_bytes: usize,
-    /// Scanned vectors not yet in a chunk.
+    /// Scanned vectors not yet in a batch.
     carry: VecDeque<Vector>,
-    jobs: Ordered<EncodedChunk>,
+    jobs: Ordered<EncodedBatch>,
 }
 
 impl<'a> ChunkEncoder<'a> {
-    pub fn new(storage: &'a dyn VectorStorage, ns: &str, s: EncodeSettings) -> Self {
+    pub fn new(
+        storage: &'a dyn VectorStorage,
+        ns: &str,
+        s: EncodeSettings,
+        known: KnownChunks,
+    ) -> Self {
         let parallelism = s.parallelism;
         ChunkEncoder {
             storage,
             ns: ns.to_string(),
+            chunker: Chunker::new(s.dimension, s.dedup_chunk_size),
             s,
+            known,
             after: None,
             scanned_all: false,
             pending: Vec::new(),
+            cuts: Vec::new(),
             pending_bytes: 0,
             carry: VecDeque::new(),
             jobs: Ordered::new(parallelism),
@@ -53,31 +75,54 @@ impl<'a> ChunkEncoder<'a> {
         if self.pending.is_empty() {
             return;
         }
+        if self.cuts.last() != Some(&self.pending.len()) {
+            self.cuts.push(self.pending.len());
+        }
         let vectors = std::mem::take(&mut self.pending);
+        let cuts = std::mem::take(&mut self.cuts);
         self.pending_bytes = 0;
-        let (ns, s) = (self.ns.clone(), self.s.clone());
+        let (ns, s, known) = (self.ns.clone(), self.s.clone(), self.known.clone());
         self.jobs.push(move || {
-            blob::encode_chunk_owned(vectors, s.dimension, s.include_metadata, s.filter, s.level)
-                .map_err(|e| encode_error(&ns, e))
+            let known = |h: &[u8; 32]| known.contains(h);
+            blob::encode_batch(
+                vectors,
+                &cuts,
+                s.dimension,
+                s.include_metadata,
+                s.filter,
+                s.level,
+                &known,
+            )
+            .map_err(|e| encode_error(&ns, e))
         });
     }
 
-    /// The next chunk, or `None` when the namespace is done.
-    ///
-    /// The scan runs one chunk ahead of compression: while every worker is busy, the next
-    /// chunk is read from the store, and only then does this wait for the oldest job.
-    pub async fn next(&mut self) -> Result<Option<EncodedChunk>> {
-        loop {
-            // Move scanned vectors into the pending chunk, up to the chunk size.
-            while self.pending_bytes < self.s.chunk_size {
-                let Some(v) = self.carry.pop_front() else {
-                    break;
-                };
-                self.pending_bytes += 4 * v.values.len() + v.id.len() + 64;
-                self.pending.push(v);
+    /// Moves scanned vectors into the pending batch, cutting chunks as it goes; true when
+    /// the batch is full (it ends at a chunk boundary).
+    fn fill_batch(&mut self) -> bool {
+        while let Some(v) = self.carry.pop_front() {
+            let size = 4 * v.values.len() + v.id.len() + 16;
+            let cut = self.chunker.cut_after(&v.id, size);
+            self.pending_bytes += size;
+            self.pending.push(v);
+            if cut {
+                self.cuts.push(self.pending.len());
+                if self.pending_bytes >= self.s.chunk_size {
+                    return true;
+                }
             }
-            let ready = self.pending_bytes >= self.s.chunk_size
-                || (self.scanned_all && self.carry.is_empty() && !self.pending.is_empty());
+        }
+        false
+    }
+
+    /// The next batch, or `None` when the namespace is done.
+    ///
+    /// The scan runs one batch ahead of compression: while every worker is busy, the next
+    /// batch is read from the store, and only then does this wait for the oldest job.
+    pub async fn next(&mut self) -> Result<Option<EncodedBatch>> {
+        loop {
+            let full = self.fill_batch();
+            let ready = full || (self.scanned_all && !self.pending.is_empty());
             if ready {
                 if self.jobs.is_full() {
                     return self.jobs.next().await.transpose();
@@ -88,25 +133,30 @@ impl<'a> ChunkEncoder<'a> {
             if self.scanned_all {
                 return self.jobs.next().await.transpose();
             }
-            let page = self
-                .storage
-                .scan(&self.ns, self.after.as_deref(), self.s.page_size)
-                .await?;
-            let Some(last) = page.last() else {
-                self.scanned_all = true;
-                continue;
-            };
-            // Chunks are encoded apart: check the id order across their boundaries here.
-            if let (Some(prev), Some(first)) = (&self.after, page.first()) {
-                if first.id.as_bytes() <= prev.as_bytes() {
-                    return Err(Error::Storage(format!(
-                        "namespace {:?}: the store's scan returned {:?} after {prev:?}; scans must ascend by id",
-                        self.ns, first.id
-                    )));
-                }
-            }
-            self.after = Some(last.id.clone());
-            self.carry.extend(page);
+            self.scan_page().await?;
         }
+    }
+
+    async fn scan_page(&mut self) -> Result<()> {
+        let page = self
+            .storage
+            .scan(&self.ns, self.after.as_deref(), self.s.page_size)
+            .await?;
+        let Some(last) = page.last() else {
+            self.scanned_all = true;
+            return Ok(());
+        };
+        // Chunks are encoded apart: check the id order across their boundaries here.
+        if let (Some(prev), Some(first)) = (&self.after, page.first()) {
+            if first.id.as_bytes() <= prev.as_bytes() {
+                return Err(Error::Storage(format!(
+                    "namespace {:?}: the store's scan returned {:?} after {prev:?}; scans must ascend by id",
+                    self.ns, first.id
+                )));
+            }
+        }
+        self.after = Some(last.id.clone());
+        self.carry.extend(page);
+        Ok(())
     }
 }

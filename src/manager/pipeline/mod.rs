@@ -13,9 +13,9 @@ mod read;
 mod spool;
 mod write;
 
-pub(crate) use encode::{ChunkEncoder, EncodeSettings};
-pub(crate) use read::{check_chunks, NamespaceReader};
-pub(crate) use spool::{download, Spool};
+pub(crate) use encode::{ChunkEncoder, EncodeSettings, KnownChunks};
+pub(crate) use read::{check_chunks, ChunkBytes, NamespaceReader};
+pub(crate) use spool::{download, download_runs, Run, Spool};
 pub(crate) use write::BlobWriter;
 
 use crate::error::{Error, Result};

@@ -1,40 +1,58 @@
-//! Checking and decoding one namespace section out of a spool.
+//! Checking and decoding one namespace's chunks, wherever they are stored.
 
-use super::{decode_error, on_pool, Ordered, Spool};
+use super::{decode_error, Ordered, Spool};
 use crate::error::{Error, Result};
-use crate::format::blob::{self, ContentDigest, DecodeError, DecodedChunk, Filter};
-use crate::format::sidecar::{ChunkEntry, NamespaceEntry, SnapshotMetadata};
+use crate::format::blob::{self, ContentDigest, DecodedChunk};
+use crate::manager::chunks::{ChunkTable, Located};
 use crate::storage::Vector;
 use std::sync::Arc;
 
-/// Checks every chunk of a namespace in the spool (which holds blob bytes from `base` on)
-/// against its recorded CRC-32, in parallel. Run before anything is changed, so damaged
-/// data is refused whole.
+/// A chunk's bytes: the spool of the run it is in, and the blob offset that run starts at.
+#[derive(Clone)]
+pub(crate) struct ChunkBytes {
+    pub spool: Arc<Spool>,
+    pub base: u64,
+}
+
+impl ChunkBytes {
+    fn read(&self, c: &Located) -> Result<Vec<u8>> {
+        self.spool.read(c.chunk.offset - self.base, c.chunk.length)
+    }
+}
+
+/// The error for a chunk whose bytes do not match their CRC-32.
+fn crc_mismatch(table: &ChunkTable, c: &Located) -> Error {
+    // The damage is somewhere in the chunk: name its range and the blob that holds it.
+    let why = format!(
+        "the chunk at bytes {}..{} does not match its recorded CRC-32 (damaged or truncated)",
+        c.chunk.offset,
+        c.chunk.offset + c.chunk.length
+    );
+    Error::corrupt(
+        c.snapshot.as_str(),
+        Some(&table.name),
+        Some(c.chunk.offset),
+        why,
+    )
+}
+
+/// Checks every chunk of a namespace against its recorded CRC-32, in parallel. Run before
+/// anything is changed, so damaged data is refused whole.
 pub(crate) async fn check_chunks(
-    spool: &Arc<Spool>,
-    base: u64,
-    meta: &SnapshotMetadata,
-    entry: &NamespaceEntry,
+    table: &Arc<ChunkTable>,
+    bytes: &[ChunkBytes],
     parallelism: usize,
 ) -> Result<()> {
     let mut jobs: Ordered<()> = Ordered::new(parallelism);
-    let mut chunks = entry.chunks.iter();
+    let mut next = 0;
     loop {
-        while !jobs.is_full() {
-            let Some(c) = chunks.next().cloned() else {
-                break;
-            };
-            let (spool, id, ns) = (spool.clone(), meta.id.to_string(), entry.name.clone());
+        while !jobs.is_full() && next < table.chunks.len() {
+            let (table, b, i) = (table.clone(), bytes[next].clone(), next);
+            next += 1;
             jobs.push(move || {
-                let bytes = spool.read(c.offset - base, c.length)?;
-                if crc32fast::hash(&bytes) != c.crc32 {
-                    // The damage is somewhere in the chunk: name its range, not a byte.
-                    let why = format!(
-                        "the chunk at bytes {}..{} does not match its recorded CRC-32 (damaged or truncated)",
-                        c.offset,
-                        c.offset + c.length
-                    );
-                    return Err(Error::corrupt(&id, Some(&ns), None, why));
+                let c = &table.chunks[i];
+                if crc32fast::hash(&b.read(c)?) != c.chunk.crc32 {
+                    return Err(crc_mismatch(&table, c));
                 }
                 Ok(())
             });
@@ -46,16 +64,12 @@ pub(crate) async fn check_chunks(
     }
 }
 
-/// Reads one namespace section out of a spool holding blob bytes from `base` on, checking
-/// everything against the sidecar: header, chunks (decoded in parallel), ids in order
-/// across chunks, and at the end the count and content digest.
-pub(crate) struct NamespaceReader<'m> {
-    meta: &'m SnapshotMetadata,
-    entry: &'m NamespaceEntry,
-    spool: Arc<Spool>,
-    base: u64,
-    dimension: u32,
-    filter: Filter,
+/// Reads one namespace's chunks, checking everything against its chunk table: each chunk
+/// (decoded in parallel; its SHA-256 where recorded), ids in order across chunks, and at
+/// the end the count and content digest.
+pub(crate) struct NamespaceReader {
+    table: Arc<ChunkTable>,
+    bytes: Vec<ChunkBytes>,
     next_chunk: usize,
     jobs: Ordered<DecodedChunk>,
     digest: ContentDigest,
@@ -63,86 +77,30 @@ pub(crate) struct NamespaceReader<'m> {
     last_id: Option<String>,
 }
 
-impl<'m> NamespaceReader<'m> {
-    pub async fn open(
-        meta: &'m SnapshotMetadata,
-        entry: &'m NamespaceEntry,
-        spool: Arc<Spool>,
-        base: u64,
-        parallelism: usize,
-    ) -> Result<Self> {
-        let first = &entry.chunks[0];
-        let header = read_chunk(&spool, base, first, meta, entry, |b| {
-            blob::decode_ns_header_chunk(&b[..])
-        })
-        .await?;
-        let fail = |why: String| {
-            Err(Error::corrupt(
-                meta.id.as_str(),
-                Some(&entry.name),
-                Some(first.offset),
-                why,
-            ))
-        };
-        if header.name != entry.name {
-            return fail(format!(
-                "the blob holds namespace {:?} where the sidecar records {:?}",
-                header.name, entry.name
-            ));
-        }
-        if header.dimension != entry.dimension.unwrap_or(0) {
-            return fail(format!(
-                "dimension {} in the blob, {:?} in the sidecar",
-                header.dimension, entry.dimension
-            ));
-        }
-        if header.filter != meta.compression.filter {
-            return fail(format!(
-                "filter {:?} in the blob, {:?} in the sidecar",
-                header.filter, meta.compression.filter
-            ));
-        }
-        Ok(NamespaceReader {
-            meta,
-            entry,
-            spool,
-            base,
-            dimension: header.dimension,
-            filter: header.filter,
-            next_chunk: 1,
+impl NamespaceReader {
+    pub fn new(table: Arc<ChunkTable>, bytes: Vec<ChunkBytes>, parallelism: usize) -> Self {
+        let digest = ContentDigest::new(table.dimension);
+        NamespaceReader {
+            table,
+            bytes,
+            next_chunk: 0,
             jobs: Ordered::new(parallelism),
-            digest: ContentDigest::new(header.dimension),
+            digest,
             count: 0,
             last_id: None,
-        })
+        }
     }
 
     fn fill(&mut self) {
-        let data_end = self.entry.chunks.len() - 1;
-        while !self.jobs.is_full() && self.next_chunk < data_end {
-            let c = self.entry.chunks[self.next_chunk].clone();
+        while !self.jobs.is_full() && self.next_chunk < self.table.chunks.len() {
+            let (table, b, i) = (
+                self.table.clone(),
+                self.bytes[self.next_chunk].clone(),
+                self.next_chunk,
+            );
             self.next_chunk += 1;
-            let (spool, base, dim, filter) =
-                (self.spool.clone(), self.base, self.dimension, self.filter);
-            let (meta_id, ns) = (self.meta.id.to_string(), self.entry.name.clone());
-            self.jobs.push(move || {
-                let bytes = spool.read(c.offset - base, c.length)?;
-                let decoded = blob::decode_chunk_within(&bytes[..], dim, filter, c.raw_length)
-                    .map_err(|e| decode_error(&meta_id, Some(&ns), c.offset, e))?;
-                if decoded.vectors.len() as u64 != c.vectors {
-                    return Err(Error::corrupt(
-                        &meta_id,
-                        Some(&ns),
-                        Some(c.offset),
-                        format!(
-                            "chunk holds {} vectors, the sidecar records {}",
-                            decoded.vectors.len(),
-                            c.vectors
-                        ),
-                    ));
-                }
-                Ok(decoded)
-            });
+            self.jobs
+                .push(move || decode_one(&table, &table.chunks[i], &b));
         }
     }
 
@@ -156,8 +114,8 @@ impl<'m> NamespaceReader<'m> {
         if let (Some(last), Some(first)) = (&self.last_id, chunk.vectors.first()) {
             if first.id.as_bytes() <= last.as_bytes() {
                 return Err(Error::corrupt(
-                    self.meta.id.as_str(),
-                    Some(&self.entry.name),
+                    self.table.holder.as_str(),
+                    Some(&self.table.name),
                     None,
                     format!("vector ids out of order at {:?}", first.id),
                 ));
@@ -171,48 +129,57 @@ impl<'m> NamespaceReader<'m> {
         Ok(Some(chunk.vectors))
     }
 
-    /// Reads the end chunk and compares counts and digests with what was decoded and with
-    /// the sidecar. Call after `next` returned `None`.
+    /// Compares the count and digest of what was decoded with the chunk table's. Call
+    /// after `next` returned `None`.
     pub async fn finish(self) -> Result<u64> {
-        let last = &self.entry.chunks[self.entry.chunks.len() - 1];
-        let (recorded, digest) =
-            read_chunk(&self.spool, self.base, last, self.meta, self.entry, |b| {
-                blob::decode_ns_end_chunk(&b[..])
-            })
-            .await?;
         let actual = self.digest.finish();
-        let fail = |why: String| {
-            Err(Error::corrupt(
-                self.meta.id.as_str(),
-                Some(&self.entry.name),
-                Some(last.offset),
-                why,
-            ))
-        };
-        if recorded != self.count || self.count != self.entry.vector_count {
+        let t = &self.table;
+        let fail = |why: String| Err(Error::corrupt(t.holder.as_str(), Some(&t.name), None, why));
+        if self.count != t.vector_count {
             return fail(format!(
-                "{} vectors decoded, the end frame records {recorded}, the sidecar {}",
-                self.count, self.entry.vector_count
+                "{} vectors decoded, {} recorded",
+                self.count, t.vector_count
             ));
         }
-        if digest != actual || hex::encode(actual) != self.entry.content_sha256 {
+        if actual != t.digest {
             return fail("content digest differs from the one recorded".into());
         }
         Ok(self.count)
     }
 }
 
-/// Reads and decodes one small chunk on the worker pool.
-async fn read_chunk<T: Send + 'static>(
-    spool: &Arc<Spool>,
-    base: u64,
-    c: &ChunkEntry,
-    meta: &SnapshotMetadata,
-    entry: &NamespaceEntry,
-    decode: impl FnOnce(Vec<u8>) -> std::result::Result<T, DecodeError> + Send + 'static,
-) -> Result<T> {
-    let (spool, off, len) = (spool.clone(), c.offset - base, c.length);
-    let (id, ns, at) = (meta.id.to_string(), entry.name.clone(), c.offset);
-    on_pool(move || decode(spool.read(off, len)?).map_err(|e| decode_error(&id, Some(&ns), at, e)))
-        .await?
+/// Decodes one chunk, checking its vector count and, where recorded, its SHA-256.
+fn decode_one(table: &ChunkTable, c: &Located, b: &ChunkBytes) -> Result<DecodedChunk> {
+    let bytes = b.read(c)?;
+    let at = c.chunk.offset;
+    let id = c.snapshot.as_str();
+    let decoded = match c.sha256 {
+        Some(sha) => blob::decode_chunk_hashed(
+            &bytes[..],
+            table.dimension,
+            table.filter,
+            c.chunk.raw_length,
+            &sha,
+        ),
+        None => blob::decode_chunk_within(
+            &bytes[..],
+            table.dimension,
+            table.filter,
+            c.chunk.raw_length,
+        ),
+    }
+    .map_err(|e| decode_error(id, Some(&table.name), at, e))?;
+    if decoded.vectors.len() as u64 != c.chunk.vectors {
+        return Err(Error::corrupt(
+            id,
+            Some(&table.name),
+            Some(at),
+            format!(
+                "chunk holds {} vectors, its index records {}",
+                decoded.vectors.len(),
+                c.chunk.vectors
+            ),
+        ));
+    }
+    Ok(decoded)
 }

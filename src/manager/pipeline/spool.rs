@@ -9,6 +9,7 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::ops::Range;
+use std::sync::Arc;
 
 /// Objects up to this size are downloaded into memory with one request.
 const SPOOL_MEMORY: usize = 8 << 20;
@@ -27,9 +28,10 @@ pub(crate) struct Spool {
 enum SpoolData {
     Memory(Vec<u8>),
     File(std::fs::File),
-    /// The object's own local file; spool offset 0 is file offset `base`.
+    /// A file (the object's own local file, or a temporary one several runs share);
+    /// spool offset 0 is file offset `base`.
     Local {
-        file: std::fs::File,
+        file: Arc<std::fs::File>,
         base: u64,
     },
 }
@@ -118,6 +120,7 @@ fn local_range(
     expected_len: u64,
 ) -> Result<Spool> {
     let size = file.metadata().map_err(|e| local_error(key, e))?.len();
+    let file = Arc::new(file);
     let r = range.unwrap_or(0..size);
     if r.end > size || r.end.checked_sub(r.start) != Some(expected_len) {
         let why = format!("{}..{} of {key}, which is {size} bytes", r.start, r.end);
@@ -248,4 +251,156 @@ impl Fetch<'_> {
             key: key.to_string(),
         })
     }
+}
+
+/// One byte range of one object, among several downloaded together.
+pub(crate) struct Run {
+    pub key: Key,
+    pub range: Range<u64>,
+}
+
+/// Downloads several ranges (the runs of a namespace's chunks, possibly in several
+/// blobs), one spool each. A sink's local files are read in place (each file opened once);
+/// otherwise runs totalling up to `SPOOL_MEMORY` go into memory, and larger sets into one
+/// temporary file, in parts of `DOWNLOAD_PART`, `DOWNLOAD_CONCURRENCY` at once, so memory
+/// stays bounded however many runs there are. An error names the run it happened in
+/// (`on_error`).
+pub(crate) async fn download_runs(
+    sink: &dyn SnapshotSink,
+    runs: &[Run],
+    progress: &dyn Progress,
+    on_error: impl Fn(usize, Error) -> Error,
+) -> Result<Vec<Arc<Spool>>> {
+    if let Some(local) = local_runs(sink, runs, progress, &on_error).await? {
+        return Ok(local);
+    }
+    let total: u64 = runs.iter().map(|r| r.range.end - r.range.start).sum();
+    if total <= SPOOL_MEMORY as u64 {
+        let mut out = Vec::with_capacity(runs.len());
+        for (i, r) in runs.iter().enumerate() {
+            let len = r.range.end - r.range.start;
+            let spool = download(sink, &r.key, Some(r.range.clone()), len, None, progress)
+                .await
+                .map_err(|e| on_error(i, e))?;
+            out.push(Arc::new(spool));
+        }
+        return Ok(out);
+    }
+    runs_into_file(sink, runs, progress, &on_error).await
+}
+
+/// Runs read in place from the sink's local files, or `None` if the sink has none.
+async fn local_runs(
+    sink: &dyn SnapshotSink,
+    runs: &[Run],
+    progress: &dyn Progress,
+    on_error: &impl Fn(usize, Error) -> Error,
+) -> Result<Option<Vec<Arc<Spool>>>> {
+    let mut files: std::collections::HashMap<&Key, (Arc<std::fs::File>, u64)> = Default::default();
+    let mut out = Vec::with_capacity(runs.len());
+    for (i, r) in runs.iter().enumerate() {
+        let (file, size) = match files.get(&r.key) {
+            Some(f) => f.clone(),
+            None => {
+                let Some(file) = sink.open_local(&r.key).await.map_err(|e| on_error(i, e))? else {
+                    return Ok(None);
+                };
+                let size = file
+                    .metadata()
+                    .map_err(|e| on_error(i, local_error(&r.key, e)))?
+                    .len();
+                files.insert(&r.key, (Arc::new(file), size));
+                files[&r.key].clone()
+            }
+        };
+        if r.range.end > size {
+            let why = format!(
+                "{}..{} of {}, which is {size} bytes",
+                r.range.start, r.range.end, r.key
+            );
+            return Err(on_error(
+                i,
+                Error::sink(
+                    SinkOp::Get,
+                    r.key.as_str(),
+                    SinkErrorKind::InvalidRange,
+                    why,
+                ),
+            ));
+        }
+        progress.advance(r.range.end - r.range.start);
+        out.push(Arc::new(Spool {
+            data: SpoolData::Local {
+                file,
+                base: r.range.start,
+            },
+            key: r.key.to_string(),
+        }));
+    }
+    Ok(Some(out))
+}
+
+/// Runs fetched in parts into one temporary file, each run's spool a window of it.
+async fn runs_into_file(
+    sink: &dyn SnapshotSink,
+    runs: &[Run],
+    progress: &dyn Progress,
+    on_error: &impl Fn(usize, Error) -> Error,
+) -> Result<Vec<Arc<Spool>>> {
+    let parts: Vec<(usize, Range<u64>)> = runs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, r)| {
+            (r.range.start..r.range.end)
+                .step_by(DOWNLOAD_PART)
+                .map(move |at| (i, at..(at + DOWNLOAD_PART as u64).min(r.range.end)))
+        })
+        .collect();
+    let mut fetched = futures::stream::iter(parts)
+        .map(|(i, r)| async move {
+            let want = r.end - r.start;
+            let bytes = crate::sink::SinkExt::get_bytes(sink, &runs[i].key, Some(r))
+                .await
+                .map_err(|e| on_error(i, e))?;
+            if bytes.len() as u64 != want {
+                let why = format!("read {} bytes of a {want}-byte range", bytes.len());
+                let e = Error::sink(
+                    SinkOp::Get,
+                    runs[i].key.as_str(),
+                    SinkErrorKind::InvalidRange,
+                    why,
+                );
+                return Err(on_error(i, e));
+            }
+            Ok::<_, Error>(bytes)
+        })
+        .buffered(DOWNLOAD_CONCURRENCY);
+    let first = runs.first().map(|r| r.key.clone());
+    let key = first
+        .as_ref()
+        .ok_or_else(|| Error::Internal("no runs to download".into()))?;
+    let mut file = tempfile::tempfile().map_err(|e| local_error(key, e))?;
+    while let Some(part) = fetched.next().await {
+        let bytes = part?;
+        progress.advance(bytes.len() as u64);
+        file = on_pool(move || file.write_all(&bytes).map(|_| file))
+            .await?
+            .map_err(|e| local_error(key, e))?;
+    }
+    let file = Arc::new(file);
+    let mut base = 0;
+    Ok(runs
+        .iter()
+        .map(|r| {
+            let spool = Spool {
+                data: SpoolData::Local {
+                    file: file.clone(),
+                    base,
+                },
+                key: r.key.to_string(),
+            };
+            base += r.range.end - r.range.start;
+            Arc::new(spool)
+        })
+        .collect())
 }

@@ -55,21 +55,36 @@ impl BlobWriter {
         vectors: u64,
     ) -> Result<ChunkEntry> {
         let length = bytes.len() as u64;
+        let offset = self.append(bytes, raw_length).await?;
+        Ok(ChunkEntry {
+            offset,
+            length,
+            raw_length,
+            vectors,
+            crc32,
+        })
+    }
+
+    /// Bytes written so far: where the next chunk starts.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Appends bytes (any number of whole chunks, `raw_length` decompressed bytes in all);
+    /// returns the offset they start at.
+    pub async fn append(&mut self, bytes: Vec<u8>, raw_length: u64) -> Result<u64> {
+        let (offset, length) = (self.offset, bytes.len() as u64);
+        if length == 0 {
+            return Ok(offset);
+        }
         let tx = self.tx.as_ref().expect("writer open until finish or abort");
         if tx.send(bytes).await.is_err() {
             // The writer task stopped on an error; `finish` or `abort` reports it.
             return Err(self.stopped().await);
         }
-        let entry = ChunkEntry {
-            offset: self.offset,
-            length,
-            raw_length,
-            vectors,
-            crc32,
-        };
         self.offset += length;
         self.raw_total += raw_length;
-        Ok(entry)
+        Ok(offset)
     }
 
     /// The error the writer task stopped with.

@@ -1,0 +1,362 @@
+//! A namespace's chunk table: where each of its data chunks is, in which snapshot's blob,
+//! read from a format 2 chunk index or a format 1 sidecar, and checked before any of it is
+//! trusted.
+
+use super::pipeline::decode_error;
+use super::{blob_missing, SnapshotManager};
+use crate::error::{Error, Result, SinkErrorKind};
+use crate::format::blob::{self, Filter};
+use crate::format::index::NamespaceIndex;
+use crate::format::sidecar::{ChunkEntry, NamespaceEntry, SnapshotMetadata, MAX_CHUNK_RAW};
+use crate::id::SnapshotId;
+use crate::sink::SinkExt;
+use std::collections::HashMap;
+
+/// One data chunk and the blob that holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Located {
+    /// The snapshot whose blob holds the chunk.
+    pub snapshot: SnapshotId,
+    /// Where, how large, how many vectors, its CRC-32.
+    pub chunk: ChunkEntry,
+    /// SHA-256 of its raw bytes (format 2 only).
+    pub sha256: Option<[u8; 32]>,
+}
+
+/// Everything needed to read one namespace of a snapshot.
+#[derive(Debug, Clone)]
+pub(crate) struct ChunkTable {
+    /// The snapshot that records the namespace (errors name it).
+    pub holder: SnapshotId,
+    pub name: String,
+    pub dimension: u32,
+    pub filter: Filter,
+    pub vector_count: u64,
+    pub digest: [u8; 32],
+    /// Its data chunks, in id order.
+    pub chunks: Vec<Located>,
+}
+
+impl ChunkTable {
+    /// The chunks' hashes and where they are: what a child snapshot can reference.
+    pub fn by_hash(&self) -> HashMap<[u8; 32], Located> {
+        self.chunks
+            .iter()
+            .filter_map(|c| c.sha256.map(|h| (h, c.clone())))
+            .collect()
+    }
+
+    fn corrupt(&self, offset: Option<u64>, why: impl Into<String>) -> Error {
+        Error::corrupt(self.holder.as_str(), Some(&self.name), offset, why)
+    }
+}
+
+impl SnapshotManager {
+    /// The chunk table of namespace `entry` as recorded by snapshot `holder`, checked: the
+    /// index against its CRC-32 and the sidecar, local chunks against the section they must
+    /// tile, and every reference against the holder's ancestors and their blobs' sizes.
+    pub(crate) async fn chunk_table(
+        &self,
+        holder: &SnapshotMetadata,
+        entry: &NamespaceEntry,
+    ) -> Result<ChunkTable> {
+        match &entry.index {
+            Some(index) => self.chunk_table_v2(holder, entry, index).await,
+            None => self.chunk_table_v1(holder, entry).await,
+        }
+    }
+
+    /// Reads one small chunk of a blob, checked against its CRC-32.
+    async fn read_small_chunk(
+        &self,
+        holder: &SnapshotMetadata,
+        ns: &str,
+        c: &ChunkEntry,
+    ) -> Result<Vec<u8>> {
+        let key = self.layout.blob_key(&holder.id);
+        let bytes = match self
+            .sink
+            .get_bytes(&key, Some(c.offset..c.offset + c.length))
+            .await
+        {
+            Err(e) if e.is_not_found() => return Err(blob_missing(holder.id.as_str())),
+            Err(e) if e.sink_kind() == Some(SinkErrorKind::InvalidRange) => {
+                return Err(Error::corrupt(
+                    holder.id.as_str(),
+                    Some(ns),
+                    Some(c.offset),
+                    "the blob is shorter than its sidecar records (truncated)",
+                ))
+            }
+            other => other?,
+        };
+        if bytes.len() as u64 != c.length || crc32fast::hash(&bytes) != c.crc32 {
+            return Err(Error::corrupt(
+                holder.id.as_str(),
+                Some(ns),
+                Some(c.offset),
+                format!(
+                    "the chunk at bytes {}..{} does not match its recorded CRC-32 (damaged or truncated)",
+                    c.offset,
+                    c.offset + c.length
+                ),
+            ));
+        }
+        Ok(bytes.to_vec())
+    }
+
+    async fn chunk_table_v1(
+        &self,
+        holder: &SnapshotMetadata,
+        entry: &NamespaceEntry,
+    ) -> Result<ChunkTable> {
+        let (first, last) = (&entry.chunks[0], &entry.chunks[entry.chunks.len() - 1]);
+        let id = holder.id.as_str();
+        let head = self.read_small_chunk(holder, &entry.name, first).await?;
+        let header = blob::decode_ns_header_chunk(&head[..])
+            .map_err(|e| decode_error(id, Some(&entry.name), first.offset, e))?;
+        let end = self.read_small_chunk(holder, &entry.name, last).await?;
+        let (count, digest) = blob::decode_ns_end_chunk(&end[..])
+            .map_err(|e| decode_error(id, Some(&entry.name), last.offset, e))?;
+        let table = ChunkTable {
+            holder: holder.id.clone(),
+            name: header.name,
+            dimension: header.dimension,
+            filter: header.filter,
+            vector_count: count,
+            digest,
+            chunks: entry.chunks[1..entry.chunks.len() - 1]
+                .iter()
+                .map(|c| Located {
+                    snapshot: holder.id.clone(),
+                    chunk: c.clone(),
+                    sha256: None,
+                })
+                .collect(),
+        };
+        check_against_sidecar(&table, holder, entry, first.offset)?;
+        Ok(table)
+    }
+
+    async fn chunk_table_v2(
+        &self,
+        holder: &SnapshotMetadata,
+        entry: &NamespaceEntry,
+        index: &ChunkEntry,
+    ) -> Result<ChunkTable> {
+        let id = holder.id.as_str();
+        let bytes = self.read_small_chunk(holder, &entry.name, index).await?;
+        let ix = blob::decode_index_chunk(&bytes[..], index.raw_length)
+            .map_err(|e| decode_error(id, Some(&entry.name), index.offset, e))?;
+        let sources = self.reference_sources(holder, &entry.name, &ix).await?;
+        let table = ChunkTable {
+            holder: holder.id.clone(),
+            name: ix.name,
+            dimension: ix.dimension,
+            filter: ix.filter,
+            vector_count: ix.vector_count,
+            digest: ix.digest,
+            chunks: ix
+                .chunks
+                .iter()
+                .map(|c| Located {
+                    snapshot: match c.source {
+                        0 => holder.id.clone(),
+                        k => sources[usize::from(k) - 1].id.clone(),
+                    },
+                    chunk: ChunkEntry {
+                        offset: c.offset,
+                        length: u64::from(c.length),
+                        raw_length: u64::from(c.raw_length),
+                        vectors: u64::from(c.vectors),
+                        crc32: c.crc32,
+                    },
+                    sha256: Some(c.sha256),
+                })
+                .collect(),
+        };
+        check_against_sidecar(&table, holder, entry, index.offset)?;
+        check_local_tiling(&table, entry, index)?;
+        check_references(&table, &sources)?;
+        Ok(table)
+    }
+
+    /// The sidecars of the snapshots an index references, each checked to be an ancestor
+    /// of `holder` (a reference may only point into an ancestor).
+    async fn reference_sources(
+        &self,
+        holder: &SnapshotMetadata,
+        ns: &str,
+        ix: &NamespaceIndex,
+    ) -> Result<Vec<SnapshotMetadata>> {
+        if ix.sources.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut wanted: Vec<SnapshotId> = Vec::with_capacity(ix.sources.len());
+        for s in &ix.sources {
+            wanted.push(SnapshotId::parse(s).map_err(|_| {
+                Error::corrupt(
+                    holder.id.as_str(),
+                    Some(ns),
+                    None,
+                    format!("the chunk index names {s:?}, which is not a snapshot id"),
+                )
+            })?);
+        }
+        let ancestors = self.ancestors_until(holder, &wanted).await?;
+        wanted
+            .iter()
+            .map(|w| {
+                ancestors.iter().find(|a| &a.id == w).cloned().ok_or_else(|| {
+                    Error::corrupt(
+                        holder.id.as_str(),
+                        Some(ns),
+                        None,
+                        format!("chunks are referenced in snapshot {w}, which is missing or not an ancestor"),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// `holder`'s ancestors, parent first, read until every id of `wanted` is found or the
+    /// chain ends.
+    async fn ancestors_until(
+        &self,
+        holder: &SnapshotMetadata,
+        wanted: &[SnapshotId],
+    ) -> Result<Vec<SnapshotMetadata>> {
+        let mut chain = vec![holder.clone()];
+        let mut found = Vec::new();
+        while let Some(parent) = chain.last().and_then(|m| m.parent_id.clone()) {
+            if wanted
+                .iter()
+                .all(|w| found.iter().any(|f: &SnapshotMetadata| &f.id == w))
+            {
+                break;
+            }
+            match self.read_ancestor(&holder.id, &chain, &parent).await? {
+                Some(meta) => {
+                    found.push(meta.clone());
+                    chain.push(meta);
+                }
+                None => break,
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// The index or the format 1 header and end frames agree with the sidecar.
+fn check_against_sidecar(
+    table: &ChunkTable,
+    holder: &SnapshotMetadata,
+    entry: &NamespaceEntry,
+    at: u64,
+) -> Result<()> {
+    if table.name != entry.name {
+        return Err(table.corrupt(
+            Some(at),
+            format!(
+                "the blob holds namespace {:?} where the sidecar records {:?}",
+                table.name, entry.name
+            ),
+        ));
+    }
+    if table.dimension != entry.dimension.unwrap_or(0) {
+        return Err(table.corrupt(
+            Some(at),
+            format!(
+                "dimension {} in the blob, {:?} in the sidecar",
+                table.dimension, entry.dimension
+            ),
+        ));
+    }
+    if table.filter != holder.compression.filter {
+        return Err(table.corrupt(
+            Some(at),
+            format!(
+                "filter {:?} in the blob, {:?} in the sidecar",
+                table.filter, holder.compression.filter
+            ),
+        ));
+    }
+    if table.vector_count != entry.vector_count || hex::encode(table.digest) != entry.content_sha256
+    {
+        return Err(table.corrupt(
+            Some(at),
+            "the blob's vector count or content digest differs from the sidecar's",
+        ));
+    }
+    let in_chunks = table
+        .chunks
+        .iter()
+        .fold(0u64, |n, c| n.saturating_add(c.chunk.vectors));
+    if in_chunks != table.vector_count {
+        return Err(table.corrupt(
+            Some(at),
+            format!(
+                "chunks hold {in_chunks} vectors, {} recorded",
+                table.vector_count
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The chunks stored in the holder's own blob fill its section up to the index, in order.
+fn check_local_tiling(
+    table: &ChunkTable,
+    entry: &NamespaceEntry,
+    index: &ChunkEntry,
+) -> Result<()> {
+    let mut at = entry.offset;
+    for c in table.chunks.iter().filter(|c| c.snapshot == table.holder) {
+        if c.chunk.offset != at {
+            return Err(table.corrupt(
+                Some(c.chunk.offset),
+                format!(
+                    "a chunk at byte {} does not follow byte {at} in the section",
+                    c.chunk.offset
+                ),
+            ));
+        }
+        at = at.saturating_add(c.chunk.length);
+    }
+    if at != index.offset {
+        return Err(table.corrupt(
+            Some(at),
+            "the stored chunks do not fill the section up to the chunk index",
+        ));
+    }
+    Ok(())
+}
+
+/// Every referenced chunk lies inside its blob's data (after the header, before the end)
+/// and no chunk is larger than a writer makes.
+fn check_references(table: &ChunkTable, sources: &[SnapshotMetadata]) -> Result<()> {
+    for c in &table.chunks {
+        if c.chunk.raw_length > MAX_CHUNK_RAW {
+            return Err(table.corrupt(
+                Some(c.chunk.offset),
+                "a chunk claims more decompressed bytes than a writer produces",
+            ));
+        }
+        let Some(src) = sources.iter().find(|s| s.id == c.snapshot) else {
+            continue;
+        };
+        let end = c.chunk.offset.checked_add(c.chunk.length);
+        if c.chunk.offset < src.header.end() || end.is_none_or(|e| e > src.footer.offset) {
+            return Err(table.corrupt(
+                Some(c.chunk.offset),
+                format!(
+                    "a chunk referenced at bytes {}..{} of snapshot {} lies outside its data",
+                    c.chunk.offset,
+                    c.chunk.offset.saturating_add(c.chunk.length),
+                    src.id
+                ),
+            ));
+        }
+    }
+    Ok(())
+}

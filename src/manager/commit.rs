@@ -1,9 +1,9 @@
 //! Writing a snapshot: the blob upload, then the sidecar that commits it.
 
 use super::create::namespace_dimension;
-use super::dedup::{DedupBase, IndexBuilder};
+use super::dedup::IndexBuilder;
 use super::pipeline::{BlobWriter, ChunkEncoder, KnownChunks};
-use super::plan::WritePlan;
+use super::plan::{ParentView, WritePlan};
 use super::{EndProgress, SnapshotManager};
 use crate::config::CreateOptions;
 use crate::error::{Error, Result, SinkErrorKind, SinkOp};
@@ -17,7 +17,6 @@ use crate::retention::RetentionPolicy;
 use crate::sink::{PutMode, SinkExt};
 use crate::storage::VectorStorage;
 use bytes::Bytes;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// The value bytes (4 per dimension per vector) of `names`, from the store's counts: the
@@ -33,12 +32,27 @@ pub(super) async fn value_bytes(storage: &dyn VectorStorage, names: &[String]) -
 
 /// A blob uploaded and checked, not yet committed.
 struct UploadedBlob {
-    header: ByteRange,
-    namespaces: Vec<NamespaceEntry>,
-    footer: ByteRange,
+    body: BlobBody,
     size: u64,
     raw: u64,
     sha: [u8; 32],
+}
+
+/// The sections written into a blob.
+struct BlobBody {
+    header: ByteRange,
+    namespaces: Vec<NamespaceEntry>,
+    /// Namespaces compared while written and found equal to the parent's: nothing of them
+    /// is in the blob; the snapshot records them unchanged.
+    found_unchanged: Vec<String>,
+    footer: ByteRange,
+}
+
+/// How one namespace ended up.
+enum Written {
+    Stored(NamespaceEntry),
+    /// Equal to the parent's version, and nothing of it was written.
+    Unchanged,
 }
 
 impl SnapshotManager {
@@ -83,11 +97,8 @@ impl SnapshotManager {
         let _end = EndProgress(self.progress.as_ref());
         let out = self.sink.put_streaming(&blob_key, PutMode::Create).await?;
         let mut w = BlobWriter::new(out);
-        let (header, namespaces, footer) = match self
-            .write_body(&mut w, storage, id, created_ms, &plan.store, &plan.bases)
-            .await
-        {
-            Ok(parts) => parts,
+        let body = match self.write_body(&mut w, storage, id, created_ms, plan).await {
+            Ok(body) => body,
             Err(e) => {
                 w.abort().await;
                 return Err(e);
@@ -107,9 +118,7 @@ impl SnapshotManager {
             return Err(e);
         }
         Ok(UploadedBlob {
-            header,
-            namespaces,
-            footer,
+            body,
             size,
             raw,
             sha,
@@ -137,11 +146,17 @@ impl SnapshotManager {
         &self,
         id: SnapshotId,
         created_ms: u64,
-        plan: WritePlan,
+        mut plan: WritePlan,
         options: CreateOptions,
         blob: UploadedBlob,
     ) -> SnapshotMetadata {
         let (format, format_version, writer) = new_format_fields();
+        let body = blob.body;
+        for name in body.found_unchanged {
+            plan.inherited_bytes += plan.compare.get(&name).map_or(0, |v| v.logical_bytes);
+            plan.unchanged.push(name);
+        }
+        plan.unchanged.sort();
         SnapshotMetadata {
             format,
             format_version,
@@ -153,23 +168,23 @@ impl SnapshotManager {
             labels: options.labels,
             snapshot_type: plan.snapshot_type,
             parent_id: plan.parent,
-            total_vectors: blob.namespaces.iter().map(|n| n.vector_count).sum(),
+            total_vectors: body.namespaces.iter().map(|n| n.vector_count).sum(),
             logical_bytes: Some(
                 plan.inherited_bytes
-                    + blob
+                    + body
                         .namespaces
                         .iter()
                         .filter_map(|n| n.logical_bytes)
                         .sum::<u64>(),
             ),
-            namespaces: blob.namespaces,
+            namespaces: body.namespaces,
             unchanged_namespaces: plan.unchanged,
             deleted_namespaces: plan.deleted,
             size_bytes: blob.size,
             raw_bytes: blob.raw,
             blob_sha256: hex::encode(blob.sha),
-            header: blob.header,
-            footer: blob.footer,
+            header: body.header,
+            footer: body.footer,
             compression: CompressionInfo {
                 codec: "gzip".into(),
                 level: self.config.effective_level(),
@@ -242,17 +257,15 @@ impl SnapshotManager {
         }
     }
 
-    /// Writes the header chunk, every namespace section and the footer chunk; returns the
-    /// header range, the namespace entries and the footer range.
+    /// Writes the header chunk, every namespace section and the footer chunk.
     async fn write_body(
         &self,
         w: &mut BlobWriter,
         storage: &dyn VectorStorage,
         id: &SnapshotId,
         created_ms: u64,
-        names: &[String],
-        bases: &BTreeMap<String, DedupBase>,
-    ) -> Result<(ByteRange, Vec<NamespaceEntry>, ByteRange)> {
+        plan: &WritePlan,
+    ) -> Result<BlobBody> {
         let level = self.config.effective_level();
         let range = |c: crate::format::sidecar::ChunkEntry| ByteRange {
             offset: c.offset,
@@ -262,27 +275,39 @@ impl SnapshotManager {
             w.write_raw(blob::encode_header(id.as_str(), created_ms), level)
                 .await?,
         );
-        let mut entries = Vec::with_capacity(names.len());
-        for ns in names {
-            entries.push(self.write_namespace(w, storage, ns, bases.get(ns)).await?);
+        let mut namespaces = Vec::with_capacity(plan.store.len());
+        let mut found_unchanged = Vec::new();
+        for ns in &plan.store {
+            match self.write_namespace(w, storage, ns, plan).await? {
+                Written::Stored(entry) => namespaces.push(entry),
+                Written::Unchanged => found_unchanged.push(ns.clone()),
+            }
         }
-        let total = entries.iter().map(|e| e.vector_count).sum();
+        let total = namespaces.iter().map(|e| e.vector_count).sum();
         let footer = range(
-            w.write_raw(blob::encode_footer(names.len() as u32, total), level)
+            w.write_raw(blob::encode_footer(namespaces.len() as u32, total), level)
                 .await?,
         );
-        Ok((header, entries, footer))
+        Ok(BlobBody {
+            header,
+            namespaces,
+            found_unchanged,
+            footer,
+        })
     }
 
     /// Writes one namespace section (format 2: the chunks its parent's chain does not
-    /// hold, then its chunk index), reporting the value bytes written to the progress.
+    /// hold, then its chunk index), reporting the value bytes written to the progress. A
+    /// namespace the plan compares with the parent, found equal with every chunk already in
+    /// the chain, gets no index: it is [`Written::Unchanged`].
     async fn write_namespace(
         &self,
         w: &mut BlobWriter,
         storage: &dyn VectorStorage,
         ns: &str,
-        base: Option<&DedupBase>,
-    ) -> Result<NamespaceEntry> {
+        plan: &WritePlan,
+    ) -> Result<Written> {
+        let base = plan.bases.get(ns);
         let (level, filter) = (
             self.config.effective_level(),
             self.config.effective_filter(),
@@ -311,9 +336,13 @@ impl SnapshotManager {
                 .advance(4 * u64::from(dim) * batch.vector_hashes.len() as u64);
         }
         let (logical, stored_raw) = (index.logical_bytes, index.stored_raw);
-        let (ix, frame) = index.finish(digest.finish())?;
+        let digest = digest.finish();
+        if stored_raw == 0 && same_as_parent(plan.compare.get(ns), dim, &digest) {
+            return Ok(Written::Unchanged);
+        }
+        let (ix, frame) = index.finish(digest)?;
         let index_entry = w.write_raw(frame, level).await?;
-        Ok(NamespaceEntry {
+        Ok(Written::Stored(NamespaceEntry {
             name: ns.to_string(),
             dimension: (dim > 0).then_some(dim),
             vector_count: ix.vector_count,
@@ -324,6 +353,11 @@ impl SnapshotManager {
             chunks: Vec::new(),
             index: Some(index_entry),
             logical_bytes: Some(logical),
-        })
+        }))
     }
+}
+
+/// Whether a namespace of `dimension` and content `digest` is what the parent records.
+fn same_as_parent(parent: Option<&ParentView>, dimension: u32, digest: &[u8; 32]) -> bool {
+    parent.is_some_and(|p| p.dimension == dimension && p.digest_hex == hex::encode(digest))
 }

@@ -3,7 +3,7 @@
 use super::catalog::ResolvedSnapshot;
 use super::commit::value_bytes;
 use super::pipeline::{ChunkEncoder, EncodeSettings, KnownChunks};
-use super::plan::{self, Changes, WritePlan};
+use super::plan::{self, Changes, ParentView, WritePlan};
 use super::{EndProgress, SnapshotManager};
 use crate::config::CreateOptions;
 use crate::error::{Error, Result};
@@ -14,7 +14,7 @@ use crate::paths::validate_namespace;
 use crate::sink::PutMode;
 use crate::storage::VectorStorage;
 use bytes::Bytes;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 impl SnapshotManager {
     /// Snapshots every namespace of `storage`.
@@ -99,38 +99,44 @@ impl SnapshotManager {
         let parent = self.resolve(parent_id).await?;
         let parent_names: BTreeSet<String> = parent.namespaces.keys().cloned().collect();
         let current = store_namespaces(storage).await?;
-        let same_content;
+        let (same_content, compare);
         let changes = match changed {
-            Some(list) => Changes::Listed(list),
+            Some(list) => {
+                compare = BTreeMap::new();
+                Changes::Listed(list)
+            }
             None => {
-                same_content = self.unchanged_by_digest(storage, &parent, &current).await?;
+                let scan_first;
+                (compare, scan_first) = split_comparisons(&parent, &current);
+                same_content = self
+                    .unchanged_by_digest(storage, &parent, &scan_first)
+                    .await?;
                 Changes::SameContent(&same_content)
             }
         };
         let mut plan = plan::incremental(parent_id, &parent_names, &current, changes)?;
+        plan.compare = compare;
         self.add_dedup_bases(&mut plan, &parent).await?;
-        tracing::info!(parent = %parent_id, changed = plan.store.len(), unchanged = plan.unchanged.len(), deleted = plan.deleted.len(), "incremental snapshot plan");
+        tracing::info!(parent = %parent_id, changed_or_compared = plan.store.len(), unchanged = plan.unchanged.len(), deleted = plan.deleted.len(), "incremental snapshot plan");
         self.write_and_commit(storage, plan, options).await
     }
 
-    /// The namespaces of `current` whose content digest and dimension match the parent's
-    /// view (computed from the store; nothing is written).
+    /// The namespaces of `compared` (all held by the parent) whose content digest and
+    /// dimension match the parent's view (computed from the store; nothing is written).
     async fn unchanged_by_digest(
         &self,
         storage: &dyn VectorStorage,
         parent: &ResolvedSnapshot,
-        current: &[String],
+        compared: &[String],
     ) -> Result<BTreeSet<String>> {
-        let compared: Vec<String> = current
-            .iter()
-            .filter(|n| parent.namespaces.contains_key(*n))
-            .cloned()
-            .collect();
-        let total = value_bytes(storage, &compared).await?;
+        if compared.is_empty() {
+            return Ok(BTreeSet::new());
+        }
+        let total = value_bytes(storage, compared).await?;
         self.progress.begin("compare with the parent", Some(total));
         let _end = EndProgress(self.progress.as_ref());
         let mut same = BTreeSet::new();
-        for n in current {
+        for n in compared {
             let Some((_, entry)) = parent.namespaces.get(n) else {
                 continue;
             };
@@ -190,6 +196,41 @@ impl SnapshotManager {
         }
         Ok((dim, digest.finish()))
     }
+}
+
+/// Namespaces at least this large in the parent (compressed) are compared with it while
+/// they are written, rather than in a scan of their own before: their chunks are hashed
+/// for deduplication anyway, and one scan of a large namespace is what an incremental costs.
+/// Smaller ones are scanned first, so an unchanged one costs no read of its chunk index.
+const COMPARE_WHILE_WRITING_MIN: u64 = 1 << 20;
+
+/// Splits the namespaces that both `current` and the parent hold: those compared while
+/// written (the parent stores them in format 2, with chunk hashes to deduplicate against,
+/// and they are large), with the parent's view of each; and those to compare in a scan
+/// first.
+fn split_comparisons(
+    parent: &ResolvedSnapshot,
+    current: &[String],
+) -> (BTreeMap<String, ParentView>, Vec<String>) {
+    let mut while_writing = BTreeMap::new();
+    let mut scan_first = Vec::new();
+    for name in current {
+        let Some((_, entry)) = parent.namespaces.get(name) else {
+            continue;
+        };
+        let logical_bytes = entry.logical_bytes.unwrap_or(entry.length);
+        if entry.index.is_some() && logical_bytes >= COMPARE_WHILE_WRITING_MIN {
+            let view = ParentView {
+                dimension: entry.dimension.unwrap_or(0),
+                digest_hex: entry.content_sha256.clone(),
+                logical_bytes,
+            };
+            while_writing.insert(name.clone(), view);
+        } else {
+            scan_first.push(name.clone());
+        }
+    }
+    (while_writing, scan_first)
 }
 
 async fn store_namespaces(storage: &dyn VectorStorage) -> Result<Vec<String>> {

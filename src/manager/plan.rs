@@ -27,6 +27,18 @@ pub(crate) struct WritePlan {
     pub bases: BTreeMap<String, DedupBase>,
     /// Compressed data bytes of the unchanged namespaces (stored in ancestors).
     pub inherited_bytes: u64,
+    /// Stored namespaces compared with the parent while they are written: one that turns
+    /// out equal to the parent's view is recorded unchanged instead.
+    pub compare: BTreeMap<String, ParentView>,
+}
+
+/// What the parent records of a namespace: enough to tell, after writing it, whether it
+/// changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ParentView {
+    pub dimension: u32,
+    pub digest_hex: String,
+    pub logical_bytes: u64,
 }
 
 impl WritePlan {
@@ -40,6 +52,7 @@ impl WritePlan {
             deleted: Vec::new(),
             bases: BTreeMap::new(),
             inherited_bytes: 0,
+            compare: BTreeMap::new(),
         }
     }
 }
@@ -94,6 +107,7 @@ pub(crate) fn incremental(
             .collect(),
         bases: BTreeMap::new(),
         inherited_bytes: 0,
+        compare: BTreeMap::new(),
     })
 }
 

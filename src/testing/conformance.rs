@@ -378,7 +378,7 @@ pub async fn manager_large_namespace(m: &SnapshotManager) {
 /// each restores and verifies exactly, reading chunks from several blobs (more than one
 /// download request in all), and deleting the chain newest first leaves nothing behind.
 pub async fn manager_dedup_chain(m: &SnapshotManager) {
-    let store = store_with(&[("big", 3_000, 768)]).await;
+    let store = store_with(&[("big", 3_000, 768), ("tiny", 5, 8)]).await;
     let full = m
         .create_snapshot(&store, CreateOptions::described("dedup base"))
         .await
@@ -403,11 +403,28 @@ pub async fn manager_dedup_chain(m: &SnapshotManager) {
             "logical size {logical} vs full {}",
             full.size_bytes
         );
+        assert_eq!(inc.unchanged_namespaces, vec!["tiny".to_string()]);
         m.verify_snapshot(inc.id.as_str()).await.unwrap();
         let back = restore_all(m, inc.id.as_str()).await;
         assert_eq!(dump(&back).await, dump(&store).await, "round {round}");
         chain.push(inc);
     }
+    // Nothing changed: the large namespace, compared while written, is recorded unchanged
+    // like the small one compared before, and the blob holds no section.
+    let last = chain.last().unwrap();
+    let same = m
+        .create_incremental_snapshot(&store, last.id.as_str(), None, CreateOptions::default())
+        .await
+        .unwrap();
+    assert!(same.namespaces.is_empty(), "{:?}", same.namespaces);
+    assert_eq!(
+        same.unchanged_namespaces,
+        vec!["big".to_string(), "tiny".to_string()]
+    );
+    assert_eq!(same.logical_bytes, last.logical_bytes);
+    let back = restore_all(m, same.id.as_str()).await;
+    assert_eq!(dump(&back).await, dump(&store).await, "nothing changed");
+    chain.push(same);
     for snap in chain.iter().rev() {
         m.delete_snapshot(snap.id.as_str(), false).await.unwrap();
     }

@@ -378,10 +378,8 @@ impl BuiltChunk {
         let raw_length = (self.out.len() + self.low.len()) as u32;
         let stored = (!known(&sha256)).then(|| {
             let start = out.len();
-            super::gzip::append_member(out, &self.out, level);
-            if !self.low.is_empty() {
-                super::gzip::append_member(out, &self.low, low_level);
-            }
+            let low_stored = low_level == 0 && level != 0;
+            super::gzip::append_member_parts(out, &self.out, level, &self.low, low_stored);
             ((out.len() - start) as u32, crc32fast::hash(&out[start..]))
         });
         BatchChunk {
@@ -985,6 +983,7 @@ pub fn decode_chunk(
 /// [`decode_chunk`] that refuses to decompress more than `raw_limit` bytes (the chunk's
 /// `raw_length` from the sidecar), so damaged or forged data cannot make it allocate more
 /// than the sidecar declared.
+#[cfg(any(test, feature = "test-util"))]
 pub fn decode_chunk_within(
     compressed: impl Read,
     dimension: u32,
@@ -1019,27 +1018,42 @@ fn decode_frames(
     Ok(out)
 }
 
-/// Decodes one format 2 data chunk: decompresses exactly `raw_length` bytes, checks their
-/// SHA-256 against `sha256` (the chunk's identity in its index), then decodes the frames.
-pub fn decode_chunk_hashed(
-    compressed: impl Read,
+/// What a chunk's content must match, besides its frames.
+#[derive(Debug, Clone, Copy)]
+pub enum RawCheck<'a> {
+    /// At most this many bytes (format 1: the sidecar's `raw_length`).
+    AtMost(u64),
+    /// Exactly this many bytes (format 2: the index's `raw_length`).
+    Exactly(u64),
+    /// Exactly this many bytes, whose SHA-256 is this (format 2, when the chunk's identity
+    /// is checked).
+    Hashed(u64, &'a [u8; 32]),
+}
+
+/// Decodes one chunk from its compressed bytes (its gzip members), checking its content
+/// as `check` says.
+pub fn decode_chunk_slice(
+    compressed: &[u8],
     dimension: u32,
     filter: Filter,
-    raw_length: u64,
-    sha256: &[u8; 32],
+    check: RawCheck<'_>,
 ) -> Result<DecodedChunk, DecodeError> {
+    let (RawCheck::AtMost(raw_length)
+    | RawCheck::Exactly(raw_length)
+    | RawCheck::Hashed(raw_length, _)) = check;
     let mut raw = Vec::with_capacity(raw_length.min(MAX_FRAME_LEN as u64) as usize);
-    MultiGzDecoder::new(compressed)
-        .take(raw_length.saturating_add(1))
-        .read_to_end(&mut raw)?;
-    if raw.len() as u64 != raw_length {
+    super::gzip::read_members(compressed, raw_length, &mut raw)?;
+    let exact = !matches!(check, RawCheck::AtMost(_));
+    if exact && raw.len() as u64 != raw_length {
         return corrupt(format!(
             "decompresses to {} bytes, its index records {raw_length}",
             raw.len()
         ));
     }
-    if Sha256::digest(&raw).as_slice() != sha256 {
-        return corrupt("the chunk's content does not match its recorded SHA-256");
+    if let RawCheck::Hashed(_, sha256) = check {
+        if Sha256::digest(&raw).as_slice() != sha256 {
+            return corrupt("the chunk's content does not match its recorded SHA-256");
+        }
     }
     decode_frames(&raw[..], dimension, filter, raw_length)
 }

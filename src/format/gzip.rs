@@ -1,43 +1,98 @@
-//! Gzip members (RFC 1952) from a deflate state that is reset, not rebuilt, for each one.
+//! Gzip members (RFC 1952) written and read with deflate states that are reset, not
+//! rebuilt, for each one.
 //!
-//! Format 2 chunks are small (about 16 KiB), so setting up a fresh deflate state per member
-//! (hundreds of KiB of tables) would cost more than compressing the member. Each thread
-//! keeps one state per level; the gzip framing around the raw deflate stream is the fixed
-//! 10-byte header and the 8-byte trailer (CRC-32 and length of the input).
+//! Format 2 chunks are small (about 16 KiB), so setting up a fresh deflate or inflate state
+//! per member (tens to hundreds of KiB of tables and window) would cost more than the
+//! member's own work. Each thread keeps its states; the gzip framing around the raw deflate
+//! stream is the fixed 10-byte header and the 8-byte trailer (CRC-32 and length of the
+//! input). Members with optional header fields (names, comments, extra fields) are read by
+//! flate2's own gzip reader instead.
 
-use flate2::{Compress, Compression, FlushCompress, Status};
+use flate2::read::MultiGzDecoder;
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 use std::cell::RefCell;
+use std::io::{self, Read};
 
 /// Header of every member: magic, deflate, no flags, no time, no extra flags, unknown OS.
 const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 
 thread_local! {
-    /// This thread's deflate states, by level.
-    static STATES: RefCell<Vec<(u32, Compress)>> = const { RefCell::new(Vec::new()) };
+    /// This thread's deflate state, and the level it is set to.
+    static DEFLATE: RefCell<Option<(Compress, u32)>> = const { RefCell::new(None) };
+    /// This thread's inflate state.
+    static INFLATE: RefCell<Option<Decompress>> = const { RefCell::new(None) };
 }
 
 /// Appends `raw` as one gzip member at deflate `level` (0 = stored blocks) to `out`.
+#[cfg(test)]
 pub fn append_member(out: &mut Vec<u8>, raw: &[u8], level: u32) {
-    out.reserve(raw.len() + raw.len() / 8192 * 5 + 64);
-    out.extend_from_slice(&HEADER);
-    STATES.with(|states| {
-        let mut states = states.borrow_mut();
-        let at = match states.iter().position(|(l, _)| *l == level) {
-            Some(at) => at,
-            None => {
-                states.push((level, Compress::new(Compression::new(level), false)));
-                states.len() - 1
-            }
-        };
-        let c = &mut states[at].1;
-        c.reset();
-        deflate_all(c, raw, out);
-    });
-    out.extend_from_slice(&crc32fast::hash(raw).to_le_bytes());
-    out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+    append_member_parts(out, raw, level, &[], false);
 }
 
-fn deflate_all(c: &mut Compress, raw: &[u8], out: &mut Vec<u8>) {
+/// Appends one gzip member holding `head` deflated at `level`, then `tail`, either in the
+/// same deflate stream (`tail_stored` false) or as stored blocks (true): one member, one
+/// header and trailer and one reset of the deflate state per chunk, where a member per part
+/// would cost two of each.
+///
+/// Stored blocks are written here, after a sync flush has byte-aligned the stream (RFC 1951
+/// section 3.2.4: a header byte, the length and its complement, the bytes): flate2 cannot
+/// change the level of a stream once it has started (`set_level` fails mid-stream with the
+/// zlib-rs backend), and a stored block is five bytes of framing.
+pub fn append_member_parts(
+    out: &mut Vec<u8>,
+    head: &[u8],
+    level: u32,
+    tail: &[u8],
+    tail_stored: bool,
+) {
+    let total = head.len() + tail.len();
+    out.reserve(total + total / 8192 * 5 + 64);
+    out.extend_from_slice(&HEADER);
+    DEFLATE.with(|state| {
+        let mut state = state.borrow_mut();
+        let (c, at) =
+            state.get_or_insert_with(|| (Compress::new(Compression::new(level), false), level));
+        c.reset();
+        if *at != level {
+            c.set_level(Compression::new(level))
+                .expect("setting the level of a reset deflate state cannot fail");
+            *at = level;
+        }
+        if tail_stored {
+            deflate_all(c, head, out, FlushCompress::Sync);
+            append_stored_blocks(out, tail);
+        } else {
+            deflate_all(c, head, out, FlushCompress::None);
+            deflate_all(c, tail, out, FlushCompress::Finish);
+        }
+    });
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(head);
+    crc.update(tail);
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(&(total as u32).to_le_bytes());
+}
+
+/// Appends `raw` as stored deflate blocks, the last one final, to a byte-aligned stream.
+fn append_stored_blocks(out: &mut Vec<u8>, raw: &[u8]) {
+    let mut pieces = raw.chunks(u16::MAX as usize).peekable();
+    if pieces.peek().is_none() {
+        out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
+    }
+    while let Some(piece) = pieces.next() {
+        let last = pieces.peek().is_none();
+        let len = piece.len() as u16;
+        out.push(u8::from(last));
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(piece);
+    }
+}
+
+/// Feeds all of `raw` to `c` with `flush`, appending the output to `out`: with `Finish`
+/// until the stream ends; otherwise until all input is taken and a call left output room
+/// to spare (with `Sync`, everything pending is then out).
+fn deflate_all(c: &mut Compress, raw: &[u8], out: &mut Vec<u8>, flush: FlushCompress) {
     let start_in = c.total_in();
     loop {
         let consumed = (c.total_in() - start_in) as usize;
@@ -45,12 +100,122 @@ fn deflate_all(c: &mut Compress, raw: &[u8], out: &mut Vec<u8>) {
             out.reserve(out.capacity().max(1024));
         }
         let status = c
-            .compress_vec(&raw[consumed..], out, FlushCompress::Finish)
+            .compress_vec(&raw[consumed..], out, flush)
             .expect("deflating into a Vec cannot fail");
-        if status == Status::StreamEnd {
+        let all_in = (c.total_in() - start_in) as usize == raw.len();
+        let done = match flush {
+            FlushCompress::Finish => status == Status::StreamEnd,
+            _ => all_in && out.capacity() > out.len(),
+        };
+        if done {
             return;
         }
     }
+}
+
+/// Decompresses the gzip members that make up `compressed` (one or more, back to back),
+/// appending at most `limit` bytes to `out`; more is an error, as is a damaged or truncated
+/// member (checked against its CRC-32 and length).
+pub fn read_members(compressed: &[u8], limit: u64, out: &mut Vec<u8>) -> io::Result<()> {
+    let start = out.len();
+    let fast = INFLATE.with(|state| {
+        let mut state = state.borrow_mut();
+        let d = state.get_or_insert_with(|| Decompress::new(false));
+        let mut at = 0;
+        while at < compressed.len() {
+            if !plain_header(&compressed[at..]) {
+                return Ok(false);
+            }
+            d.reset(false);
+            at += HEADER.len();
+            let member = out.len();
+            at += inflate_member(d, &compressed[at..], limit, start, out)?;
+            at += check_trailer(&compressed[at..], &out[member..])?;
+        }
+        Ok::<_, io::Error>(true)
+    })?;
+    if !fast {
+        out.truncate(start);
+        let mut r = MultiGzDecoder::new(compressed).take(limit.saturating_add(1));
+        r.read_to_end(out)?;
+        if (out.len() - start) as u64 > limit {
+            return Err(too_long(limit));
+        }
+    }
+    Ok(())
+}
+
+/// True if `b` starts with a gzip header without optional fields: deflate, no flags (the
+/// time, extra flags and OS bytes are not read).
+fn plain_header(b: &[u8]) -> bool {
+    b.len() >= HEADER.len() && b[..4] == HEADER[..4]
+}
+
+/// Inflates one member's raw deflate stream from `input` onto `out` (which must not grow
+/// past `start + limit`); returns the input bytes it took.
+fn inflate_member(
+    d: &mut Decompress,
+    input: &[u8],
+    limit: u64,
+    start: usize,
+    out: &mut Vec<u8>,
+) -> io::Result<usize> {
+    let begin = d.total_in();
+    let cap = start as u64 + limit + 1;
+    loop {
+        if out.capacity() == out.len() {
+            let want = (out.capacity().max(4096) as u64).min(cap - out.len() as u64);
+            if want == 0 {
+                return Err(too_long(limit));
+            }
+            out.reserve(want as usize);
+        }
+        let used = (d.total_in() - begin) as usize;
+        let before = (d.total_in(), d.total_out());
+        let status = d
+            .decompress_vec(&input[used..], out, FlushDecompress::None)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if (out.len() - start) as u64 > limit {
+            return Err(too_long(limit));
+        }
+        if status == Status::StreamEnd {
+            return Ok((d.total_in() - begin) as usize);
+        }
+        let stalled = (d.total_in(), d.total_out()) == before;
+        if stalled && out.capacity() > out.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the gzip member ends early (truncated)",
+            ));
+        }
+    }
+}
+
+/// Checks the trailer at the start of `b` (CRC-32 and length) against the member's
+/// decompressed `content`; returns the trailer's length.
+fn check_trailer(b: &[u8], content: &[u8]) -> io::Result<usize> {
+    let Some(t) = b.get(..8) else {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the gzip member ends before its trailer (truncated)",
+        ));
+    };
+    let crc = u32::from_le_bytes(t[..4].try_into().expect("4 bytes"));
+    let size = u32::from_le_bytes(t[4..].try_into().expect("4 bytes"));
+    if crc != crc32fast::hash(content) || size != content.len() as u32 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the gzip member does not match its CRC-32 or length (damaged)",
+        ));
+    }
+    Ok(8)
+}
+
+fn too_long(limit: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("decompresses to more than the {limit} bytes recorded"),
+    )
 }
 
 #[cfg(test)]
@@ -78,5 +243,102 @@ mod tests {
             .flat_map(|l| data[..l * 1000 + 17].to_vec())
             .collect();
         assert_eq!(back, want);
+        let mut ours = Vec::new();
+        read_members(&blob, want.len() as u64, &mut ours).unwrap();
+        assert_eq!(ours, want);
+    }
+
+    fn members(parts: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for p in parts {
+            append_member(&mut out, p, 6);
+        }
+        out
+    }
+
+    #[test]
+    fn read_members_refuses_damage_truncation_and_excess() {
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 13) as u8).collect();
+        let blob = members(&[&data, &data[..5000]]);
+        let mut out = vec![9u8];
+        read_members(&blob, 25_000, &mut out).unwrap();
+        assert_eq!(out.len(), 25_001, "appends after what `out` held");
+        assert!(read_members(&blob, 24_999, &mut Vec::new()).is_err());
+        for cut in [5, 12, blob.len() / 2, blob.len() - 3] {
+            let e = read_members(&blob[..cut], 25_000, &mut Vec::new());
+            assert!(e.is_err(), "cut at {cut}");
+        }
+        for at in [20, blob.len() / 3, blob.len() - 6] {
+            let mut bad = blob.clone();
+            bad[at] ^= 0x10;
+            let mut out = Vec::new();
+            let r = read_members(&bad, 25_000, &mut out);
+            assert!(
+                r.is_err() || out != [&data[..], &data[..5000]].concat(),
+                "flip at {at}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_member_of_parts_at_different_levels_reads_back() {
+        let text: Vec<u8> = (0..30_000u32).map(|i| (i % 7) as u8).collect();
+        let noise: Vec<u8> = (0..70_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let mut blob = Vec::new();
+        append_member_parts(&mut blob, &text, 1, &noise, true);
+        append_member_parts(&mut blob, &text[..99], 6, &noise[..10], false);
+        append_member_parts(&mut blob, &[], 1, &[], true);
+        append_member_parts(&mut blob, &noise[..10], 0, &text, true);
+        append_member_parts(
+            &mut blob,
+            &noise[..200_000.min(noise.len())],
+            2,
+            &noise,
+            true,
+        );
+        let want = [
+            &text[..],
+            &noise,
+            &text[..99],
+            &noise[..10],
+            &noise[..10],
+            &text,
+            &noise,
+            &noise,
+        ]
+        .concat();
+        let mut back = Vec::new();
+        MultiGzDecoder::new(&blob[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, want);
+        let mut ours = Vec::new();
+        read_members(&blob, want.len() as u64, &mut ours).unwrap();
+        assert_eq!(ours, want);
+        assert!(
+            blob.len() < 4 * noise.len() + 12_000,
+            "{} bytes",
+            blob.len()
+        );
+    }
+
+    #[test]
+    fn members_with_header_fields_are_read_too() {
+        use flate2::write::GzEncoder;
+        use std::io::Write;
+        let mut e = flate2::GzBuilder::new()
+            .filename("chunk")
+            .comment("written elsewhere")
+            .write(Vec::new(), Compression::fast());
+        e.write_all(b"hello, members").unwrap();
+        let mut blob = e.finish().unwrap();
+        let mut plain = GzEncoder::new(Vec::new(), Compression::best());
+        plain.write_all(b" and more").unwrap();
+        blob.extend(plain.finish().unwrap());
+        let mut out = Vec::new();
+        read_members(&blob, 100, &mut out).unwrap();
+        assert_eq!(out, b"hello, members and more");
     }
 }

@@ -106,7 +106,7 @@ impl SnapshotManager {
     ) -> Result<(u64, u64)> {
         // Every chunk fetched and checked against its checksum before anything changes:
         // a corrupt or truncated snapshot never half-replaces a namespace.
-        let mut reader = self.open_namespace(holder, entry).await?;
+        let mut reader = self.open_namespace(holder, entry, false).await?;
         match options.mode {
             RestoreMode::Replace => {
                 if storage.namespace_exists(target).await? {
@@ -140,16 +140,25 @@ impl SnapshotManager {
 
     /// A reader of one namespace as `holder` records it: its chunk table read and checked,
     /// every chunk (in this blob or an ancestor's) fetched and checked against its CRC-32.
+    /// With `hashes`, the reader checks each chunk's SHA-256 too (see [`NamespaceReader`]).
     pub(super) async fn open_namespace(
         &self,
         holder: &SnapshotMetadata,
         entry: &NamespaceEntry,
+        hashes: bool,
     ) -> Result<NamespaceReader> {
         let table = Arc::new(self.chunk_table(holder, entry).await?);
-        let bytes = self.fetch_chunks(&table).await?;
+        let bytes: Arc<[ChunkBytes]> = self.fetch_chunks(&table).await?.into();
         let parallelism = self.config.effective_parallelism();
-        pipeline::check_chunks(&table, &bytes, parallelism).await?;
-        Ok(NamespaceReader::new(table, bytes, parallelism))
+        let batch = self.config.chunk_size as u64;
+        pipeline::check_chunks(&table, &bytes, parallelism, batch).await?;
+        Ok(NamespaceReader::new(
+            table,
+            bytes,
+            hashes,
+            parallelism,
+            batch,
+        ))
     }
 
     /// Downloads a namespace's chunks: consecutive chunks of one blob in one ranged read.
@@ -236,7 +245,7 @@ impl SnapshotManager {
         };
         for (name, (idx, entry)) in &resolved.namespaces {
             let holder = &resolved.chain[*idx];
-            let mut reader = self.open_namespace(holder, entry).await?;
+            let mut reader = self.open_namespace(holder, entry, false).await?;
             while let Some(batch) = reader.next().await? {
                 f(name, batch)?;
             }

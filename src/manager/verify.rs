@@ -28,7 +28,7 @@ impl SnapshotManager {
         check_header(&meta, &spool)?;
         let mut namespaces = Vec::new();
         for entry in &meta.namespaces {
-            let mut reader = self.open_namespace(&meta, entry).await?;
+            let mut reader = self.open_namespace(&meta, entry, true).await?;
             while reader.next().await?.is_some() {}
             namespaces.push((entry.name.clone(), reader.finish().await?));
         }
@@ -92,7 +92,7 @@ impl SnapshotManager {
     /// checksum fails (which names the namespace and the chunk's byte range).
     async fn locate_damage(&self, meta: &SnapshotMetadata) -> Error {
         for entry in &meta.namespaces {
-            if let Err(e @ Error::Corrupt { .. }) = self.open_namespace(meta, entry).await {
+            if let Err(e @ Error::Corrupt { .. }) = self.open_namespace(meta, entry, true).await {
                 return e;
             }
         }

@@ -2,9 +2,10 @@
 
 use super::{decode_error, Ordered, Spool};
 use crate::error::{Error, Result};
-use crate::format::blob::{self, ContentDigest, DecodedChunk};
+use crate::format::blob::{self, ContentDigest, DecodedChunk, RawCheck};
 use crate::manager::chunks::{ChunkTable, Located};
 use crate::storage::Vector;
+use std::ops::Range;
 use std::sync::Arc;
 
 /// A chunk's bytes: the spool of the run it is in, and the blob offset that run starts at.
@@ -20,14 +21,20 @@ impl ChunkBytes {
     }
 }
 
-/// The error for a chunk whose bytes do not match their CRC-32.
+/// The error for a chunk whose bytes do not match their CRC-32: it names the blob that
+/// holds the chunk and, for a referenced chunk, the snapshot whose index points there.
 fn crc_mismatch(table: &ChunkTable, c: &Located) -> Error {
-    // The damage is somewhere in the chunk: name its range and the blob that holds it.
-    let why = format!(
-        "the chunk at bytes {}..{} does not match its recorded CRC-32 (damaged or truncated)",
-        c.chunk.offset,
-        c.chunk.offset + c.chunk.length
-    );
+    let range = format!("{}..{}", c.chunk.offset, c.chunk.offset + c.chunk.length);
+    let why = if c.snapshot == table.holder {
+        format!(
+            "the chunk at bytes {range} does not match its recorded CRC-32 (damaged or truncated)"
+        )
+    } else {
+        format!(
+            "the chunk at bytes {range}, referenced by snapshot {}, does not match its recorded CRC-32 (damaged or truncated here, or a forged reference)",
+            table.holder
+        )
+    };
     Error::corrupt(
         c.snapshot.as_str(),
         Some(&table.name),
@@ -36,23 +43,45 @@ fn crc_mismatch(table: &ChunkTable, c: &Located) -> Error {
     )
 }
 
-/// Checks every chunk of a namespace against its recorded CRC-32, in parallel. Run before
-/// anything is changed, so damaged data is refused whole.
+/// Splits a namespace's chunks into runs of consecutive chunks of about `batch_bytes`
+/// compressed bytes each: the unit of parallel work, so hand-offs to the worker pool stay
+/// per batch and not per (small) chunk.
+fn batches(table: &ChunkTable, batch_bytes: u64) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, c) in table.chunks.iter().enumerate() {
+        bytes += c.chunk.length;
+        if bytes >= batch_bytes {
+            out.push(start..i + 1);
+            (start, bytes) = (i + 1, 0);
+        }
+    }
+    if start < table.chunks.len() {
+        out.push(start..table.chunks.len());
+    }
+    out
+}
+
+/// Checks every chunk of a namespace against its recorded CRC-32, in parallel batches of
+/// about `batch_bytes`. Run before anything is changed, so damaged data is refused whole.
 pub(crate) async fn check_chunks(
     table: &Arc<ChunkTable>,
-    bytes: &[ChunkBytes],
+    bytes: &Arc<[ChunkBytes]>,
     parallelism: usize,
+    batch_bytes: u64,
 ) -> Result<()> {
     let mut jobs: Ordered<()> = Ordered::new(parallelism);
-    let mut next = 0;
+    let mut todo = batches(table, batch_bytes).into_iter();
     loop {
-        while !jobs.is_full() && next < table.chunks.len() {
-            let (table, b, i) = (table.clone(), bytes[next].clone(), next);
-            next += 1;
+        while !jobs.is_full() {
+            let Some(run) = todo.next() else { break };
+            let (table, bytes) = (table.clone(), bytes.clone());
             jobs.push(move || {
-                let c = &table.chunks[i];
-                if crc32fast::hash(&b.read(c)?) != c.chunk.crc32 {
-                    return Err(crc_mismatch(&table, c));
+                for i in run {
+                    let c = &table.chunks[i];
+                    if crc32fast::hash(&bytes[i].read(c)?) != c.chunk.crc32 {
+                        return Err(crc_mismatch(&table, c));
+                    }
                 }
                 Ok(())
             });
@@ -65,12 +94,13 @@ pub(crate) async fn check_chunks(
 }
 
 /// Reads one namespace's chunks, checking everything against its chunk table: each chunk
-/// (decoded in parallel; its SHA-256 where recorded), ids in order across chunks, and at
-/// the end the count and content digest.
+/// (decoded in parallel batches; its length, and its SHA-256 if asked), ids in order across
+/// chunks, and at the end the count and content digest.
 pub(crate) struct NamespaceReader {
     table: Arc<ChunkTable>,
-    bytes: Vec<ChunkBytes>,
-    next_chunk: usize,
+    hashes: bool,
+    bytes: Arc<[ChunkBytes]>,
+    todo: std::vec::IntoIter<Range<usize>>,
     jobs: Ordered<DecodedChunk>,
     digest: ContentDigest,
     count: u64,
@@ -78,12 +108,23 @@ pub(crate) struct NamespaceReader {
 }
 
 impl NamespaceReader {
-    pub fn new(table: Arc<ChunkTable>, bytes: Vec<ChunkBytes>, parallelism: usize) -> Self {
+    /// With `hashes`, each format 2 chunk's SHA-256 is checked too: verify names the
+    /// damaged chunk that way. A restore relies on the content digest at the end, which
+    /// covers every vector, so it skips this second hash of every byte.
+    pub fn new(
+        table: Arc<ChunkTable>,
+        bytes: Arc<[ChunkBytes]>,
+        hashes: bool,
+        parallelism: usize,
+        batch_bytes: u64,
+    ) -> Self {
         let digest = ContentDigest::new(table.dimension);
+        let todo = batches(&table, batch_bytes).into_iter();
         NamespaceReader {
             table,
+            hashes,
             bytes,
-            next_chunk: 0,
+            todo,
             jobs: Ordered::new(parallelism),
             digest,
             count: 0,
@@ -92,19 +133,16 @@ impl NamespaceReader {
     }
 
     fn fill(&mut self) {
-        while !self.jobs.is_full() && self.next_chunk < self.table.chunks.len() {
-            let (table, b, i) = (
-                self.table.clone(),
-                self.bytes[self.next_chunk].clone(),
-                self.next_chunk,
-            );
-            self.next_chunk += 1;
+        while !self.jobs.is_full() {
+            let Some(run) = self.todo.next() else { return };
+            let (table, bytes) = (self.table.clone(), self.bytes.clone());
+            let hashes = self.hashes;
             self.jobs
-                .push(move || decode_one(&table, &table.chunks[i], &b));
+                .push(move || decode_batch(&table, &bytes, run, hashes));
         }
     }
 
-    /// The next chunk's vectors, checked; `None` after the last.
+    /// The next batch of vectors, checked; `None` after the last.
     pub async fn next(&mut self) -> Result<Option<Vec<Vector>>> {
         self.fill();
         let Some(chunk) = self.jobs.next().await else {
@@ -148,27 +186,52 @@ impl NamespaceReader {
     }
 }
 
-/// Decodes one chunk, checking its vector count and, where recorded, its SHA-256.
-fn decode_one(table: &ChunkTable, c: &Located, b: &ChunkBytes) -> Result<DecodedChunk> {
+/// Decodes a run of consecutive chunks into one batch, checking that ids ascend across
+/// the chunks' seams.
+fn decode_batch(
+    table: &ChunkTable,
+    bytes: &[ChunkBytes],
+    run: Range<usize>,
+    hashes: bool,
+) -> Result<DecodedChunk> {
+    let mut out = DecodedChunk::default();
+    for i in run {
+        let c = &table.chunks[i];
+        let mut d = decode_one(table, c, &bytes[i], hashes)?;
+        if let (Some(last), Some(first)) = (out.vectors.last(), d.vectors.first()) {
+            if first.id.as_bytes() <= last.id.as_bytes() {
+                return Err(Error::corrupt(
+                    c.snapshot.as_str(),
+                    Some(&table.name),
+                    Some(c.chunk.offset),
+                    format!("vector ids out of order at {:?}", first.id),
+                ));
+            }
+        }
+        out.vectors.append(&mut d.vectors);
+        out.vector_hashes.append(&mut d.vector_hashes);
+    }
+    Ok(out)
+}
+
+/// Decodes one chunk, checking its vector count and, with `hashes` and where recorded, its
+/// SHA-256.
+fn decode_one(
+    table: &ChunkTable,
+    c: &Located,
+    b: &ChunkBytes,
+    hashes: bool,
+) -> Result<DecodedChunk> {
     let bytes = b.read(c)?;
     let at = c.chunk.offset;
     let id = c.snapshot.as_str();
-    let decoded = match c.sha256 {
-        Some(sha) => blob::decode_chunk_hashed(
-            &bytes[..],
-            table.dimension,
-            table.filter,
-            c.chunk.raw_length,
-            &sha,
-        ),
-        None => blob::decode_chunk_within(
-            &bytes[..],
-            table.dimension,
-            table.filter,
-            c.chunk.raw_length,
-        ),
-    }
-    .map_err(|e| decode_error(id, Some(&table.name), at, e))?;
+    let check = match (&c.sha256, hashes) {
+        (None, _) => RawCheck::AtMost(c.chunk.raw_length),
+        (Some(_), false) => RawCheck::Exactly(c.chunk.raw_length),
+        (Some(sha), true) => RawCheck::Hashed(c.chunk.raw_length, sha),
+    };
+    let decoded = blob::decode_chunk_slice(&bytes, table.dimension, table.filter, check)
+        .map_err(|e| decode_error(id, Some(&table.name), at, e))?;
     if decoded.vectors.len() as u64 != c.chunk.vectors {
         return Err(Error::corrupt(
             id,

@@ -206,13 +206,16 @@ impl SnapshotManager {
         let ancestors = self.ancestors_until(holder, &wanted).await?;
         wanted
             .iter()
-            .map(|w| {
+            .enumerate()
+            .map(|(k, w)| {
                 ancestors.iter().find(|a| &a.id == w).cloned().ok_or_else(|| {
+                    let first = ix.chunks.iter().position(|c| usize::from(c.source) == k + 1);
+                    let (n, at) = first.map_or((0, None), |i| (i, Some(ix.chunks[i].offset)));
                     Error::corrupt(
                         holder.id.as_str(),
                         Some(ns),
-                        None,
-                        format!("chunks are referenced in snapshot {w}, which is missing or not an ancestor"),
+                        at,
+                        format!("chunk {n} of the index is referenced in snapshot {w}, which is missing or not an ancestor"),
                     )
                 })
             })

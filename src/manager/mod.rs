@@ -14,6 +14,8 @@ mod commit;
 mod copy;
 mod create;
 mod dedup;
+#[cfg(test)]
+mod forged_references;
 mod lifecycle;
 pub(crate) mod pipeline;
 mod plan;

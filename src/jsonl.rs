@@ -153,6 +153,34 @@ pub async fn import_jsonl_with_buffer<R: Read + Send + 'static>(
     options: CreateOptions,
     sort_buffer_bytes: usize,
 ) -> Result<ImportReport> {
+    import_staged(manager, input, name, None, options, sort_buffer_bytes).await
+}
+
+/// [`import_jsonl`] as an incremental snapshot on `parent_id`: the input is the whole store
+/// at a later point in time. Namespaces whose content equals the parent's are recorded
+/// unchanged, changed ones store only the chunks their parent's chain does not already
+/// hold (chunk-level dedup), and namespaces the parent has but the input lacks are
+/// recorded deleted. The parent is checked before the input is read.
+pub async fn import_jsonl_incremental<R: Read + Send + 'static>(
+    manager: &SnapshotManager,
+    input: R,
+    name: &str,
+    parent_id: &str,
+    options: CreateOptions,
+) -> Result<ImportReport> {
+    manager.get_snapshot_metadata(parent_id).await?;
+    let parent = Some(parent_id);
+    import_staged(manager, input, name, parent, options, SORT_BUFFER_BYTES).await
+}
+
+async fn import_staged<R: Read + Send + 'static>(
+    manager: &SnapshotManager,
+    input: R,
+    name: &str,
+    parent_id: Option<&str>,
+    options: CreateOptions,
+    sort_buffer_bytes: usize,
+) -> Result<ImportReport> {
     options.validate()?;
     let name = name.to_string();
     // TTLs become expiry times on the manager's clock, like the store's own expiry.
@@ -160,7 +188,14 @@ pub async fn import_jsonl_with_buffer<R: Read + Send + 'static>(
     let staged =
         tokio::task::spawn_blocking(move || stage(input, name, now, sort_buffer_bytes)).await??;
     let records = staged.records;
-    let snapshot = manager.create_snapshot(&staged, options).await?;
+    let snapshot = match parent_id {
+        None => manager.create_snapshot(&staged, options).await?,
+        Some(parent) => {
+            manager
+                .create_incremental_snapshot(&staged, parent, None, options)
+                .await?
+        }
+    };
     Ok(ImportReport { snapshot, records })
 }
 

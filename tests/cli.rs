@@ -327,6 +327,89 @@ fn the_readme_sample_imports() {
     );
 }
 
+/// One large namespace (big enough to be compared while written) and a small one.
+fn big_records(changed: &[usize]) -> Vec<JsonlRecord> {
+    let mut out: Vec<JsonlRecord> = (0..1_500)
+        .map(|i| JsonlRecord {
+            namespace: "big".into(),
+            id: format!("doc-{i:05}"),
+            values: common::values(i as u64 + if changed.contains(&i) { 7 } else { 0 }, 256),
+            metadata: None,
+            ttl_seconds: None,
+            expires_at: None,
+        })
+        .collect();
+    out.extend(records().into_iter().filter(|r| r.namespace == "notes"));
+    out
+}
+
+#[test]
+fn an_incremental_import_stores_only_the_changed_chunks() {
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    let repo = repo.to_str().unwrap();
+    let day1 = work.path().join("day1.jsonl");
+    std::fs::write(&day1, to_jsonl(&big_records(&[]))).unwrap();
+    let mut day2_records = big_records(&[40, 900]);
+    day2_records.retain(|r| r.namespace == "big");
+    let day2 = work.path().join("day2.jsonl");
+    std::fs::write(&day2, to_jsonl(&day2_records)).unwrap();
+    let cli = Cli::local();
+    let full = cli.json(repo, &["import", day1.to_str().unwrap()]);
+    let full_id = full["id"].as_str().unwrap().to_string();
+
+    // A parent that does not exist is refused before the input is read; nothing is written.
+    let line = cli.fails(
+        Some(repo),
+        &["import", day2.to_str().unwrap(), "--parent", "latest~3"],
+        1,
+    );
+    assert!(line.contains("latest~3"), "{line}");
+    assert_eq!(ids(&cli.json(repo, &["list"])).len(), 1);
+
+    let inc = cli.json(
+        repo,
+        &["import", day2.to_str().unwrap(), "--parent", "latest"],
+    );
+    assert_eq!(inc["type"], "incremental");
+    assert_eq!(inc["parent_id"], full_id.as_str());
+    assert_eq!(inc["namespaces"], json!(["big"]), "notes is gone");
+    let (stored, full_size) = (
+        inc["size_bytes"].as_u64().unwrap(),
+        full["size_bytes"].as_u64().unwrap(),
+    );
+    assert!(stored * 10 < full_size, "stored {stored} of {full_size}");
+    let logical = inc["logical_bytes"].as_u64().unwrap();
+    assert!(
+        logical * 10 > full_size * 9,
+        "logical {logical} of {full_size}"
+    );
+
+    let listed = cli.ok(repo, &["list"]);
+    let header = listed.lines().next().unwrap();
+    assert!(
+        header.contains("STORED") && header.contains("LOGICAL"),
+        "{listed}"
+    );
+    let shown = cli.ok(repo, &["show", "latest"]);
+    assert!(
+        shown.contains("stored") && shown.contains("logical"),
+        "{shown}"
+    );
+    let out = work.path().join("back.jsonl");
+    cli.ok(
+        repo,
+        &["export", "latest", "--output", out.to_str().unwrap()],
+    );
+    let back: Vec<JsonlRecord> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(back, day2_records);
+    cli.ok(repo, &["verify", "--all"]);
+}
+
 #[test]
 fn workflow_on_a_local_directory() {
     let work = tempfile::tempdir().unwrap();
@@ -883,9 +966,9 @@ async fn forged_and_damaged_sidecars_are_shown_not_fatal() {
     let repo = dir.path().to_str().unwrap();
     let cli = Cli::local();
 
-    // list fits 100 columns with incrementals: parents by a short id, no repeated time.
+    // list fits 120 columns with incrementals: parents by a short id, no repeated time.
     let text = cli.ok(repo, &["list"]);
-    assert!(text.lines().all(|l| l.chars().count() <= 100), "{text}");
+    assert!(text.lines().all(|l| l.chars().count() <= 120), "{text}");
     let row = text.lines().find(|l| l.starts_with(&snaps[2])).unwrap();
     let short = format!("~{}", &snaps[1][snaps[1].len() - 8..]);
     assert!(row.contains(&short) && row.contains("incremental"), "{row}");

@@ -7,7 +7,7 @@ mod render;
 
 use clap::{ArgGroup, Parser, Subcommand};
 use dakera_snapshot::error::SinkErrorKind;
-use dakera_snapshot::jsonl::{export_jsonl, import_jsonl};
+use dakera_snapshot::jsonl::{export_jsonl, import_jsonl, import_jsonl_incremental};
 use dakera_snapshot::{
     CompressionLevel, CopyOutcome, CreateOptions, DamagedSnapshot, Error, Progress,
     RetentionPolicy, SinkOptions, SnapshotConfig, SnapshotId, SnapshotManager,
@@ -142,11 +142,16 @@ enum Command {
     /// Build a full snapshot from JSON Lines (plain or gzip, from a file or `-` for stdin),
     /// one pass with bounded memory. Prints the new snapshot's id.
     #[command(
-        after_help = "Examples:\n  dakera-snapshot --repo ./backups import vectors.jsonl --description 'migration' --label env=prod\n  zcat dump.jsonl.gz | dakera-snapshot --repo ./backups import -"
+        after_help = "Examples:\n  dakera-snapshot --repo ./backups import vectors.jsonl --description 'migration' --label env=prod\n  zcat dump.jsonl.gz | dakera-snapshot --repo ./backups import -\n  dakera-snapshot --repo ./backups import today.jsonl --parent latest"
     )]
     Import {
         /// Input file, or `-` for stdin.
         input: String,
+        /// Build an incremental snapshot on this one (an id, `latest` or `latest~N`): the
+        /// input is the whole store at a later time; only what changed is stored, down to
+        /// the chunks inside a namespace.
+        #[arg(long, value_name = "ID")]
+        parent: Option<String>,
         /// Free-text description stored with the snapshot.
         #[arg(long)]
         description: Option<String>,
@@ -548,10 +553,11 @@ async fn run(cli: Cli) -> CliResult {
         } => export(&ctx, &id, &namespaces, &output, gzip).await,
         Command::Import {
             input,
+            parent,
             description,
             labels,
             ..
-        } => import(&ctx, &input, description, labels).await,
+        } => import(&ctx, &input, parent.as_deref(), description, labels).await,
         Command::Delete {
             ids,
             force,
@@ -748,6 +754,7 @@ impl<R: Read> Read for Counted<R> {
 async fn import(
     ctx: &Ctx,
     input: &str,
+    parent: Option<&str>,
     description: Option<String>,
     labels: Vec<(String, String)>,
 ) -> CliResult {
@@ -768,7 +775,13 @@ async fn import(
         inner: reader,
         bars: ctx.bars.clone(),
     };
-    let result = import_jsonl(&ctx.manager, counted, &name, options).await;
+    let result = match parent {
+        None => import_jsonl(&ctx.manager, counted, &name, options).await,
+        Some(p) => {
+            let parent = ctx.manager.find_snapshot(p).await?;
+            import_jsonl_incremental(&ctx.manager, counted, &name, parent.as_str(), options).await
+        }
+    };
     ctx.bars.end();
     let report = result?;
     if ctx.json {

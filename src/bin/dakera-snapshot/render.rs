@@ -71,6 +71,7 @@ pub fn summary(m: &SnapshotMetadata) -> Value {
         "namespaces": m.all_namespaces(),
         "vectors_stored": m.total_vectors,
         "size_bytes": m.size_bytes,
+        "logical_bytes": m.logical_bytes,
         "raw_bytes": m.raw_bytes,
         "description": m.description,
         "labels": m.labels,
@@ -79,7 +80,7 @@ pub fn summary(m: &SnapshotMetadata) -> Value {
 }
 
 /// Width `list` fits in: the last column (description and labels) is cut to fit.
-const LIST_WIDTH: usize = 100;
+const LIST_WIDTH: usize = 120;
 
 /// `list`: newest first, one line each, at most [`LIST_WIDTH`] columns. The id carries the
 /// creation time; a parent is shown by the last 8 hex digits of its id (`--json` and `show`
@@ -100,7 +101,8 @@ pub fn list(catalog: &Catalog) -> String {
             "PARENT",
             "NS",
             "VECTORS",
-            "SIZE",
+            "STORED",
+            "LOGICAL",
             "DESCRIPTION",
         ],
         &rows,
@@ -122,6 +124,8 @@ fn list_row(m: &SnapshotMetadata) -> Vec<String> {
         m.all_namespaces().len().to_string(),
         m.total_vectors.to_string(),
         HumanBytes(m.size_bytes).to_string(),
+        m.logical_bytes
+            .map_or("-".into(), |b| HumanBytes(b).to_string()),
         about,
     ]
 }
@@ -145,7 +149,7 @@ fn cut(line: &str, width: usize) -> String {
 /// A row for a snapshot whose sidecar cannot be read: its id, DAMAGED, and why.
 fn damaged_row(d: &DamagedSnapshot) -> Vec<String> {
     let mut row = vec![d.id.to_string(), "DAMAGED".to_string()];
-    row.extend(["-", "-", "-", "-"].map(String::from));
+    row.extend(["-", "-", "-", "-", "-"].map(String::from));
     row.push(d.problem.clone());
     row
 }
@@ -222,11 +226,20 @@ fn show_fields(m: &SnapshotMetadata) -> String {
     field(
         "size",
         format!(
-            "{} compressed, {} raw{ratio}",
+            "{} stored, {} raw{ratio}",
             HumanBytes(m.size_bytes),
             HumanBytes(m.raw_bytes)
         ),
     );
+    if let Some(logical) = m.logical_bytes {
+        field(
+            "logical",
+            format!(
+                "{} (compressed data of every namespace at this point, ancestors' chunks included)",
+                HumanBytes(logical)
+            ),
+        );
+    }
     field(
         "compression",
         format!(

@@ -24,15 +24,22 @@
 //!
 //! Each phase runs `--repeat` times (default 3), each in a fresh child process, and the
 //! fastest run is reported: timings on a shared machine vary by tens of percent from run to
-//! run, and the fastest run is the most reproducible figure. MB/s are counted on raw bytes (f32 values + ids + metadata JSON). The last line of output
-//! is one JSON object with every figure.
+//! run, and the fastest run is the most reproducible figure. MB/s are counted on raw bytes
+//! (f32 values + ids + metadata JSON). The last line of output is one JSON object with every
+//! figure.
+//!
+//! `--incremental on [--chain N] [--dedup-chunk-kib K]` measures chunk-level dedup instead: a
+//! full snapshot; 0.1% of the vectors updated, 0.1% inserted, 0.1% deleted, at random places;
+//! an incremental (blob size, create time and restore speed against the full's); then more
+//! such rounds up to a chain of N incrementals (default 30): the repository's size against
+//! one full, and the restore of the last against the full's, each checked against the store.
 
 #[path = "support/mod.rs"]
 mod support;
 
 use dakera_snapshot::{
     CreateOptions, InMemoryStorage, RestoreOptions, SinkOptions, SnapshotConfig, SnapshotManager,
-    Vector, VectorStorage,
+    SnapshotMetadata, Vector, VectorStorage,
 };
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -124,6 +131,8 @@ fn parent(args: &[String]) -> Result<(), String> {
         support::flag(args, "--level", "fast".to_string())?,
         "--shuffle".into(),
         support::flag(args, "--shuffle", "on".to_string())?,
+        "--dedup-chunk-kib".into(),
+        support::flag(args, "--dedup-chunk-kib", 16usize)?.to_string(),
     ];
     let repeat = support::flag(args, "--repeat", 3usize)?.max(1);
     // Each phase runs `repeat` times, each time in a fresh child process; the fastest run is
@@ -167,7 +176,8 @@ fn parent(args: &[String]) -> Result<(), String> {
     };
 
     if support::flag(args, "--incremental", "off".to_string())? == "on" {
-        let v = run("incremental", &[])?;
+        let chain = support::flag(args, "--chain", 30usize)?;
+        let v = run("incremental", &["--chain".into(), chain.to_string()])?;
         println!("{v}");
         return Ok(());
     }
@@ -270,6 +280,7 @@ fn phase(name: &str, args: &[String]) -> Result<(), String> {
     let level = support::flag(args, "--level", "fast".to_string())?;
     let mut config = SnapshotConfig::default()
         .with_max_snapshots(0)
+        .with_dedup_chunk_size(support::flag(args, "--dedup-chunk-kib", 16usize)? << 10)
         .with_parallelism(if single { 1 } else { 0 })
         .with_shuffle(support::flag(args, "--shuffle", "on".to_string())? == "on");
     config = match level.as_str() {
@@ -343,7 +354,10 @@ fn phase(name: &str, args: &[String]) -> Result<(), String> {
                 }
                 Ok(json!({ "secs": secs, "peak_extra_mib": peak.saturating_sub(before.max(after)) as f64 / 1024.0 }))
             }
-            "incremental" => incremental_phase(&store_params(&p), &sink, config).await,
+            "incremental" => {
+                let chain = support::flag(args, "--chain", 30usize)?.max(1);
+                incremental_phase(&store_params(&p), chain, &sink, config).await
+            }
             other => Err(format!("unknown phase {other}")),
         }
     })?;
@@ -356,10 +370,13 @@ fn store_params(p: &Params) -> (usize, usize, usize) {
 }
 
 /// Chunk-level dedup (issue 10): a full snapshot, then 0.1% of the vectors updated, 0.1%
-/// inserted with random ids and 0.1% deleted, at random places, then an incremental;
-/// both timed and restored (the incremental's restore checked against the store).
+/// inserted with random ids and 0.1% deleted, at random places, then an incremental; both
+/// timed and restored (the incremental's restore checked against the store). Then more such
+/// rounds, up to `chain` incrementals in one chain: the repository's size and the restore of
+/// the last one, checked against the store.
 async fn incremental_phase(
     (namespaces, per_ns, dim): &(usize, usize, usize),
+    chain: usize,
     sink: &str,
     config: SnapshotConfig,
 ) -> Result<Value, String> {
@@ -369,43 +386,21 @@ async fn incremental_phase(
         .await
         .map_err(|e| e.to_string())?;
     let m = SnapshotManager::from_url(sink, &SinkOptions::new(), config).map_err(e)?;
-    let started = Instant::now();
-    let full = m
-        .create_snapshot(&store, CreateOptions::described("full"))
-        .await
-        .map_err(e)?;
-    let full_create_s = started.elapsed().as_secs_f64();
-    let churned = churn(&store, *dim).await.map_err(e)?;
-    let started = Instant::now();
-    let inc = m
-        .create_incremental_snapshot(
-            &store,
-            full.id.as_str(),
-            None,
-            CreateOptions::described("incremental"),
-        )
-        .await
-        .map_err(e)?;
-    let incremental_create_s = started.elapsed().as_secs_f64();
-    let timed_restore = |id: String| {
-        let m = &m;
-        async move {
-            let target = InMemoryStorage::new();
-            let started = Instant::now();
-            m.restore_snapshot(&target, &id, &RestoreOptions::new())
-                .await
-                .map_err(e)?;
-            Ok::<_, String>((started.elapsed().as_secs_f64(), target))
-        }
-    };
-    let (full_restore_s, _) = timed_restore(full.id.to_string()).await?;
-    let (inc_restore_s, back) = timed_restore(inc.id.to_string()).await?;
-    for ns in store.list_namespaces().await.map_err(e)? {
-        if back.get_all(&ns).await.map_err(e)? != store.get_all(&ns).await.map_err(e)? {
-            return Err(format!("incremental: namespace {ns} differs after restore"));
-        }
+    let (full, full_create_s, full_peak) = timed_create(&m, &store, None).await?;
+    let churned = churn(&store, *dim, 0).await.map_err(e)?;
+    let (inc, incremental_create_s, inc_peak) = timed_create(&m, &store, Some(&full)).await?;
+    let (full_restore_s, _, full_restore_peak) = timed_restore(&m, &full).await?;
+    let (inc_restore_s, back, inc_restore_peak) = timed_restore(&m, &inc).await?;
+    same_content(&back, &store, "the incremental").await?;
+    let mut repo_bytes = stored_bytes(&full) + stored_bytes(&inc);
+    let mut last = inc.clone();
+    for round in 1..chain {
+        churn(&store, *dim, round as u64).await.map_err(e)?;
+        last = timed_create(&m, &store, Some(&last)).await?.0;
+        repo_bytes += stored_bytes(&last);
     }
-    let logical_mb = inc.logical_bytes.unwrap_or(0) as f64 / 1e6;
+    let (chain_restore_s, back, _) = timed_restore(&m, &last).await?;
+    same_content(&back, &store, "the last incremental of the chain").await?;
     let raw_mb = (namespaces * per_ns * dim * 4) as f64 / 1e6;
     println!(
         "  incremental: {churned} vectors changed; blob {:.2}% of the full; create {:.3} s vs full {:.3} s ({:.0}%); restore {:.0} MB/s vs full {:.0} MB/s",
@@ -416,23 +411,103 @@ async fn incremental_phase(
         raw_mb / inc_restore_s,
         raw_mb / full_restore_s,
     );
+    println!(
+        "  chain of {chain}: repository {:.3}x one full; restore of the last {:.3} s ({:.2}x the full's)",
+        repo_bytes as f64 / stored_bytes(&full) as f64,
+        chain_restore_s,
+        chain_restore_s / full_restore_s,
+    );
     Ok(json!({
         "secs": incremental_create_s,
         "changed_vectors": churned,
         "full_blob_bytes": full.size_bytes,
         "incremental_blob_bytes": inc.size_bytes,
-        "incremental_logical_mb": logical_mb,
+        "incremental_logical_mb": inc.logical_bytes.unwrap_or(0) as f64 / 1e6,
         "full_create_s": full_create_s,
         "incremental_create_s": incremental_create_s,
         "full_restore_mb_s": raw_mb / full_restore_s,
         "incremental_restore_mb_s": raw_mb / inc_restore_s,
+        "full_create_peak_extra_mib": full_peak,
+        "incremental_create_peak_extra_mib": inc_peak,
+        "full_restore_peak_extra_mib": full_restore_peak,
+        "incremental_restore_peak_extra_mib": inc_restore_peak,
+        "chain_length": chain,
+        "chain_repo_bytes": repo_bytes,
+        "chain_repo_vs_full": repo_bytes as f64 / stored_bytes(&full) as f64,
+        "chain_restore_s": chain_restore_s,
+        "chain_restore_vs_full": chain_restore_s / full_restore_s,
     }))
 }
 
+/// A snapshot's blob and sidecar bytes.
+fn stored_bytes(meta: &SnapshotMetadata) -> u64 {
+    meta.size_bytes + meta.to_json().len() as u64
+}
+
+/// A full snapshot (no parent) or an incremental on `parent`: the snapshot, the seconds it
+/// took and the peak memory it added (MiB).
+async fn timed_create(
+    m: &SnapshotManager,
+    store: &InMemoryStorage,
+    parent: Option<&SnapshotMetadata>,
+) -> Result<(SnapshotMetadata, f64, f64), String> {
+    let before = status_kib("VmRSS:");
+    reset_peak();
+    let started = Instant::now();
+    let made = match parent {
+        None => {
+            m.create_snapshot(store, CreateOptions::described("full"))
+                .await
+        }
+        Some(p) => {
+            m.create_incremental_snapshot(store, p.id.as_str(), None, CreateOptions::default())
+                .await
+        }
+    };
+    let secs = started.elapsed().as_secs_f64();
+    let peak = status_kib("VmHWM:").saturating_sub(before) as f64 / 1024.0;
+    Ok((made.map_err(|e| e.to_string())?, secs, peak))
+}
+
+/// Restores `snap` into a new store: the seconds it took, the store, and the peak memory
+/// it added beyond the restored data (MiB).
+async fn timed_restore(
+    m: &SnapshotManager,
+    snap: &SnapshotMetadata,
+) -> Result<(f64, InMemoryStorage, f64), String> {
+    let target = InMemoryStorage::new();
+    let before = status_kib("VmRSS:");
+    reset_peak();
+    let started = Instant::now();
+    m.restore_snapshot(&target, snap.id.as_str(), &RestoreOptions::new())
+        .await
+        .map_err(|e| e.to_string())?;
+    let secs = started.elapsed().as_secs_f64();
+    let after = status_kib("VmRSS:");
+    let peak = status_kib("VmHWM:").saturating_sub(before.max(after)) as f64 / 1024.0;
+    Ok((secs, target, peak))
+}
+
+/// Checks that `back` holds exactly what `store` holds.
+async fn same_content(
+    back: &InMemoryStorage,
+    store: &InMemoryStorage,
+    what: &str,
+) -> Result<(), String> {
+    let e = |e: dakera_snapshot::Error| e.to_string();
+    for ns in store.list_namespaces().await.map_err(e)? {
+        if back.get_all(&ns).await.map_err(e)? != store.get_all(&ns).await.map_err(e)? {
+            return Err(format!("{what}: namespace {ns} differs after restore"));
+        }
+    }
+    Ok(())
+}
+
 /// Updates, inserts and deletes 0.1% of every namespace's vectors each, at pseudo-random
-/// places; returns how many vectors changed.
-async fn churn(store: &InMemoryStorage, dim: usize) -> dakera_snapshot::Result<usize> {
-    let mut rng = 0x2545_F491_4F6C_DD1Du64;
+/// places (new vectors are embeddings like the rest, with random UUID-like ids, which sort
+/// before the generated ones); returns how many vectors changed.
+async fn churn(store: &InMemoryStorage, dim: usize, round: u64) -> dakera_snapshot::Result<usize> {
+    let mut rng = 0x2545_F491_4F6C_DD1Du64 ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let mut next = move || {
         rng ^= rng << 13;
         rng ^= rng >> 7;
@@ -449,10 +524,7 @@ async fn churn(store: &InMemoryStorage, dim: usize) -> dakera_snapshot::Result<u
             v.values[0] += 0.25;
             upserts.push(v);
             let id = format!("{:016x}-{:016x}", next(), next());
-            let values = (0..dim)
-                .map(|_| (next() % 2000) as f32 / 1000.0 - 1.0)
-                .collect();
-            upserts.push(Vector::new(id, values));
+            upserts.push(Vector::new(id, support::embedding(next(), dim)));
         }
         let gone: Vec<String> = (0..n)
             .map(|_| all[next() as usize % all.len()].id.clone())

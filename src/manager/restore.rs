@@ -2,7 +2,7 @@
 
 use super::catalog::ResolvedSnapshot;
 use super::chunks::{ChunkTable, Located};
-use super::pipeline::{self, ChunkBytes, NamespaceReader, Run};
+use super::pipeline::{self, ChunkBytes, NamespaceReader, Run, Spool};
 use super::plan;
 use super::reports::{ExportReport, RestoreResult, RestoredNamespace};
 use super::{blob_missing, EndProgress, SnapshotManager};
@@ -147,8 +147,20 @@ impl SnapshotManager {
         entry: &NamespaceEntry,
         hashes: bool,
     ) -> Result<NamespaceReader> {
+        self.open_namespace_in(holder, entry, hashes, None).await
+    }
+
+    /// [`Self::open_namespace`], reading the chunks in `holder`'s own blob from `own` (the
+    /// whole blob, already downloaded) instead of fetching them again.
+    pub(super) async fn open_namespace_in(
+        &self,
+        holder: &SnapshotMetadata,
+        entry: &NamespaceEntry,
+        hashes: bool,
+        own: Option<&Arc<Spool>>,
+    ) -> Result<NamespaceReader> {
         let table = Arc::new(self.chunk_table(holder, entry).await?);
-        let bytes: Arc<[ChunkBytes]> = self.fetch_chunks(&table).await?.into();
+        let bytes: Arc<[ChunkBytes]> = self.fetch_chunks(&table, own).await?.into();
         let parallelism = self.config.effective_parallelism();
         let batch = self.config.chunk_size as u64;
         pipeline::check_chunks(&table, &bytes, parallelism, batch).await?;
@@ -162,10 +174,16 @@ impl SnapshotManager {
     }
 
     /// Downloads a namespace's chunks: consecutive chunks of one blob in one ranged read.
-    async fn fetch_chunks(&self, table: &ChunkTable) -> Result<Vec<ChunkBytes>> {
+    /// Chunks of the holder's own blob come from `own` when given.
+    async fn fetch_chunks(
+        &self,
+        table: &ChunkTable,
+        own: Option<&Arc<Spool>>,
+    ) -> Result<Vec<ChunkBytes>> {
+        let in_own = |c: &Located| own.is_some() && c.snapshot == table.holder;
         let mut runs: Vec<(Run, &Located)> = Vec::new();
         let mut run_of = Vec::with_capacity(table.chunks.len());
-        for c in &table.chunks {
+        for c in table.chunks.iter().filter(|c| !in_own(c)) {
             let extends = runs
                 .last_mut()
                 .filter(|(r, first)| first.snapshot == c.snapshot && r.range.end == c.chunk.offset);
@@ -208,13 +226,22 @@ impl SnapshotManager {
             on_error,
         )
         .await?;
-        Ok(run_of
-            .into_iter()
-            .map(|i| ChunkBytes {
-                spool: spools[i].clone(),
-                base: just_runs[i].range.start,
-            })
-            .collect())
+        let mut fetched = run_of.into_iter().map(|i| ChunkBytes {
+            spool: spools[i].clone(),
+            base: just_runs[i].range.start,
+        });
+        let mut out = Vec::with_capacity(table.chunks.len());
+        for c in &table.chunks {
+            let bytes = match own {
+                Some(spool) if in_own(c) => Some(ChunkBytes {
+                    spool: spool.clone(),
+                    base: 0,
+                }),
+                _ => fetched.next(),
+            };
+            out.push(bytes.ok_or_else(|| Error::Internal("a chunk was not fetched".into()))?);
+        }
+        Ok(out)
     }
 
     /// Reads a snapshot's vectors at its point in time (incremental chains resolved),

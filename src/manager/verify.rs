@@ -28,7 +28,9 @@ impl SnapshotManager {
         check_header(&meta, &spool)?;
         let mut namespaces = Vec::new();
         for entry in &meta.namespaces {
-            let mut reader = self.open_namespace(&meta, entry, true).await?;
+            let mut reader = self
+                .open_namespace_in(&meta, entry, true, Some(&spool))
+                .await?;
             while reader.next().await?.is_some() {}
             namespaces.push((entry.name.clone(), reader.finish().await?));
         }

@@ -76,6 +76,25 @@ pub enum Filter {
     Shuffle,
 }
 
+impl Filter {
+    /// The namespace flags that record this filter (NS_HEADER and CHUNK_INDEX frames).
+    pub(crate) fn flags(self) -> u32 {
+        match self {
+            Filter::None => 0,
+            Filter::Shuffle => NS_FLAG_SHUFFLE,
+        }
+    }
+
+    /// The filter that namespace `flags` record; `None` for flags this version does not know.
+    pub(crate) fn from_flags(flags: u32) -> Option<Filter> {
+        match flags {
+            0 => Some(Filter::None),
+            NS_FLAG_SHUFFLE => Some(Filter::Shuffle),
+            _ => None,
+        }
+    }
+}
+
 /// A decoding failure, without snapshot context; the manager adds the snapshot id and
 /// namespace when it turns this into [`crate::Error::Corrupt`].
 #[derive(Debug)]
@@ -180,11 +199,7 @@ pub fn encode_ns_header(name: &str, dimension: u32, filter: Filter) -> Vec<u8> {
     let mut p = Vec::new();
     put_str16(&mut p, name);
     p.extend_from_slice(&dimension.to_le_bytes());
-    let flags = match filter {
-        Filter::None => 0,
-        Filter::Shuffle => NS_FLAG_SHUFFLE,
-    };
-    p.extend_from_slice(&flags.to_le_bytes());
+    p.extend_from_slice(&filter.flags().to_le_bytes());
     let mut buf = Vec::new();
     put_frame(&mut buf, kind::NS_HEADER, &p);
     buf
@@ -276,7 +291,7 @@ pub fn encode_chunk(
     filter: Filter,
     level: Option<u32>,
 ) -> Result<EncodedChunk, EncodeError> {
-    Ok(build_chunk(vectors, dimension, include_metadata, filter, level)?.compress())
+    Ok(build_chunk(vectors, dimension, include_metadata, filter, level)?.compress(level))
 }
 
 /// One chunk of an [`EncodedBatch`].
@@ -356,8 +371,6 @@ struct BuiltChunk {
     /// Planes 2, 1, 0 (shuffle only), each `n` bytes.
     low: Vec<u8>,
     n: usize,
-    #[cfg_attr(not(any(test, feature = "test-util")), allow(dead_code))]
-    level: Option<u32>,
     vector_hashes: Vec<[u8; 32]>,
     vectors: u64,
 }
@@ -390,9 +403,11 @@ impl BuiltChunk {
         }
     }
 
+    /// The format 1 encoding: the chunk's two gzip members at `level` (`None`: framing and
+    /// hashes only, no bytes).
     #[cfg(any(test, feature = "test-util"))]
-    fn compress(self) -> EncodedChunk {
-        let Some(level) = self.level else {
+    fn compress(self, level: Option<u32>) -> EncodedChunk {
+        let Some(level) = level else {
             return EncodedChunk {
                 bytes: Vec::new(),
                 crc32: 0,
@@ -485,7 +500,6 @@ fn build_chunk(
         out,
         low,
         n,
-        level,
         vector_hashes,
         vectors: vectors.len() as u64,
     })
@@ -866,21 +880,16 @@ fn parse_ns_header(p: &[u8]) -> Result<NamespaceHeader, DecodeError> {
     let dimension = p.u32()?;
     let flags = p.u32()?;
     p.end()?;
-    if flags & !NS_FLAG_SHUFFLE != 0 {
+    let Some(filter) = Filter::from_flags(flags) else {
         return corrupt(format!(
             "namespace {name:?} uses flags {flags:#x} this version does not know (written by a newer version?)"
         ));
-    }
+    };
     if dimension > MAX_DIMENSION {
         return corrupt(format!(
             "dimension {dimension} exceeds the limit of {MAX_DIMENSION}"
         ));
     }
-    let filter = if flags & NS_FLAG_SHUFFLE != 0 {
-        Filter::Shuffle
-    } else {
-        Filter::None
-    };
     Ok(NamespaceHeader {
         name,
         dimension,

@@ -7,7 +7,7 @@
 //! SHA-256 of its raw bytes (its identity for deduplication). A reader needs this one frame,
 //! read with one ranged request, to restore or verify the namespace.
 
-use super::blob::{corrupt, kind, DecodeError, Filter, Payload, MAX_DIMENSION, NS_FLAG_SHUFFLE};
+use super::blob::{corrupt, kind, DecodeError, Filter, Payload, MAX_DIMENSION};
 
 /// Bytes of one chunk entry.
 pub const CHUNK_ENTRY_LEN: usize = 2 + 8 + 4 + 4 + 4 + 4 + 32;
@@ -57,12 +57,7 @@ impl NamespaceIndex {
         p.extend_from_slice(&(self.name.len() as u16).to_le_bytes());
         p.extend_from_slice(self.name.as_bytes());
         p.extend_from_slice(&self.dimension.to_le_bytes());
-        let flags = if self.filter == Filter::Shuffle {
-            NS_FLAG_SHUFFLE
-        } else {
-            0
-        };
-        p.extend_from_slice(&flags.to_le_bytes());
+        p.extend_from_slice(&self.filter.flags().to_le_bytes());
         p.extend_from_slice(&self.vector_count.to_le_bytes());
         p.extend_from_slice(&self.digest);
         p.extend_from_slice(&(self.sources.len() as u16).to_le_bytes());
@@ -102,10 +97,11 @@ impl NamespaceIndex {
                 "dimension {dimension} is beyond the supported maximum"
             ));
         }
-        let filter = match p.u32()? {
-            0 => Filter::None,
-            NS_FLAG_SHUFFLE => Filter::Shuffle,
-            other => return corrupt(format!("unknown namespace flags {other:#x}")),
+        let flags = p.u32()?;
+        let Some(filter) = Filter::from_flags(flags) else {
+            return corrupt(format!(
+                "namespace {name:?} uses flags {flags:#x} this version does not know (written by a newer version?)"
+            ));
         };
         let vector_count = p.u64()?;
         let digest: [u8; 32] = p.take(32)?.try_into().expect("32 bytes");

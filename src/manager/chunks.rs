@@ -2,9 +2,9 @@
 //! read from a format 2 chunk index or a format 1 sidecar, and checked before any of it is
 //! trusted.
 
-use super::pipeline::decode_error;
-use super::{blob_missing, SnapshotManager};
-use crate::error::{Error, Result, SinkErrorKind};
+use super::pipeline::{blob_read_error, crc_mismatch, decode_error};
+use super::SnapshotManager;
+use crate::error::{Error, Result};
 use crate::format::blob::{self, Filter};
 use crate::format::index::NamespaceIndex;
 use crate::format::sidecar::{ChunkEntry, NamespaceEntry, SnapshotMetadata, MAX_CHUNK_RAW};
@@ -74,33 +74,14 @@ impl SnapshotManager {
         c: &ChunkEntry,
     ) -> Result<Vec<u8>> {
         let key = self.layout.blob_key(&holder.id);
-        let bytes = match self
+        let id = holder.id.as_str();
+        let bytes = self
             .sink
             .get_bytes(&key, Some(c.offset..c.offset + c.length))
             .await
-        {
-            Err(e) if e.is_not_found() => return Err(blob_missing(holder.id.as_str())),
-            Err(e) if e.sink_kind() == Some(SinkErrorKind::InvalidRange) => {
-                return Err(Error::corrupt(
-                    holder.id.as_str(),
-                    Some(ns),
-                    Some(c.offset),
-                    "the blob is shorter than its sidecar records (truncated)",
-                ))
-            }
-            other => other?,
-        };
+            .map_err(|e| blob_read_error(e, id, ns, c.offset))?;
         if bytes.len() as u64 != c.length || crc32fast::hash(&bytes) != c.crc32 {
-            return Err(Error::corrupt(
-                holder.id.as_str(),
-                Some(ns),
-                Some(c.offset),
-                format!(
-                    "the chunk at bytes {}..{} does not match its recorded CRC-32 (damaged or truncated)",
-                    c.offset,
-                    c.offset + c.length
-                ),
-            ));
+            return Err(crc_mismatch(id, ns, c.offset..c.offset + c.length, None));
         }
         Ok(bytes.to_vec())
     }

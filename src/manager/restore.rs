@@ -5,9 +5,9 @@ use super::chunks::{ChunkTable, Located};
 use super::pipeline::{self, ChunkBytes, NamespaceReader, Run, Spool};
 use super::plan;
 use super::reports::{ExportReport, RestoreResult, RestoredNamespace};
-use super::{blob_missing, EndProgress, SnapshotManager};
+use super::{EndProgress, SnapshotManager};
 use crate::config::{RestoreMode, RestoreOptions};
-use crate::error::{Error, Result, SinkErrorKind};
+use crate::error::{Error, Result};
 use crate::format::sidecar::{NamespaceEntry, SnapshotMetadata};
 use crate::id::SnapshotId;
 use crate::storage::{Vector, VectorStorage};
@@ -199,18 +199,8 @@ impl SnapshotManager {
         }
         let on_error = |i: usize, e: Error| {
             let first = runs[i].1;
-            if e.is_not_found() {
-                blob_missing(first.snapshot.as_str())
-            } else if e.sink_kind() == Some(SinkErrorKind::InvalidRange) {
-                Error::corrupt(
-                    first.snapshot.as_str(),
-                    Some(&table.name),
-                    Some(first.chunk.offset),
-                    "the blob is shorter than its chunk index records (truncated)",
-                )
-            } else {
-                e
-            }
+            let id = first.snapshot.as_str();
+            pipeline::blob_read_error(e, id, &table.name, first.chunk.offset)
         };
         let just_runs: Vec<Run> = runs
             .iter()

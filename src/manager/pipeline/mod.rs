@@ -118,6 +118,44 @@ pub(crate) fn decode_error(snapshot: &str, ns: Option<&str>, offset: u64, e: Dec
     }
 }
 
+/// The error for a ranged read of `snapshot`'s blob at `offset` that failed: a missing blob,
+/// or a blob shorter than its records (named as corruption of that snapshot); any other
+/// failure as it is.
+pub(crate) fn blob_read_error(e: Error, snapshot: &str, ns: &str, offset: u64) -> Error {
+    if e.is_not_found() {
+        super::blob_missing(snapshot)
+    } else if e.sink_kind() == Some(crate::error::SinkErrorKind::InvalidRange) {
+        Error::corrupt(
+            snapshot,
+            Some(ns),
+            Some(offset),
+            "the blob is shorter than recorded (truncated)",
+        )
+    } else {
+        e
+    }
+}
+
+/// The error for a chunk at `range` of `snapshot`'s blob whose bytes do not match their
+/// CRC-32; `referenced_by` names the snapshot whose index points there, when it is another.
+pub(crate) fn crc_mismatch(
+    snapshot: &str,
+    ns: &str,
+    range: std::ops::Range<u64>,
+    referenced_by: Option<&str>,
+) -> Error {
+    let (start, end) = (range.start, range.end);
+    let why = match referenced_by {
+        None => format!(
+            "the chunk at bytes {start}..{end} does not match its recorded CRC-32 (damaged or truncated)"
+        ),
+        Some(by) => format!(
+            "the chunk at bytes {start}..{end}, referenced by snapshot {by}, does not match its recorded CRC-32 (damaged or truncated here, or a forged reference)"
+        ),
+    };
+    Error::corrupt(snapshot, Some(ns), Some(start), why)
+}
+
 pub(crate) fn encode_error(ns: &str, e: blob::EncodeError) -> Error {
     match e {
         blob::EncodeError::Dimension { expected, actual } => Error::DimensionMismatch {

@@ -21,26 +21,11 @@ impl ChunkBytes {
     }
 }
 
-/// The error for a chunk whose bytes do not match their CRC-32: it names the blob that
-/// holds the chunk and, for a referenced chunk, the snapshot whose index points there.
-fn crc_mismatch(table: &ChunkTable, c: &Located) -> Error {
-    let range = format!("{}..{}", c.chunk.offset, c.chunk.offset + c.chunk.length);
-    let why = if c.snapshot == table.holder {
-        format!(
-            "the chunk at bytes {range} does not match its recorded CRC-32 (damaged or truncated)"
-        )
-    } else {
-        format!(
-            "the chunk at bytes {range}, referenced by snapshot {}, does not match its recorded CRC-32 (damaged or truncated here, or a forged reference)",
-            table.holder
-        )
-    };
-    Error::corrupt(
-        c.snapshot.as_str(),
-        Some(&table.name),
-        Some(c.chunk.offset),
-        why,
-    )
+/// The error for a chunk whose bytes do not match their CRC-32.
+fn chunk_crc_mismatch(table: &ChunkTable, c: &Located) -> Error {
+    let by = (c.snapshot != table.holder).then(|| table.holder.as_str());
+    let range = c.chunk.offset..c.chunk.offset + c.chunk.length;
+    super::crc_mismatch(c.snapshot.as_str(), &table.name, range, by)
 }
 
 /// Splits a namespace's chunks into runs of consecutive chunks of about `batch_bytes`
@@ -80,7 +65,7 @@ pub(crate) async fn check_chunks(
                 for i in run {
                     let c = &table.chunks[i];
                     if crc32fast::hash(&bytes[i].read(c)?) != c.chunk.crc32 {
-                        return Err(crc_mismatch(&table, c));
+                        return Err(chunk_crc_mismatch(&table, c));
                     }
                 }
                 Ok(())

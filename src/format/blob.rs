@@ -139,13 +139,13 @@ pub enum EncodeError {
     Invalid(String),
 }
 
-/// Compresses `raw` into one gzip member at deflate `level` (0 = stored).
+/// Compresses `raw` into one gzip member at deflate `level` (0 = stored), with this
+/// thread's reused deflate state: a fresh state per member (hundreds of KiB) per namespace
+/// fragmented the heap by that much per namespace.
 pub fn compress_member(raw: &[u8], level: u32) -> Vec<u8> {
-    // Room for the worst case (stored blocks plus framing), so the output never regrows.
-    let capacity = raw.len() + raw.len() / 8192 * 5 + 64;
-    let mut enc = GzEncoder::new(Vec::with_capacity(capacity), Compression::new(level));
-    enc.write_all(raw).expect("writing to a Vec cannot fail");
-    enc.finish().expect("writing to a Vec cannot fail")
+    let mut out = Vec::new();
+    super::gzip::append_member_parts(&mut out, raw, level, &[], false);
+    out
 }
 
 fn put_frame(buf: &mut Vec<u8>, kind: u8, payload: &[u8]) {
@@ -846,10 +846,12 @@ pub(super) fn only_frame<R: Read, T>(
 /// Decodes a namespace's chunk-index chunk (format 2), decompressing at most `raw_limit`
 /// bytes (its recorded raw length).
 pub fn decode_index_chunk(
-    compressed: impl Read,
+    compressed: &[u8],
     raw_limit: u64,
 ) -> Result<super::index::NamespaceIndex, DecodeError> {
-    let mut frames = FrameReader::new(MultiGzDecoder::new(compressed), 0);
+    let mut raw = Vec::new();
+    super::gzip::read_members(compressed, raw_limit, &mut raw)?;
+    let mut frames = FrameReader::new(&raw[..], 0);
     frames.limit = raw_limit;
     only_frame(
         frames,

@@ -142,3 +142,56 @@ async fn a_missing_repository_folder_is_created_and_an_unusable_one_is_reported(
     let err = LocalFsSink::new(file.join("repo")).unwrap_err().to_string();
     assert!(err.contains("cannot create repository folder"), "{err}");
 }
+
+/// A chain of incrementals that reference their ancestors' chunks copies to another
+/// repository ancestors first, keeps its references (stored far less than logical), and
+/// verifies and restores there to the same data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dedup_chain_copies_ancestors_first_and_restores_there() {
+    use dakera_snapshot::{CreateOptions, InMemoryStorage, RestoreOptions, VectorStorage};
+    let config = || {
+        SnapshotConfig::default()
+            .with_max_snapshots(0)
+            .with_dedup_chunk_size(1024)
+    };
+    let (_a, from) = sink();
+    let (_b, to) = sink();
+    let from = SnapshotManager::new(Arc::new(from), config()).unwrap();
+    let to = SnapshotManager::new(Arc::new(to), config()).unwrap();
+    let store = common::store_with(&[("big", 400, 16)]).await;
+    let mut last = from
+        .create_snapshot(&store, CreateOptions::default())
+        .await
+        .unwrap();
+    for round in 0..2 {
+        let mut changed = common::make_vectors("big", 400, 16).remove(100 + 150 * round);
+        changed.values[0] += 1.0;
+        store.upsert("big", vec![changed]).await.unwrap();
+        last = from
+            .create_incremental_snapshot(&store, last.id.as_str(), None, CreateOptions::default())
+            .await
+            .unwrap();
+    }
+    let order = from
+        .copy_plan(std::slice::from_ref(&last.id))
+        .await
+        .unwrap();
+    assert_eq!(order.len(), 3, "the full, then each incremental");
+    assert_eq!(order.last(), Some(&last.id));
+    for id in &order {
+        from.copy_snapshot(id.as_str(), &to).await.unwrap();
+    }
+    let copied = to.get_snapshot_metadata(last.id.as_str()).await.unwrap();
+    assert!(
+        copied.size_bytes * 3 < copied.logical_bytes.unwrap(),
+        "{copied:?}"
+    );
+    for id in &order {
+        to.verify_snapshot(id.as_str()).await.unwrap();
+    }
+    let target = InMemoryStorage::new();
+    to.restore_snapshot(&target, last.id.as_str(), &RestoreOptions::new())
+        .await
+        .unwrap();
+    assert_eq!(common::dump(&target).await, common::dump(&store).await);
+}

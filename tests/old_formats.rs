@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 const V1_FULL: &str = "20261202T075849828Z-e82b9485b1f90f4d";
 const V1_INCREMENTAL: &str = "20261202T075849848Z-40d6b5ddb3491548";
 const V1_PLAIN: &str = "20261202T075849862Z-619e8ecb7f927fe2";
+const V2_FULL: &str = "20261202T101641538Z-9ba14b511153258f";
+const V2_INCREMENTAL: &str = "20261202T101641617Z-d1b97b3badc54d3b";
+const V2_PLAIN: &str = "20261202T101641648Z-84749ded411cc178";
 
 /// A writable copy of a committed fixture repository (tests never change the original).
 fn fixture_copy(name: &str) -> (tempfile::TempDir, PathBuf) {
@@ -100,6 +103,83 @@ async fn a_new_incremental_builds_on_a_format_1_0_parent() {
     assert_eq!(child.parent_id.as_ref().unwrap().as_str(), V1_PLAIN);
     let stored: Vec<&str> = child.namespaces.iter().map(|n| n.name.as_str()).collect();
     assert_eq!(stored, ["beta"], "only the changed namespace is stored");
+    m.verify_snapshot(child.id.as_str()).await.unwrap();
+    let got = restore_all(&m, child.id.as_str()).await;
+    assert_eq!(dump(&got).await, dump(&store).await);
+}
+
+/// The store's three states when the 2.0 fixture was written (same steps as its generator).
+async fn v2_states() -> [InMemoryStorage; 3] {
+    let full = store_with(&[("alpha", 60, 8), ("beta", 10, 4), ("empty", 0, 0)]).await;
+    let incremental = store_with(&[("alpha", 60, 8), ("beta", 10, 4)]).await;
+    let mut upd = make_vectors("alpha", 65, 8);
+    upd[30].values[0] += 1.0;
+    incremental.upsert("alpha", upd).await.unwrap();
+    incremental.ensure_namespace("gamma").await.unwrap();
+    incremental
+        .upsert("gamma", make_vectors("gamma", 5, 3))
+        .await
+        .unwrap();
+    let plain = InMemoryStorage::new();
+    for (ns, (_, vectors)) in dump(&incremental).await {
+        plain.ensure_namespace(&ns).await.unwrap();
+        plain.upsert(&ns, vectors).await.unwrap();
+    }
+    plain
+        .delete("gamma", &["gamma-00001".to_string()])
+        .await
+        .unwrap();
+    [full, incremental, plain]
+}
+
+#[tokio::test]
+async fn a_format_2_0_repository_lists_verifies_and_restores() {
+    let (_tmp, dir) = fixture_copy("format-2.0");
+    let m = manager(&dir);
+    let listed = m.list_snapshots().await.unwrap();
+    let ids: Vec<&str> = listed.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, [V2_PLAIN, V2_INCREMENTAL, V2_FULL]);
+    assert!(listed.iter().all(|s| s.format_version == "2.0"));
+    let inc = &listed[1];
+    let alpha = inc.namespaces.iter().find(|n| n.name == "alpha").unwrap();
+    assert!(
+        alpha.logical_bytes.unwrap() > alpha.length - alpha.index.as_ref().unwrap().length,
+        "the fixture's incremental references chunks of its parent"
+    );
+    for outcome in m.verify_all().await.unwrap() {
+        assert!(outcome.ok, "{}: {:?}", outcome.snapshot_id, outcome.problem);
+    }
+    let states = v2_states().await;
+    for (id, want) in [V2_FULL, V2_INCREMENTAL, V2_PLAIN].iter().zip(&states) {
+        let got = restore_all(&m, id).await;
+        assert_eq!(dump(&got).await, dump(want).await, "snapshot {id}");
+    }
+}
+
+#[tokio::test]
+async fn a_new_incremental_dedups_against_a_format_2_0_parent() {
+    let (_tmp, dir) = fixture_copy("format-2.0");
+    let config = SnapshotConfig::new()
+        .with_max_snapshots(0)
+        .with_chunk_size(4096)
+        .with_dedup_chunk_size(1024);
+    let m = SnapshotManager::local(&dir, config).unwrap();
+    let [_, store, _] = v2_states().await;
+    let mut one = make_vectors("alpha", 65, 8).remove(50);
+    one.values[1] += 1.0;
+    store.upsert("alpha", vec![one]).await.unwrap();
+    let child = m
+        .create_incremental_snapshot(&store, V2_INCREMENTAL, None, CreateOptions::default())
+        .await
+        .unwrap();
+    let alpha = &child.namespaces[0];
+    assert_eq!(alpha.name, "alpha");
+    let data = alpha.length - alpha.index.as_ref().unwrap().length;
+    assert!(
+        data * 2 < alpha.logical_bytes.unwrap(),
+        "most of alpha is referenced in the 2.0 chain: {data} of {:?} bytes stored",
+        alpha.logical_bytes
+    );
     m.verify_snapshot(child.id.as_str()).await.unwrap();
     let got = restore_all(&m, child.id.as_str()).await;
     assert_eq!(dump(&got).await, dump(&store).await);

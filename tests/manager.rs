@@ -696,10 +696,13 @@ async fn sidecars_of_another_major_version_or_garbage_are_refused() {
         .path()
         .join(format!("snapshots/{}.meta.json", snap.id));
     let text = std::fs::read_to_string(&side).unwrap();
+    let written = format!("\"format_version\": \"{}\"", snap.format_version);
+    assert!(text.contains(&written), "{text}");
+    let major = snap.format_version.split('.').next().unwrap().to_string();
 
     std::fs::write(
         &side,
-        text.replace("\"format_version\": \"2.0\"", "\"format_version\": \"3.0\""),
+        text.replace(&written, "\"format_version\": \"3.0\""),
     )
     .unwrap();
     let err = m.get_snapshot_metadata(snap.id.as_str()).await.unwrap_err();
@@ -712,8 +715,8 @@ async fn sidecars_of_another_major_version_or_garbage_are_refused() {
     std::fs::write(
         &side,
         text.replace(
-            "\"format_version\": \"1.0\"",
-            "\"format_version\": \"1.7\", \"future_field\": [1]",
+            &written,
+            &format!("\"format_version\": \"{major}.7\", \"future_field\": [1]"),
         ),
     )
     .unwrap();

@@ -21,11 +21,15 @@
 use super::{FORMAT_MAJOR, FORMAT_MINOR};
 use crate::storage::Vector;
 use flate2::read::{GzDecoder, MultiGzDecoder};
+#[cfg(any(test, feature = "test-util"))]
 use flate2::write::GzEncoder;
+#[cfg(any(test, feature = "test-util"))]
 use flate2::Compression;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::io::{self, Read, Write};
+#[cfg(any(test, feature = "test-util"))]
+use std::io::Write;
+use std::io::{self, Read};
 
 /// The first eight bytes of every blob's decompressed content.
 pub const MAGIC: &[u8; 8] = b"DKSNAP\r\n";
@@ -216,6 +220,46 @@ pub fn encode_ns_end(count: u64, digest: &[u8; 32]) -> Vec<u8> {
     buf
 }
 
+/// How a format 2 chunk's identity (the SHA-256 its chunk index records, which dedup
+/// matches on) is computed. A namespace's index says which (its flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity {
+    /// Format 2.0: the SHA-256 of the chunk's decompressed bytes.
+    RawBytes,
+    /// Format 2.1: [`vector_identity`], from the per-vector hashes the content digest
+    /// needs anyway, so neither writers nor readers hash the chunk's bytes a second time.
+    Vectors,
+}
+
+/// CHUNK_INDEX flag: the namespace's chunk identities are [`Identity::Vectors`].
+pub const NS_FLAG_VECTOR_IDENTITY: u32 = 2;
+
+/// Domain tag of [`vector_identity`].
+const VECTOR_IDENTITY_TAG: &[u8; 16] = b"dakera-chunk-2.1";
+
+/// A chunk's identity in format 2.1: SHA-256 over the tag `dakera-chunk-2.1`, the
+/// namespace flags of its filter (u32 LE), its vector count (u32 LE) and the SHA-256 of each
+/// of its vectors' canonical VECTOR frame (as in the content digest), in order. The frames
+/// cover ids, values, metadata and expiry; with the filter, they decide every byte of the
+/// chunk, so equal identities mean equal chunks.
+pub fn vector_identity(filter: Filter, vector_hashes: &[[u8; 32]]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(VECTOR_IDENTITY_TAG);
+    h.update(filter.flags().to_le_bytes());
+    h.update((vector_hashes.len() as u32).to_le_bytes());
+    for v in vector_hashes {
+        h.update(v);
+    }
+    h.finalize().into()
+}
+
+/// What a writer deduplicates against: how identities are computed, and which are
+/// already stored in the chain.
+pub struct Dedup<'a> {
+    pub identity: Identity,
+    pub known: &'a (dyn Fn(&[u8; 32]) -> bool + Sync),
+}
+
 /// A namespace's content digest: SHA-256 over the dimension (u32 LE) followed by the
 /// SHA-256 of every vector's canonical VECTOR frame, in order. The per-vector hashes are
 /// computed in parallel with the chunks (the chunks' `vector_hashes`);
@@ -304,7 +348,7 @@ pub struct BatchChunk {
     pub raw_length: u32,
     /// Vectors in the chunk.
     pub vectors: u32,
-    /// SHA-256 of its decompressed bytes.
+    /// Its identity (see [`Identity`]).
     pub sha256: [u8; 32],
 }
 
@@ -321,8 +365,8 @@ pub struct EncodedBatch {
 
 /// Encodes vectors (ascending ids, all of `dimension` values) as the chunks that end at
 /// `cuts` (exclusive end indices, ascending, the last one `vectors.len()`), format 2: each
-/// chunk one or two gzip members of whole frames, identified by the SHA-256 of its raw
-/// bytes. Chunks whose hash `known` accepts are hashed but not compressed. With `level =
+/// chunk one gzip member of whole frames, identified as `dedup.identity` says. Chunks
+/// whose identity `dedup.known` accepts are identified but not compressed. With `level =
 /// None` only the per-vector hashes are produced (a digest pass).
 pub fn encode_batch(
     vectors: Vec<Vector>,
@@ -331,7 +375,7 @@ pub fn encode_batch(
     include_metadata: bool,
     filter: Filter,
     level: Option<u32>,
-    known: &(dyn Fn(&[u8; 32]) -> bool + Sync),
+    dedup: &Dedup<'_>,
 ) -> Result<EncodedBatch, EncodeError> {
     let mut batch = EncodedBatch {
         vector_hashes: Vec::with_capacity(vectors.len()),
@@ -357,9 +401,11 @@ pub fn encode_batch(
                 0
             }
         });
+        let identity = built.identity(dedup.identity, filter);
+        let stored = !(dedup.known)(&identity);
         batch
             .chunks
-            .push(built.append_to(&mut batch.bytes, level, low_level, known));
+            .push(built.append_to(&mut batch.bytes, (level, low_level), identity, stored));
     }
     Ok(batch)
 }
@@ -376,20 +422,30 @@ struct BuiltChunk {
 }
 
 impl BuiltChunk {
-    /// Hashes the raw chunk and, unless its hash is `known`, appends its members to `out`.
+    /// The chunk's identity, computed as `kind` says.
+    fn identity(&self, kind: Identity, filter: Filter) -> [u8; 32] {
+        match kind {
+            Identity::RawBytes => {
+                let mut h = Sha256::new();
+                h.update(&self.out);
+                h.update(&self.low);
+                h.finalize().into()
+            }
+            Identity::Vectors => vector_identity(filter, &self.vector_hashes),
+        }
+    }
+
+    /// The chunk's index entry; with `store`, its member is appended to `out` at the
+    /// `levels` (records and exponent plane, mantissa planes).
     fn append_to(
         &self,
         out: &mut Vec<u8>,
-        level: u32,
-        low_level: u32,
-        known: &(dyn Fn(&[u8; 32]) -> bool + Sync),
+        (level, low_level): (u32, u32),
+        sha256: [u8; 32],
+        store: bool,
     ) -> BatchChunk {
-        let mut h = Sha256::new();
-        h.update(&self.out);
-        h.update(&self.low);
-        let sha256: [u8; 32] = h.finalize().into();
         let raw_length = (self.out.len() + self.low.len()) as u32;
-        let stored = (!known(&sha256)).then(|| {
+        let stored = store.then(|| {
             let start = out.len();
             let low_stored = low_level == 0 && level != 0;
             super::gzip::append_member_parts(out, &self.out, level, &self.low, low_stored);

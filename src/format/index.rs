@@ -4,10 +4,12 @@
 //! It lists every data chunk of the namespace at the snapshot's point in time, in order:
 //! chunks stored in this blob (source 0) and chunks an ancestor's blob already holds
 //! (source k ≥ 1: the k-th snapshot id of `sources`), each with its place, sizes, CRC-32 and
-//! SHA-256 of its raw bytes (its identity for deduplication). A reader needs this one frame,
+//! identity for deduplication (see `blob::Identity`). A reader needs this one frame,
 //! read with one ranged request, to restore or verify the namespace.
 
-use super::blob::{corrupt, kind, DecodeError, Filter, Payload, MAX_DIMENSION};
+use super::blob::{
+    corrupt, kind, DecodeError, Filter, Identity, Payload, MAX_DIMENSION, NS_FLAG_VECTOR_IDENTITY,
+};
 
 /// Bytes of one chunk entry.
 pub const CHUNK_ENTRY_LEN: usize = 2 + 8 + 4 + 4 + 4 + 4 + 32;
@@ -27,7 +29,8 @@ pub struct IndexedChunk {
     pub vectors: u32,
     /// CRC-32 of the compressed bytes.
     pub crc32: u32,
-    /// SHA-256 of the decompressed bytes: the chunk's identity.
+    /// The chunk's identity ([`Identity`]: in format 2.0 the SHA-256 of its decompressed
+    /// bytes, in 2.1 the SHA-256 of its vectors' hashes).
     pub sha256: [u8; 32],
 }
 
@@ -40,6 +43,8 @@ pub struct NamespaceIndex {
     pub dimension: u32,
     /// How its vectors are laid out.
     pub filter: Filter,
+    /// How its chunks' identities are computed.
+    pub identity: Identity,
     /// Vectors in all its chunks.
     pub vector_count: u64,
     /// Its content digest (see docs/FORMAT.md).
@@ -57,7 +62,11 @@ impl NamespaceIndex {
         p.extend_from_slice(&(self.name.len() as u16).to_le_bytes());
         p.extend_from_slice(self.name.as_bytes());
         p.extend_from_slice(&self.dimension.to_le_bytes());
-        p.extend_from_slice(&self.filter.flags().to_le_bytes());
+        let identity = match self.identity {
+            Identity::RawBytes => 0,
+            Identity::Vectors => NS_FLAG_VECTOR_IDENTITY,
+        };
+        p.extend_from_slice(&(self.filter.flags() | identity).to_le_bytes());
         p.extend_from_slice(&self.vector_count.to_le_bytes());
         p.extend_from_slice(&self.digest);
         p.extend_from_slice(&(self.sources.len() as u16).to_le_bytes());
@@ -98,7 +107,12 @@ impl NamespaceIndex {
             ));
         }
         let flags = p.u32()?;
-        let Some(filter) = Filter::from_flags(flags) else {
+        let identity = if flags & NS_FLAG_VECTOR_IDENTITY != 0 {
+            Identity::Vectors
+        } else {
+            Identity::RawBytes
+        };
+        let Some(filter) = Filter::from_flags(flags & !NS_FLAG_VECTOR_IDENTITY) else {
             return corrupt(format!(
                 "namespace {name:?} uses flags {flags:#x} this version does not know (written by a newer version?)"
             ));
@@ -131,6 +145,7 @@ impl NamespaceIndex {
             name,
             dimension,
             filter,
+            identity,
             vector_count,
             digest,
             sources,
@@ -181,6 +196,7 @@ mod tests {
             name: "docs".into(),
             dimension: 8,
             filter: Filter::Shuffle,
+            identity: Identity::Vectors,
             vector_count: 7,
             digest: [9; 32],
             sources: vec!["20261202T000000000Z-0000000000000001".into()],
@@ -209,10 +225,13 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let ix = sample();
-        let frame = ix.encode();
-        assert_eq!(frame[0], kind::CHUNK_INDEX);
-        assert_eq!(NamespaceIndex::decode(&frame[5..]).unwrap(), ix);
+        let mut ix = sample();
+        for identity in [Identity::Vectors, Identity::RawBytes] {
+            ix.identity = identity;
+            let frame = ix.encode();
+            assert_eq!(frame[0], kind::CHUNK_INDEX);
+            assert_eq!(NamespaceIndex::decode(&frame[5..]).unwrap(), ix);
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ pub const FORMAT_MAJOR: u16 = 2;
 pub const SUPPORTED_MAJORS: [u16; 2] = [1, 2];
 /// The format minor version this build writes. Readers accept any minor of their major:
 /// minors only add things older readers may ignore.
-pub const FORMAT_MINOR: u16 = 0;
+pub const FORMAT_MINOR: u16 = 1;
 
 /// `"MAJOR.MINOR"` as written into sidecars.
 pub fn format_version() -> String {

@@ -2,15 +2,15 @@
 //! read from a format 2 chunk index or a format 1 sidecar, and checked before any of it is
 //! trusted.
 
+use super::dedup::DedupBase;
 use super::pipeline::{blob_read_error, crc_mismatch, decode_error};
 use super::SnapshotManager;
 use crate::error::{Error, Result};
-use crate::format::blob::{self, Filter};
+use crate::format::blob::{self, Filter, Identity};
 use crate::format::index::NamespaceIndex;
 use crate::format::sidecar::{ChunkEntry, NamespaceEntry, SnapshotMetadata, MAX_CHUNK_RAW};
 use crate::id::SnapshotId;
 use crate::sink::SinkExt;
-use std::collections::HashMap;
 
 /// One data chunk and the blob that holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +31,8 @@ pub(crate) struct ChunkTable {
     pub name: String,
     pub dimension: u32,
     pub filter: Filter,
+    /// How chunk identities are computed (format 2; format 1 chunks have none).
+    pub identity: Option<Identity>,
     pub vector_count: u64,
     pub digest: [u8; 32],
     /// Its data chunks, in id order.
@@ -38,12 +40,16 @@ pub(crate) struct ChunkTable {
 }
 
 impl ChunkTable {
-    /// The chunks' hashes and where they are: what a child snapshot can reference.
-    pub fn by_hash(&self) -> HashMap<[u8; 32], Located> {
-        self.chunks
+    /// The chunks by identity and where they are: what a child snapshot can reference
+    /// (`None` for a format 1 table, which records no identities).
+    pub fn dedup_base(&self) -> Option<DedupBase> {
+        let identity = self.identity?;
+        let chunks = self
+            .chunks
             .iter()
             .filter_map(|c| c.sha256.map(|h| (h, c.clone())))
-            .collect()
+            .collect();
+        Some(DedupBase { identity, chunks })
     }
 
     fn corrupt(&self, offset: Option<u64>, why: impl Into<String>) -> Error {
@@ -104,6 +110,7 @@ impl SnapshotManager {
             name: header.name,
             dimension: header.dimension,
             filter: header.filter,
+            identity: None,
             vector_count: count,
             digest,
             chunks: entry.chunks[1..entry.chunks.len() - 1]
@@ -135,6 +142,7 @@ impl SnapshotManager {
             name: ix.name,
             dimension: ix.dimension,
             filter: ix.filter,
+            identity: Some(ix.identity),
             vector_count: ix.vector_count,
             digest: ix.digest,
             chunks: ix

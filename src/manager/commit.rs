@@ -2,12 +2,12 @@
 
 use super::create::namespace_dimension;
 use super::dedup::IndexBuilder;
-use super::pipeline::{BlobWriter, ChunkEncoder, KnownChunks};
+use super::pipeline::{BlobWriter, ChunkEncoder, EncodeSettings, KnownChunks};
 use super::plan::{ParentView, WritePlan};
 use super::{EndProgress, SnapshotManager};
 use crate::config::CreateOptions;
 use crate::error::{Error, Result, SinkErrorKind, SinkOp};
-use crate::format::blob;
+use crate::format::blob::{self, Identity};
 use crate::format::sidecar::{
     new_format_fields, ByteRange, CompressionInfo, NamespaceEntry, SnapshotMetadata,
 };
@@ -314,14 +314,20 @@ impl SnapshotManager {
         );
         let dim = namespace_dimension(storage, ns).await?;
         let known: KnownChunks = Arc::new(
-            base.map(|b| b.keys().copied().collect())
+            base.map(|b| b.chunks.keys().copied().collect())
                 .unwrap_or_default(),
         );
+        // A child identifies its chunks as its base does, so they can match (a 2.0 chain
+        // stays 2.0-identified until its next full snapshot).
+        let identity = base.map_or(Identity::Vectors, |b| b.identity);
         let mut digest = blob::ContentDigest::new(dim);
-        let mut index = IndexBuilder::new(ns, dim, filter, base);
+        let mut index = IndexBuilder::new(ns, dim, filter, identity, base);
         let section = w.offset();
-        let mut encoder =
-            ChunkEncoder::new(storage, ns, self.encode_settings(dim, Some(level)), known);
+        let settings = EncodeSettings {
+            identity,
+            ..self.encode_settings(dim, Some(level))
+        };
+        let mut encoder = ChunkEncoder::new(storage, ns, settings, known);
         while let Some(batch) = encoder.next().await? {
             digest.add(&batch.vector_hashes);
             let raw: u64 = batch

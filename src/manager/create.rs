@@ -7,7 +7,7 @@ use super::plan::{self, Changes, ParentView, WritePlan};
 use super::{EndProgress, SnapshotManager};
 use crate::config::CreateOptions;
 use crate::error::{Error, Result};
-use crate::format::blob;
+use crate::format::blob::{self, Identity};
 use crate::format::sidecar::SnapshotMetadata;
 use crate::id::SnapshotId;
 use crate::paths::validate_namespace;
@@ -156,7 +156,9 @@ impl SnapshotManager {
                 continue;
             };
             let table = self.chunk_table(&parent.chain[*idx], entry).await?;
-            plan.bases.insert(name.clone(), table.by_hash());
+            if let Some(base) = table.dedup_base() {
+                plan.bases.insert(name.clone(), base);
+            }
         }
         for name in &plan.unchanged {
             if let Some((_, entry)) = parent.namespaces.get(name) {
@@ -176,6 +178,7 @@ impl SnapshotManager {
             dedup_chunk_size: self.config.dedup_chunk_size,
             page_size: self.config.scan_page_size,
             parallelism: self.config.effective_parallelism(),
+            identity: Identity::Vectors,
         }
     }
 

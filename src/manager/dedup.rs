@@ -3,12 +3,17 @@
 
 use super::chunks::Located;
 use crate::error::{Error, Result};
-use crate::format::blob::{BatchChunk, Filter, MAX_FRAME_LEN};
+use crate::format::blob::{BatchChunk, Filter, Identity, MAX_FRAME_LEN};
 use crate::format::index::{IndexedChunk, NamespaceIndex};
 use std::collections::HashMap;
 
-/// Chunks of the parent's version of a namespace, by hash.
-pub(crate) type DedupBase = HashMap<[u8; 32], Located>;
+/// Chunks of the parent's version of a namespace, by identity, and how those identities
+/// are computed (a child computes its own the same way, so they can match).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DedupBase {
+    pub identity: Identity,
+    pub chunks: HashMap<[u8; 32], Located>,
+}
 
 /// Collects a namespace's chunk table as batches are written.
 pub(crate) struct IndexBuilder<'a> {
@@ -21,12 +26,19 @@ pub(crate) struct IndexBuilder<'a> {
 }
 
 impl<'a> IndexBuilder<'a> {
-    pub fn new(name: &str, dimension: u32, filter: Filter, base: Option<&'a DedupBase>) -> Self {
+    pub fn new(
+        name: &str,
+        dimension: u32,
+        filter: Filter,
+        identity: Identity,
+        base: Option<&'a DedupBase>,
+    ) -> Self {
         IndexBuilder {
             ix: NamespaceIndex {
                 name: name.to_string(),
                 dimension,
                 filter,
+                identity,
                 vector_count: 0,
                 digest: [0; 32],
                 sources: Vec::new(),
@@ -67,9 +79,12 @@ impl<'a> IndexBuilder<'a> {
 
     /// The index entry of a chunk the chain already holds.
     fn reference(&mut self, c: &BatchChunk) -> Result<IndexedChunk> {
-        let held = self.base.and_then(|b| b.get(&c.sha256)).ok_or_else(|| {
-            Error::Internal("a chunk was deduplicated against an unknown hash".into())
-        })?;
+        let held = self
+            .base
+            .and_then(|b| b.chunks.get(&c.sha256))
+            .ok_or_else(|| {
+                Error::Internal("a chunk was deduplicated against an unknown hash".into())
+            })?;
         let id = held.snapshot.as_str();
         let source = match self.ix.sources.iter().position(|s| s == id) {
             Some(i) => i + 1,

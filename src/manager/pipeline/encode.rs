@@ -2,7 +2,7 @@
 
 use super::{encode_error, Ordered};
 use crate::error::{Error, Result};
-use crate::format::blob::{self, EncodedBatch, Filter};
+use crate::format::blob::{self, Dedup, EncodedBatch, Filter, Identity};
 use crate::format::chunker::Chunker;
 use crate::storage::{Vector, VectorStorage};
 use std::collections::{HashSet, VecDeque};
@@ -22,9 +22,11 @@ pub(crate) struct EncodeSettings {
     pub dedup_chunk_size: usize,
     pub page_size: usize,
     pub parallelism: usize,
+    /// How chunk identities are computed (the dedup base's way, if any).
+    pub identity: Identity,
 }
 
-/// Chunk hashes already stored in the chain (chunks with these hashes are referenced, not
+/// Chunk identities already stored in the chain (chunks with these are referenced, not
 /// compressed and stored again).
 pub(crate) type KnownChunks = Arc<HashSet<[u8; 32]>>;
 
@@ -84,6 +86,10 @@ impl<'a> ChunkEncoder<'a> {
         let (ns, s, known) = (self.ns.clone(), self.s.clone(), self.known.clone());
         self.jobs.push(move || {
             let known = |h: &[u8; 32]| known.contains(h);
+            let dedup = Dedup {
+                identity: s.identity,
+                known: &known,
+            };
             blob::encode_batch(
                 vectors,
                 &cuts,
@@ -91,7 +97,7 @@ impl<'a> ChunkEncoder<'a> {
                 s.include_metadata,
                 s.filter,
                 s.level,
-                &known,
+                &dedup,
             )
             .map_err(|e| encode_error(&ns, e))
         });

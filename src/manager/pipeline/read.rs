@@ -2,7 +2,7 @@
 
 use super::{decode_error, Ordered, Spool};
 use crate::error::{Error, Result};
-use crate::format::blob::{self, ContentDigest, DecodedChunk, RawCheck};
+use crate::format::blob::{self, ContentDigest, DecodedChunk, Identity, RawCheck};
 use crate::manager::chunks::{ChunkTable, Located};
 use crate::storage::Vector;
 use std::ops::Range;
@@ -93,9 +93,10 @@ pub(crate) struct NamespaceReader {
 }
 
 impl NamespaceReader {
-    /// With `hashes`, each format 2 chunk's SHA-256 is checked too: verify names the
-    /// damaged chunk that way. A restore relies on the content digest at the end, which
-    /// covers every vector, so it skips this second hash of every byte.
+    /// With `hashes`, each format 2 chunk's identity is checked too: verify names a forged
+    /// identity that way (it would mislead later dedup). A restore returns the chunks'
+    /// authentic bytes (checked by CRC-32 before anything changes, and by the content
+    /// digest over every vector), so a forged identity alone does not stop it halfway.
     pub fn new(
         table: Arc<ChunkTable>,
         bytes: Arc<[ChunkBytes]>,
@@ -199,8 +200,7 @@ fn decode_batch(
     Ok(out)
 }
 
-/// Decodes one chunk, checking its vector count and, with `hashes` and where recorded, its
-/// SHA-256.
+/// Decodes one chunk, checking its vector count and, with `hashes`, its identity.
 fn decode_one(
     table: &ChunkTable,
     c: &Located,
@@ -210,13 +210,27 @@ fn decode_one(
     let bytes = b.read(c)?;
     let at = c.chunk.offset;
     let id = c.snapshot.as_str();
-    let check = match (&c.sha256, hashes) {
-        (None, _) => RawCheck::AtMost(c.chunk.raw_length),
-        (Some(_), false) => RawCheck::Exactly(c.chunk.raw_length),
-        (Some(sha), true) => RawCheck::Hashed(c.chunk.raw_length, sha),
+    let raw_length = c.chunk.raw_length;
+    let check = match (&c.sha256, table.identity) {
+        (None, _) => RawCheck::AtMost(raw_length),
+        (Some(sha), Some(Identity::RawBytes)) if hashes => RawCheck::Hashed(raw_length, sha),
+        (Some(_), _) => RawCheck::Exactly(raw_length),
     };
     let decoded = blob::decode_chunk_slice(&bytes, table.dimension, table.filter, check)
         .map_err(|e| decode_error(id, Some(&table.name), at, e))?;
+    if let (true, Some(sha), Some(Identity::Vectors)) = (hashes, &c.sha256, table.identity) {
+        if blob::vector_identity(table.filter, &decoded.vector_hashes) != *sha {
+            return Err(Error::corrupt(
+                id,
+                Some(&table.name),
+                Some(at),
+                format!(
+                    "the chunk's vectors do not match the identity the chunk index of snapshot {} records",
+                    table.holder
+                ),
+            ));
+        }
+    }
     if decoded.vectors.len() as u64 != c.chunk.vectors {
         return Err(Error::corrupt(
             id,

@@ -425,6 +425,19 @@ pub async fn manager_dedup_chain(m: &SnapshotManager) {
     let back = restore_all(m, same.id.as_str()).await;
     assert_eq!(dump(&back).await, dump(&store).await, "nothing changed");
     chain.push(same);
+    // Retention keeping only the newest keeps every snapshot whose chunks it references.
+    let plan = m
+        .apply_retention(&crate::RetentionPolicy::keep_last(1), true)
+        .await
+        .unwrap()
+        .plan;
+    for snap in &chain {
+        assert!(
+            !plan.remove.contains(&snap.id),
+            "retention would remove {}",
+            snap.id
+        );
+    }
     for snap in chain.iter().rev() {
         m.delete_snapshot(snap.id.as_str(), false).await.unwrap();
     }

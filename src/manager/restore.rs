@@ -10,6 +10,7 @@ use crate::config::{RestoreMode, RestoreOptions};
 use crate::error::{Error, Result};
 use crate::format::sidecar::{NamespaceEntry, SnapshotMetadata};
 use crate::id::SnapshotId;
+use crate::paths::RepoLayout;
 use crate::storage::{Vector, VectorStorage};
 use std::sync::Arc;
 
@@ -181,44 +182,19 @@ impl SnapshotManager {
         own: Option<&Arc<Spool>>,
     ) -> Result<Vec<ChunkBytes>> {
         let in_own = |c: &Located| own.is_some() && c.snapshot == table.holder;
-        let mut runs: Vec<(Run, &Located)> = Vec::new();
-        let mut run_of = Vec::with_capacity(table.chunks.len());
-        for c in table.chunks.iter().filter(|c| !in_own(c)) {
-            let extends = runs
-                .last_mut()
-                .filter(|(r, first)| first.snapshot == c.snapshot && r.range.end == c.chunk.offset);
-            match extends {
-                Some((r, _)) => r.range.end += c.chunk.length,
-                None => {
-                    let key = self.layout.blob_key(&c.snapshot);
-                    let range = c.chunk.offset..c.chunk.offset + c.chunk.length;
-                    runs.push((Run { key, range }, c));
-                }
-            }
-            run_of.push(runs.len() - 1);
-        }
+        let to_fetch = table.chunks.iter().filter(|c| !in_own(c));
+        let (runs, firsts, run_of) = group_runs(&self.layout, to_fetch);
         let on_error = |i: usize, e: Error| {
-            let first = runs[i].1;
+            let first = firsts[i];
             let id = first.snapshot.as_str();
             pipeline::blob_read_error(e, id, &table.name, first.chunk.offset)
         };
-        let just_runs: Vec<Run> = runs
-            .iter()
-            .map(|(r, _)| Run {
-                key: r.key.clone(),
-                range: r.range.clone(),
-            })
-            .collect();
-        let spools = pipeline::download_runs(
-            self.sink.as_ref(),
-            &just_runs,
-            self.progress.as_ref(),
-            on_error,
-        )
-        .await?;
+        let spools =
+            pipeline::download_runs(self.sink.as_ref(), &runs, self.progress.as_ref(), on_error)
+                .await?;
         let mut fetched = run_of.into_iter().map(|i| ChunkBytes {
             spool: spools[i].clone(),
-            base: just_runs[i].range.start,
+            base: runs[i].range.start,
         });
         let mut out = Vec::with_capacity(table.chunks.len());
         for c in &table.chunks {
@@ -272,6 +248,34 @@ impl SnapshotManager {
         }
         Ok(report)
     }
+}
+
+/// Groups consecutive chunks of one blob into runs (one ranged read each): the runs, the
+/// first chunk of each (errors name it), and for each chunk the index of its run.
+fn group_runs<'a>(
+    layout: &RepoLayout,
+    chunks: impl Iterator<Item = &'a Located>,
+) -> (Vec<Run>, Vec<&'a Located>, Vec<usize>) {
+    let (mut runs, mut firsts, mut run_of): (Vec<Run>, Vec<&Located>, Vec<usize>) =
+        Default::default();
+    for c in chunks {
+        let extends = runs.last_mut().filter(|r: &&mut Run| {
+            firsts.last().is_some_and(|f| f.snapshot == c.snapshot) && r.range.end == c.chunk.offset
+        });
+        match extends {
+            Some(r) => r.range.end += c.chunk.length,
+            None => {
+                let key = layout.blob_key(&c.snapshot);
+                runs.push(Run {
+                    key,
+                    range: c.chunk.offset..c.chunk.offset + c.chunk.length,
+                });
+                firsts.push(c);
+            }
+        }
+        run_of.push(runs.len() - 1);
+    }
+    (runs, firsts, run_of)
 }
 
 /// Compressed bytes of a namespace's data, wherever stored: what reading it downloads.

@@ -4,7 +4,7 @@
 
 use dakera_snapshot::testing::{dump, make_vectors, restore_all, store_with};
 use dakera_snapshot::{
-    CreateOptions, InMemoryStorage, SnapshotConfig, SnapshotManager, VectorStorage,
+    CreateOptions, InMemoryStorage, SnapshotConfig, SnapshotManager, Vector, VectorStorage,
 };
 use std::path::{Path, PathBuf};
 
@@ -39,14 +39,13 @@ fn copy_dir(src: &Path, dst: &Path) {
     }
 }
 
-/// The store's three states when the 1.0 fixture was written (same steps as its generator).
-async fn v1_states() -> [InMemoryStorage; 3] {
+/// The store's three states when a fixture was written (the steps of its generators, which
+/// differ only in how `alpha` is updated): the full, the incremental, the plain incremental.
+async fn fixture_states(update_alpha: impl Fn(&mut [Vector])) -> [InMemoryStorage; 3] {
     let full = store_with(&[("alpha", 60, 8), ("beta", 10, 4), ("empty", 0, 0)]).await;
     let incremental = store_with(&[("alpha", 60, 8), ("beta", 10, 4)]).await;
     let mut upd = make_vectors("alpha", 65, 8);
-    for v in upd.iter_mut().take(3) {
-        v.values[0] += 1.0;
-    }
+    update_alpha(&mut upd);
     incremental.upsert("alpha", upd).await.unwrap();
     incremental.ensure_namespace("gamma").await.unwrap();
     incremental
@@ -63,6 +62,21 @@ async fn v1_states() -> [InMemoryStorage; 3] {
         .await
         .unwrap();
     [full, incremental, plain]
+}
+
+/// The 1.0 fixture's states: its first three alpha vectors were updated.
+async fn v1_states() -> [InMemoryStorage; 3] {
+    fixture_states(|alpha| {
+        for v in alpha.iter_mut().take(3) {
+            v.values[0] += 1.0;
+        }
+    })
+    .await
+}
+
+/// The 2.0 fixture's states: one alpha vector in the middle was updated.
+async fn v2_states() -> [InMemoryStorage; 3] {
+    fixture_states(|alpha| alpha[30].values[0] += 1.0).await
 }
 
 fn manager(dir: &Path) -> SnapshotManager {
@@ -106,30 +120,6 @@ async fn a_new_incremental_builds_on_a_format_1_0_parent() {
     m.verify_snapshot(child.id.as_str()).await.unwrap();
     let got = restore_all(&m, child.id.as_str()).await;
     assert_eq!(dump(&got).await, dump(&store).await);
-}
-
-/// The store's three states when the 2.0 fixture was written (same steps as its generator).
-async fn v2_states() -> [InMemoryStorage; 3] {
-    let full = store_with(&[("alpha", 60, 8), ("beta", 10, 4), ("empty", 0, 0)]).await;
-    let incremental = store_with(&[("alpha", 60, 8), ("beta", 10, 4)]).await;
-    let mut upd = make_vectors("alpha", 65, 8);
-    upd[30].values[0] += 1.0;
-    incremental.upsert("alpha", upd).await.unwrap();
-    incremental.ensure_namespace("gamma").await.unwrap();
-    incremental
-        .upsert("gamma", make_vectors("gamma", 5, 3))
-        .await
-        .unwrap();
-    let plain = InMemoryStorage::new();
-    for (ns, (_, vectors)) in dump(&incremental).await {
-        plain.ensure_namespace(&ns).await.unwrap();
-        plain.upsert(&ns, vectors).await.unwrap();
-    }
-    plain
-        .delete("gamma", &["gamma-00001".to_string()])
-        .await
-        .unwrap();
-    [full, incremental, plain]
 }
 
 #[tokio::test]

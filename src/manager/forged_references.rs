@@ -98,6 +98,14 @@ fn forge_index(dir: &Path, snap: &SnapshotMetadata, forge: impl FnOnce(&mut Name
     std::fs::write(sidecar, meta.to_json()).unwrap();
 }
 
+/// Where a corruption error says the damage is (any other error fails the test).
+fn corrupt_location(e: &Error) -> &crate::error::Location {
+    match e {
+        Error::Corrupt { location, .. } => location,
+        other => panic!("not a corruption error: {other}"),
+    }
+}
+
 /// The first chunk of the index that references another snapshot.
 fn first_reference(ix: &NamespaceIndex) -> usize {
     ix.chunks.iter().position(|c| c.source != 0).unwrap()
@@ -127,9 +135,7 @@ async fn refused_blaming(
         m.verify_snapshot(snap.id.as_str()).await.unwrap_err(),
     ];
     for e in errors {
-        let Error::Corrupt { location, .. } = &e else {
-            panic!("not a corruption error: {e}");
-        };
+        let location = corrupt_location(&e);
         assert_eq!(location.snapshot_id, blamed.id.as_str(), "{e}");
         assert_eq!(location.namespace.as_deref(), Some(NS), "{e}");
         assert!(location.offset.is_some(), "no chunk named: {e}");
@@ -187,9 +193,7 @@ async fn a_reference_that_does_not_match_its_identity_fails_verify() {
         ix.chunks[i].sha256[0] ^= 1;
     });
     let e = m.verify_snapshot(inc.id.as_str()).await.unwrap_err();
-    let Error::Corrupt { location, .. } = &e else {
-        panic!("not a corruption error: {e}");
-    };
+    let location = corrupt_location(&e);
     assert_eq!(location.snapshot_id, full.id.as_str(), "{e}");
     assert_eq!(location.namespace.as_deref(), Some(NS), "{e}");
     assert!(location.offset.is_some(), "{e}");

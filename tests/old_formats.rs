@@ -79,6 +79,17 @@ async fn v2_states() -> [InMemoryStorage; 3] {
     fixture_states(|alpha| alpha[30].values[0] += 1.0).await
 }
 
+/// Every snapshot of the repository verifies, and each of `ids` restores to its state.
+async fn verifies_and_restores(m: &SnapshotManager, ids: [&str; 3], states: [InMemoryStorage; 3]) {
+    for outcome in m.verify_all().await.unwrap() {
+        assert!(outcome.ok, "{}: {:?}", outcome.snapshot_id, outcome.problem);
+    }
+    for (id, want) in ids.iter().zip(&states) {
+        let got = restore_all(m, id).await;
+        assert_eq!(dump(&got).await, dump(want).await, "snapshot {id}");
+    }
+}
+
 fn manager(dir: &Path) -> SnapshotManager {
     SnapshotManager::local(dir, SnapshotConfig::new().with_max_snapshots(0)).unwrap()
 }
@@ -91,14 +102,7 @@ async fn a_format_1_0_repository_lists_verifies_and_restores() {
     let ids: Vec<&str> = listed.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(ids, [V1_PLAIN, V1_INCREMENTAL, V1_FULL]);
     assert!(listed.iter().all(|s| s.format_version == "1.0"));
-    for outcome in m.verify_all().await.unwrap() {
-        assert!(outcome.ok, "{}: {:?}", outcome.snapshot_id, outcome.problem);
-    }
-    let states = v1_states().await;
-    for (id, want) in [V1_FULL, V1_INCREMENTAL, V1_PLAIN].iter().zip(&states) {
-        let got = restore_all(&m, id).await;
-        assert_eq!(dump(&got).await, dump(want).await, "snapshot {id}");
-    }
+    verifies_and_restores(&m, [V1_FULL, V1_INCREMENTAL, V1_PLAIN], v1_states().await).await;
 }
 
 #[tokio::test]
@@ -136,14 +140,7 @@ async fn a_format_2_0_repository_lists_verifies_and_restores() {
         alpha.logical_bytes.unwrap() > alpha.length - alpha.index.as_ref().unwrap().length,
         "the fixture's incremental references chunks of its parent"
     );
-    for outcome in m.verify_all().await.unwrap() {
-        assert!(outcome.ok, "{}: {:?}", outcome.snapshot_id, outcome.problem);
-    }
-    let states = v2_states().await;
-    for (id, want) in [V2_FULL, V2_INCREMENTAL, V2_PLAIN].iter().zip(&states) {
-        let got = restore_all(&m, id).await;
-        assert_eq!(dump(&got).await, dump(want).await, "snapshot {id}");
-    }
+    verifies_and_restores(&m, [V2_FULL, V2_INCREMENTAL, V2_PLAIN], v2_states().await).await;
 }
 
 #[tokio::test]

@@ -170,6 +170,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod cache;
 pub mod config;
 pub mod error;
 mod format;
@@ -189,6 +190,7 @@ pub mod testing;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+pub use cache::SidecarCache;
 pub use config::{CompressionLevel, CreateOptions, RestoreMode, RestoreOptions, SnapshotConfig};
 pub use error::{Error, Result};
 pub use format::blob::Filter;

@@ -43,12 +43,47 @@ impl Cli {
             ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
             ("AWS_METADATA_ENDPOINT", "http://127.0.0.1:1"),
         ];
+        // Each run's own sidecar cache, under the build's scratch folder, not the user's.
+        let cache = format!(
+            "{}/cli-cache-{:016x}",
+            env!("CARGO_TARGET_TMPDIR"),
+            getrandom::u64().unwrap()
+        );
         Cli {
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
+                .chain([("DAKERA_SNAPSHOT_CACHE_DIR".to_string(), cache)])
                 .collect(),
         }
+    }
+
+    fn cache_dir(&self) -> Option<&str> {
+        let dir = self
+            .env
+            .iter()
+            .find(|(k, _)| k == "DAKERA_SNAPSHOT_CACHE_DIR");
+        dir.map(|(_, d)| d.as_str())
+    }
+
+    fn clear_cache(&self) {
+        if let Some(dir) = self.cache_dir() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
+    /// Files in the sidecar cache of this CLI's runs (every repository's).
+    fn cached_files(&self) -> usize {
+        let Some(dir) = self.cache_dir() else {
+            return 0;
+        };
+        let Ok(repos) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        repos
+            .flatten()
+            .map(|r| std::fs::read_dir(r.path()).map_or(0, |f| f.count()))
+            .sum()
     }
 
     fn run_with(&self, repo: Option<&str>, args: &[&str], stdin: Option<Vec<u8>>) -> Out {
@@ -456,6 +491,13 @@ async fn workflow_on_s3_and_from_local_to_s3() {
         cli.ok(&up, &["verify", &id]);
         let back = cli.ok(&up, &["export", &id, "--output", "-"]);
         assert_eq!(parse_jsonl(&back), sorted(records()));
+        // `list` keeps copies of the sidecars it read; `--no-cache` keeps none.
+        cli.clear_cache();
+        let listed = cli.ok(&up, &["--no-cache", "list", "--json"]);
+        assert_eq!(cli.cached_files(), 0, "--no-cache wrote to the cache");
+        assert_eq!(cli.ok(&up, &["list", "--json"]), listed);
+        assert_eq!(cli.cached_files(), 1, "one copy for the one snapshot");
+        assert_eq!(cli.ok(&up, &["list", "--json"]), listed);
         // A copy to a bucket that does not exist says which side and which bucket, briefly.
         let line = cli.fails(
             Some(local),

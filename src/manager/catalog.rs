@@ -1,5 +1,6 @@
 //! Reading the catalog: metadata, listing, chain resolution, lineage, `latest`, diffs.
 
+use super::pipeline::outside_the_runtime;
 use super::reports::{
     Catalog, CatalogEntry, DamagedSnapshot, DiffEntry, DiffKind, Lineage, SnapshotDiff,
 };
@@ -8,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::format::sidecar::{NamespaceEntry, SnapshotMetadata, MAX_SIDECAR_BYTES};
 use crate::id::SnapshotId;
 use crate::paths::ObjectKind;
-use crate::sink::SinkExt;
+use crate::sink::{ObjectInfo, SinkExt};
 use futures::StreamExt;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -70,21 +71,23 @@ impl SnapshotManager {
     /// repository cannot be listed or a sidecar cannot be fetched.
     pub async fn list_catalog(&self) -> Result<Catalog> {
         let objects = self.sink.list_all(&self.layout.snapshots_dir()).await?;
-        let ids: Vec<SnapshotId> = objects
-            .iter()
+        let listed: Vec<(SnapshotId, ObjectInfo)> = objects
+            .into_iter()
             .filter_map(|o| match self.layout.parse(&o.key) {
-                Some((id, ObjectKind::Sidecar)) => Some(id),
+                Some((id, ObjectKind::Sidecar)) => Some((id, o)),
                 _ => None,
             })
             .collect();
-        let read: Vec<(SnapshotId, Result<SnapshotMetadata>)> = futures::stream::iter(ids)
-            .map(|id| async move {
-                let meta = self.read_sidecar(&id).await;
-                (id, meta)
-            })
-            .buffer_unordered(LIST_CONCURRENCY)
-            .collect()
-            .await;
+        let cached = self.cached_sidecars(&listed);
+        let read: Vec<(SnapshotId, Result<SnapshotMetadata>)> =
+            futures::stream::iter(listed.into_iter().zip(cached))
+                .map(|((id, info), cached)| async move {
+                    let meta = self.listed_sidecar(&id, &info, cached).await;
+                    (id, meta)
+                })
+                .buffer_unordered(LIST_CONCURRENCY)
+                .collect()
+                .await;
         let mut catalog = Catalog::default();
         for (id, meta) in read {
             match meta {
@@ -107,7 +110,47 @@ impl SnapshotManager {
         Ok(catalog)
     }
 
+    /// The cached copies of the listed sidecars (all misses without a cache).
+    fn cached_sidecars(&self, listed: &[(SnapshotId, ObjectInfo)]) -> Vec<Option<Vec<u8>>> {
+        let Some(cache) = &self.cache else {
+            return vec![None; listed.len()];
+        };
+        let lookup = outside_the_runtime(|| cache.lookup(listed));
+        if lookup.damaged > 0 {
+            tracing::warn!(cache = %cache.dir().display(), damaged = lookup.damaged, "damaged copies in the sidecar cache were removed; their sidecars are read from the repository");
+        }
+        lookup.hits
+    }
+
+    /// A listed sidecar: its cached copy when there is a sound one, else read from the
+    /// repository (and then cached, if it is the object the listing saw).
+    async fn listed_sidecar(
+        &self,
+        id: &SnapshotId,
+        info: &ObjectInfo,
+        cached: Option<Vec<u8>>,
+    ) -> Result<SnapshotMetadata> {
+        if let Some(meta) = cached.and_then(|b| SnapshotMetadata::from_json(&b, id).ok()) {
+            return Ok(meta);
+        }
+        let bytes = self.fetch_sidecar(id).await?;
+        let meta = SnapshotMetadata::from_json(&bytes, id)?;
+        if let Some(cache) = self
+            .cache
+            .as_ref()
+            .filter(|_| bytes.len() as u64 == info.size)
+        {
+            outside_the_runtime(|| cache.store(id, info, &bytes));
+        }
+        Ok(meta)
+    }
+
     pub(super) async fn read_sidecar(&self, id: &SnapshotId) -> Result<SnapshotMetadata> {
+        SnapshotMetadata::from_json(&self.fetch_sidecar(id).await?, id)
+    }
+
+    /// A sidecar's bytes, refusing one larger than any writer makes.
+    async fn fetch_sidecar(&self, id: &SnapshotId) -> Result<Vec<u8>> {
         let key = self.layout.sidecar_key(id);
         let mut stream = match self.sink.get(&key, None).await {
             Err(e) if e.is_not_found() => {
@@ -128,7 +171,7 @@ impl SnapshotManager {
             }
             buf.extend_from_slice(&chunk);
         }
-        SnapshotMetadata::from_json(&buf, id)
+        Ok(buf)
     }
 
     /// Resolves a snapshot's chain: for every namespace at its point in time, which snapshot

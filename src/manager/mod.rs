@@ -29,6 +29,7 @@ pub use reports::{
     VerifyOutcome, VerifyReport,
 };
 
+use crate::cache::SidecarCache;
 use crate::config::SnapshotConfig;
 use crate::error::{Error, Result};
 use crate::id::{Clock, IdGenerator, OsRandom, RandomSource, SystemClock};
@@ -53,6 +54,7 @@ pub struct SnapshotManager {
     random: Arc<dyn RandomSource>,
     ids: IdGenerator,
     progress: Arc<dyn Progress>,
+    cache: Option<SidecarCache>,
 }
 
 impl SnapshotManager {
@@ -69,6 +71,7 @@ impl SnapshotManager {
             clock,
             random,
             progress: Arc::new(NoProgress),
+            cache: None,
         })
     }
 
@@ -103,6 +106,14 @@ impl SnapshotManager {
     /// Reports bytes moved by verify, restore, export and copy to `progress`.
     pub fn with_progress(mut self, progress: Arc<dyn Progress>) -> Self {
         self.progress = progress;
+        self
+    }
+
+    /// Keeps copies of the repository's sidecars in `cache`, so a listing fetches only the
+    /// sidecars it has not seen before (see [`SidecarCache`] for why that is safe). Worth it
+    /// for object storage; a local repository reads its sidecars as fast as the cache.
+    pub fn with_sidecar_cache(mut self, cache: SidecarCache) -> Self {
+        self.cache = Some(cache);
         self
     }
 

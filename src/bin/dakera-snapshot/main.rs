@@ -8,9 +8,10 @@ mod render;
 use clap::{ArgGroup, Parser, Subcommand};
 use dakera_snapshot::error::SinkErrorKind;
 use dakera_snapshot::jsonl::{export_jsonl, import_jsonl, import_jsonl_incremental};
+use dakera_snapshot::sink::redact_url;
 use dakera_snapshot::{
     CompressionLevel, CopyOutcome, CreateOptions, DamagedSnapshot, Error, Progress,
-    RetentionPolicy, SinkOptions, SnapshotConfig, SnapshotId, SnapshotManager,
+    RetentionPolicy, SidecarCache, SinkOptions, SnapshotConfig, SnapshotId, SnapshotManager,
 };
 use progress::Bars;
 use std::io::{IsTerminal, Read, Write};
@@ -71,6 +72,22 @@ struct Cli {
     /// Give up retrying a request after this long (default 3m).
     #[arg(long, global = true, help_heading = "Global options", value_name = "DURATION", value_parser = humantime::parse_duration)]
     retry_timeout: Option<Duration>,
+
+    /// Where copies of remote repositories' sidecars are kept, so `list` fetches only the
+    /// snapshots it has not seen (default $XDG_CACHE_HOME/dakera-snapshot, else
+    /// ~/.cache/dakera-snapshot). Safe to delete at any time.
+    #[arg(
+        long,
+        env = "DAKERA_SNAPSHOT_CACHE_DIR",
+        global = true,
+        help_heading = "Global options",
+        value_name = "DIR"
+    )]
+    cache_dir: Option<PathBuf>,
+
+    /// Read every sidecar from the repository: keep no local copies.
+    #[arg(long, global = true, help_heading = "Global options")]
+    no_cache: bool,
 
     /// Print machine-readable JSON on stdout instead of text.
     #[arg(long, global = true, help_heading = "Global options")]
@@ -480,6 +497,37 @@ fn open(
     Ok(SnapshotManager::from_url(url, options, config)?)
 }
 
+/// The sidecar cache of a remote repository, unless `--no-cache` or no cache folder is
+/// known. A local repository reads its sidecars as fast as a cache would, and a `memory://`
+/// one lives only as long as the process. The folder is chosen by the redacted URL and the
+/// endpoint, so two servers with the same bucket name keep apart.
+fn sidecar_cache(cli: &Cli, url: &str, options: &[(String, String)]) -> Option<SidecarCache> {
+    if cli.no_cache || local_dir(url).is_some() || url.starts_with("memory://") {
+        return None;
+    }
+    let root = cli.cache_dir.clone().or_else(SidecarCache::default_root)?;
+    let shown = url::Url::parse(url).map_or_else(|_| url.to_string(), |u| redact_url(&u));
+    let endpoint = options
+        .iter()
+        .filter(|(k, _)| k.to_ascii_lowercase().contains("endpoint"))
+        .map(|(_, v)| v.clone())
+        .chain(
+            [
+                "AWS_ENDPOINT",
+                "AWS_ENDPOINT_URL",
+                "AZURITE_BLOB_STORAGE_URL",
+            ]
+            .iter()
+            .filter_map(|v| std::env::var(v).ok()),
+        )
+        .next()
+        .unwrap_or_default();
+    Some(SidecarCache::for_repository(
+        &root,
+        &format!("{shown}\n{endpoint}"),
+    ))
+}
+
 /// The folder of a local repository that does not exist yet (opening it creates it).
 fn new_local_repo(url: &str) -> Option<PathBuf> {
     local_dir(url).filter(|d| !d.exists())
@@ -530,8 +578,11 @@ async fn run(cli: Cli) -> CliResult {
         .map(|(k, v)| (k.clone(), v.clone()))
         .chain(cli.options.iter().cloned())
         .collect();
-    let manager = open(&url, &sink_options(retry, &options), !creates, config)?
+    let mut manager = open(&url, &sink_options(retry, &options), !creates, config)?
         .with_progress(bars.clone() as Arc<dyn Progress>);
+    if let Some(cache) = sidecar_cache(&cli, &url, &options) {
+        manager = manager.with_sidecar_cache(cache);
+    }
     let ctx = Ctx {
         manager,
         json: cli.json,

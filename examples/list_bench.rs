@@ -1,0 +1,162 @@
+//! list_bench: how long `list` takes on a repository of many snapshots, with and without the
+//! sidecar cache, in interleaved rounds.
+//!
+//! ```text
+//! bash localstack/start.sh moto && export AWS_ENDPOINT=... (the line start.sh prints)
+//! cargo run --release --example list_bench -- --sink s3://dakera/list-1000 --snapshots 1000
+//! ```
+//!
+//! The repository is built with the library: `--snapshots` one-vector snapshots are created in
+//! a local folder, then their objects are uploaded to `--sink` as they are (32 at a time), so
+//! building 10,000 costs uploads, not 10,000 creates against the server. An existing
+//! repository at `--sink` that already holds that many snapshots is reused.
+//!
+//! Each of `--rounds` rounds (default 3) lists three ways, one after the other: without a
+//! cache (one GET per sidecar, 16 at a time), with an empty cache (the first list on a new
+//! machine: every sidecar fetched and filed), and with that cache warm (one listing, no
+//! sidecar read). Medians and the spread over the rounds are printed; the last line is one
+//! JSON object with every figure.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use dakera_snapshot::{
+    sink_from_url, CreateOptions, InMemoryStorage, PutMode, SidecarCache, SinkExt, SinkOptions,
+    SnapshotConfig, SnapshotManager, SnapshotSink, Vector, VectorStorage,
+};
+use futures::{StreamExt, TryStreamExt};
+use serde_json::json;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = tokio::runtime::Runtime::new().expect("a runtime");
+    match rt.block_on(run(&args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("list_bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: &[String]) -> Result<(), String> {
+    let url = support::flag(args, "--sink", String::new())?;
+    if url.is_empty() {
+        return Err("--sink URL is required (an S3 repository, e.g. on moto)".into());
+    }
+    let n = support::flag(args, "--snapshots", 1000usize)?;
+    let rounds = support::flag(args, "--rounds", 3usize)?.max(1);
+    let config = SnapshotConfig::default().with_max_snapshots(0);
+    let sink = sink_from_url(&url, &SinkOptions::new()).map_err(|e| e.to_string())?;
+    let plain = SnapshotManager::new(sink.clone(), config.clone()).map_err(|e| e.to_string())?;
+    let have = plain
+        .list_snapshots()
+        .await
+        .map_err(|e| e.to_string())?
+        .len();
+    if have != n {
+        if have != 0 {
+            return Err(format!(
+                "{url} holds {have} snapshots, not {n}: use an empty prefix"
+            ));
+        }
+        build(sink.clone(), n).await?;
+    }
+    let work = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut times: [Vec<f64>; 3] = Default::default();
+    for round in 0..rounds {
+        let cache = SidecarCache::new(work.path().join(format!("cache-{round}")));
+        let cached = SnapshotManager::new(sink.clone(), config.clone())
+            .map_err(|e| e.to_string())?
+            .with_sidecar_cache(cache);
+        for (k, m) in [&plain, &cached, &cached].into_iter().enumerate() {
+            let started = Instant::now();
+            let listed = m.list_snapshots().await.map_err(|e| e.to_string())?;
+            times[k].push(started.elapsed().as_secs_f64());
+            if listed.len() != n {
+                return Err(format!("listed {} snapshots, expected {n}", listed.len()));
+            }
+        }
+        println!(
+            "  round {}: uncached {:.3} s, empty cache {:.3} s, warm cache {:.3} s",
+            round + 1,
+            times[0][round],
+            times[1][round],
+            times[2][round]
+        );
+    }
+    let [uncached, cold, warm] = times.map(|t| summary(&t));
+    println!(
+        "list of {n} snapshots, median (min-max) of {rounds} rounds: uncached {}, empty cache {}, warm cache {}",
+        uncached.1, cold.1, warm.1
+    );
+    println!(
+        "{}",
+        json!({
+            "snapshots": n, "sink": url, "rounds": rounds,
+            "list_uncached_s": uncached.0, "list_cold_cache_s": cold.0, "list_warm_cache_s": warm.0,
+            "warm_vs_uncached": warm.0 / uncached.0,
+        })
+    );
+    Ok(())
+}
+
+/// The median, and a printed "median (min-max)".
+fn summary(times: &[f64]) -> (f64, String) {
+    let mut t = times.to_vec();
+    t.sort_by(f64::total_cmp);
+    let median = t[t.len() / 2];
+    let text = format!("{median:.3} s ({:.3}-{:.3})", t[0], t[t.len() - 1]);
+    (median, text)
+}
+
+/// Creates `n` one-vector snapshots in a local folder, then uploads every object of it.
+async fn build(sink: Arc<dyn SnapshotSink>, n: usize) -> Result<(), String> {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let local = SnapshotManager::local(dir.path(), SnapshotConfig::default().with_max_snapshots(0))
+        .map_err(|e| e.to_string())?;
+    let store = InMemoryStorage::new();
+    store
+        .ensure_namespace("ns")
+        .await
+        .map_err(|e| e.to_string())?;
+    for k in 0..n {
+        let v = Vector::new(format!("v{k}"), support::embedding(k as u64, 8));
+        store
+            .upsert("ns", vec![v])
+            .await
+            .map_err(|e| e.to_string())?;
+        local
+            .create_snapshot(&store, CreateOptions::described("list bench"))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let objects = local
+        .sink()
+        .list_all(&dakera_snapshot::paths::Key::parse("snapshots").map_err(|e| e.to_string())?)
+        .await
+        .map_err(|e| e.to_string())?;
+    let from = local.sink().clone();
+    futures::stream::iter(objects)
+        .map(|o| {
+            let (from, to) = (from.clone(), sink.clone());
+            async move {
+                let bytes = from.get_bytes(&o.key, None).await?;
+                to.put(&o.key, bytes, PutMode::Overwrite).await
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect::<Vec<()>>()
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "built {n} snapshots ({} objects) in {:.1} s",
+        2 * n,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -52,6 +52,7 @@ async fn conformance_dedup_chain() {
     let (_d, s) = sink();
     let m = SnapshotManager::new(Arc::new(s), SnapshotConfig::default()).unwrap();
     conformance::manager_dedup_chain(&m).await;
+    conformance::manager_many_namespaces(&m).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

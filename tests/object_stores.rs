@@ -37,6 +37,7 @@ async fn run_suite(name: &str, url: &str, options: &SinkOptions) {
     conformance::manager_workflow(&manager).await;
     conformance::manager_large_namespace(&manager).await;
     conformance::manager_dedup_chain(&manager).await;
+    conformance::manager_many_namespaces(&manager).await;
     let a = SnapshotManager::new(
         sink.clone(),
         SnapshotConfig::default().with_max_snapshots(0),

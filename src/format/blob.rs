@@ -143,6 +143,13 @@ pub enum EncodeError {
     Invalid(String),
 }
 
+/// `raw` as one gzip member of stored blocks (no deflate state touched).
+pub fn stored_member(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    super::gzip::append_stored_member(&mut out, raw);
+    out
+}
+
 /// Compresses `raw` into one gzip member at deflate `level` (0 = stored), with this
 /// thread's reused deflate state: a fresh state per member (hundreds of KiB) per namespace
 /// fragmented the heap by that much per namespace.

@@ -73,6 +73,17 @@ pub fn append_member_parts(
     out.extend_from_slice(&(total as u32).to_le_bytes());
 }
 
+/// Appends `raw` as one gzip member of stored deflate blocks: no deflate state is touched
+/// (for small members of incompressible bytes, a reset state and Huffman trees cost more
+/// than the member).
+pub fn append_stored_member(out: &mut Vec<u8>, raw: &[u8]) {
+    out.reserve(raw.len() + raw.len() / 8192 * 5 + 32);
+    out.extend_from_slice(&HEADER);
+    append_stored_blocks(out, raw);
+    out.extend_from_slice(&crc32fast::hash(raw).to_le_bytes());
+    out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+}
+
 /// Appends `raw` as stored deflate blocks, the last one final, to a byte-aligned stream.
 fn append_stored_blocks(out: &mut Vec<u8>, raw: &[u8]) {
     let mut pieces = raw.chunks(u16::MAX as usize).peekable();
@@ -223,6 +234,22 @@ mod tests {
     use super::*;
     use flate2::read::MultiGzDecoder;
     use std::io::Read;
+
+    #[test]
+    fn a_stored_member_reads_back_with_any_gzip_reader() {
+        for raw in [&b""[..], b"x", &[7u8; 70_000][..]] {
+            let mut out = Vec::new();
+            append_stored_member(&mut out, raw);
+            let mut back = Vec::new();
+            flate2::read::GzDecoder::new(&out[..])
+                .read_to_end(&mut back)
+                .unwrap();
+            assert_eq!(back, raw);
+            let mut ours = Vec::new();
+            read_members(&out, raw.len() as u64, &mut ours).unwrap();
+            assert_eq!(ours, raw);
+        }
+    }
 
     #[test]
     fn members_read_back_with_any_gzip_reader_at_every_level() {

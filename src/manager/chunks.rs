@@ -132,42 +132,10 @@ impl SnapshotManager {
         entry: &NamespaceEntry,
         index: &ChunkEntry,
     ) -> Result<ChunkTable> {
-        let id = holder.id.as_str();
         let bytes = self.read_small_chunk(holder, &entry.name, index).await?;
-        let ix = blob::decode_index_chunk(&bytes[..], index.raw_length)
-            .map_err(|e| decode_error(id, Some(&entry.name), index.offset, e))?;
+        let ix = decode_index(holder, entry, index, &bytes)?;
         let sources = self.reference_sources(holder, &entry.name, &ix).await?;
-        let table = ChunkTable {
-            holder: holder.id.clone(),
-            name: ix.name,
-            dimension: ix.dimension,
-            filter: ix.filter,
-            identity: Some(ix.identity),
-            vector_count: ix.vector_count,
-            digest: ix.digest,
-            chunks: ix
-                .chunks
-                .iter()
-                .map(|c| Located {
-                    snapshot: match c.source {
-                        0 => holder.id.clone(),
-                        k => sources[usize::from(k) - 1].id.clone(),
-                    },
-                    chunk: ChunkEntry {
-                        offset: c.offset,
-                        length: u64::from(c.length),
-                        raw_length: u64::from(c.raw_length),
-                        vectors: u64::from(c.vectors),
-                        crc32: c.crc32,
-                    },
-                    sha256: Some(c.sha256),
-                })
-                .collect(),
-        };
-        check_against_sidecar(&table, holder, entry, index.offset)?;
-        check_local_tiling(&table, entry, index)?;
-        check_references(&table, &sources)?;
-        Ok(table)
+        table_from_index(holder, entry, index, ix, &sources)
     }
 
     /// The sidecars of the snapshots an index references, each checked to be an ancestor
@@ -237,6 +205,61 @@ impl SnapshotManager {
         }
         Ok(found)
     }
+}
+
+/// Decodes the bytes of a namespace's index chunk (its CRC-32 already checked).
+pub(crate) fn decode_index(
+    holder: &SnapshotMetadata,
+    entry: &NamespaceEntry,
+    index: &ChunkEntry,
+    bytes: &[u8],
+) -> Result<NamespaceIndex> {
+    blob::decode_index_chunk(bytes, index.raw_length)
+        .map_err(|e| decode_error(holder.id.as_str(), Some(&entry.name), index.offset, e))
+}
+
+/// The chunk table of a format 2 namespace from its decoded index, checked against the
+/// sidecar, the section it must tile, and `sources` (the sidecars of the ancestors the
+/// index references, in its order).
+pub(crate) fn table_from_index(
+    holder: &SnapshotMetadata,
+    entry: &NamespaceEntry,
+    index: &ChunkEntry,
+    ix: NamespaceIndex,
+    sources: &[SnapshotMetadata],
+) -> Result<ChunkTable> {
+    let chunks = ix
+        .chunks
+        .iter()
+        .map(|c| Located {
+            snapshot: match c.source {
+                0 => holder.id.clone(),
+                k => sources[usize::from(k) - 1].id.clone(),
+            },
+            chunk: ChunkEntry {
+                offset: c.offset,
+                length: u64::from(c.length),
+                raw_length: u64::from(c.raw_length),
+                vectors: u64::from(c.vectors),
+                crc32: c.crc32,
+            },
+            sha256: Some(c.sha256),
+        })
+        .collect();
+    let table = ChunkTable {
+        holder: holder.id.clone(),
+        name: ix.name,
+        dimension: ix.dimension,
+        filter: ix.filter,
+        identity: Some(ix.identity),
+        vector_count: ix.vector_count,
+        digest: ix.digest,
+        chunks,
+    };
+    check_against_sidecar(&table, holder, entry, index.offset)?;
+    check_local_tiling(&table, entry, index)?;
+    check_references(&table, sources)?;
+    Ok(table)
 }
 
 /// The index or the format 1 header and end frames agree with the sidecar.

@@ -1,34 +1,18 @@
 //! Writing a snapshot: the blob upload, then the sidecar that commits it.
 
-use super::create::namespace_dimension;
-use super::dedup::IndexBuilder;
-use super::pipeline::{BlobWriter, ChunkEncoder, EncodeSettings, KnownChunks};
-use super::plan::{ParentView, WritePlan};
+use super::pipeline::BlobWriter;
+use super::plan::WritePlan;
+use super::sections::{namespace_shapes, BlobBody};
 use super::{EndProgress, SnapshotManager};
 use crate::config::CreateOptions;
 use crate::error::{Error, Result, SinkErrorKind, SinkOp};
-use crate::format::blob::{self, Identity};
-use crate::format::sidecar::{
-    new_format_fields, ByteRange, CompressionInfo, NamespaceEntry, SnapshotMetadata,
-};
+use crate::format::sidecar::{new_format_fields, CompressionInfo, SnapshotMetadata};
 use crate::id::SnapshotId;
 use crate::paths::Key;
 use crate::retention::RetentionPolicy;
 use crate::sink::{PutMode, SinkExt};
 use crate::storage::VectorStorage;
 use bytes::Bytes;
-use std::sync::Arc;
-
-/// The value bytes (4 per dimension per vector) of `names`, from the store's counts: the
-/// total a create's progress counts up to.
-pub(super) async fn value_bytes(storage: &dyn VectorStorage, names: &[String]) -> Result<u64> {
-    let mut total = 0u64;
-    for ns in names {
-        let dim = storage.dimension(ns).await?.unwrap_or(0) as u64;
-        total = total.saturating_add(4 * dim * storage.count(ns).await? as u64);
-    }
-    Ok(total)
-}
 
 /// A blob uploaded and checked, not yet committed.
 struct UploadedBlob {
@@ -36,23 +20,6 @@ struct UploadedBlob {
     size: u64,
     raw: u64,
     sha: [u8; 32],
-}
-
-/// The sections written into a blob.
-struct BlobBody {
-    header: ByteRange,
-    namespaces: Vec<NamespaceEntry>,
-    /// Namespaces compared while written and found equal to the parent's: nothing of them
-    /// is in the blob; the snapshot records them unchanged.
-    found_unchanged: Vec<String>,
-    footer: ByteRange,
-}
-
-/// How one namespace ended up.
-enum Written {
-    Stored(NamespaceEntry),
-    /// Equal to the parent's version, and nothing of it was written.
-    Unchanged,
 }
 
 impl SnapshotManager {
@@ -92,12 +59,16 @@ impl SnapshotManager {
         plan: &WritePlan,
     ) -> Result<UploadedBlob> {
         let blob_key = self.layout.blob_key(id);
-        let total = value_bytes(storage, &plan.store).await?;
+        let shapes = namespace_shapes(storage, &plan.store).await?;
+        let total = shapes.iter().map(|s| s.value_bytes).sum();
         self.progress.begin(&format!("write {id}"), Some(total));
         let _end = EndProgress(self.progress.as_ref());
         let out = self.sink.put_streaming(&blob_key, PutMode::Create).await?;
         let mut w = BlobWriter::new(out);
-        let body = match self.write_body(&mut w, storage, id, created_ms, plan).await {
+        let written = self
+            .write_body(&mut w, storage, (id, created_ms), plan, &shapes)
+            .await;
+        let body = match written {
             Ok(body) => body,
             Err(e) => {
                 w.abort().await;
@@ -256,114 +227,4 @@ impl SnapshotManager {
             (Err(e), Err(_)) => Err(e),
         }
     }
-
-    /// Writes the header chunk, every namespace section and the footer chunk.
-    async fn write_body(
-        &self,
-        w: &mut BlobWriter,
-        storage: &dyn VectorStorage,
-        id: &SnapshotId,
-        created_ms: u64,
-        plan: &WritePlan,
-    ) -> Result<BlobBody> {
-        let level = self.config.effective_level();
-        let range = |c: crate::format::sidecar::ChunkEntry| ByteRange {
-            offset: c.offset,
-            length: c.length,
-        };
-        let header = range(
-            w.write_raw(blob::encode_header(id.as_str(), created_ms), level)
-                .await?,
-        );
-        let mut namespaces = Vec::with_capacity(plan.store.len());
-        let mut found_unchanged = Vec::new();
-        for ns in &plan.store {
-            match self.write_namespace(w, storage, ns, plan).await? {
-                Written::Stored(entry) => namespaces.push(entry),
-                Written::Unchanged => found_unchanged.push(ns.clone()),
-            }
-        }
-        let total = namespaces.iter().map(|e| e.vector_count).sum();
-        let footer = range(
-            w.write_raw(blob::encode_footer(namespaces.len() as u32, total), level)
-                .await?,
-        );
-        Ok(BlobBody {
-            header,
-            namespaces,
-            found_unchanged,
-            footer,
-        })
-    }
-
-    /// Writes one namespace section (format 2: the chunks its parent's chain does not
-    /// hold, then its chunk index), reporting the value bytes written to the progress. A
-    /// namespace the plan compares with the parent, found equal with every chunk already in
-    /// the chain, gets no index: it is [`Written::Unchanged`].
-    async fn write_namespace(
-        &self,
-        w: &mut BlobWriter,
-        storage: &dyn VectorStorage,
-        ns: &str,
-        plan: &WritePlan,
-    ) -> Result<Written> {
-        let base = plan.bases.get(ns);
-        let (level, filter) = (
-            self.config.effective_level(),
-            self.config.effective_filter(),
-        );
-        let dim = namespace_dimension(storage, ns).await?;
-        let known: KnownChunks = Arc::new(
-            base.map(|b| b.chunks.keys().copied().collect())
-                .unwrap_or_default(),
-        );
-        // A child identifies its chunks as its base does, so they can match (a 2.0 chain
-        // stays 2.0-identified until its next full snapshot).
-        let identity = base.map_or(Identity::Vectors, |b| b.identity);
-        let mut digest = blob::ContentDigest::new(dim);
-        let mut index = IndexBuilder::new(ns, dim, filter, identity, base);
-        let section = w.offset();
-        let settings = EncodeSettings {
-            identity,
-            ..self.encode_settings(dim, Some(level))
-        };
-        let mut encoder = ChunkEncoder::new(storage, ns, settings, known);
-        while let Some(batch) = encoder.next().await? {
-            digest.add(&batch.vector_hashes);
-            let raw: u64 = batch
-                .chunks
-                .iter()
-                .filter(|c| c.stored.is_some())
-                .map(|c| u64::from(c.raw_length))
-                .sum();
-            let at = w.append(batch.bytes, raw).await?;
-            index.add_batch(at, &batch.chunks)?;
-            self.progress
-                .advance(4 * u64::from(dim) * batch.vector_hashes.len() as u64);
-        }
-        let (logical, stored_raw) = (index.logical_bytes, index.stored_raw);
-        let digest = digest.finish();
-        if stored_raw == 0 && same_as_parent(plan.compare.get(ns), dim, &digest) {
-            return Ok(Written::Unchanged);
-        }
-        let (ix, frame) = index.finish(digest)?;
-        let index_entry = w.write_raw(frame, level).await?;
-        Ok(Written::Stored(NamespaceEntry {
-            name: ns.to_string(),
-            dimension: (dim > 0).then_some(dim),
-            vector_count: ix.vector_count,
-            offset: section,
-            length: index_entry.offset + index_entry.length - section,
-            raw_length: stored_raw + index_entry.raw_length,
-            content_sha256: hex::encode(ix.digest),
-            chunks: Vec::new(),
-            index: Some(index_entry),
-            logical_bytes: Some(logical),
-        }))
-    }
-}
-
-/// Whether a namespace of `dimension` and content `digest` is what the parent records.
-fn same_as_parent(parent: Option<&ParentView>, dimension: u32, digest: &[u8; 32]) -> bool {
-    parent.is_some_and(|p| p.dimension == dimension && p.digest_hex == hex::encode(digest))
 }

@@ -1,9 +1,9 @@
 //! Create: full and incremental snapshots of a store.
 
 use super::catalog::ResolvedSnapshot;
-use super::commit::value_bytes;
 use super::pipeline::{ChunkEncoder, EncodeSettings, KnownChunks};
 use super::plan::{self, Changes, ParentView, WritePlan};
+use super::sections::namespace_shapes;
 use super::{EndProgress, SnapshotManager};
 use crate::config::CreateOptions;
 use crate::error::{Error, Result};
@@ -132,7 +132,8 @@ impl SnapshotManager {
         if compared.is_empty() {
             return Ok(BTreeSet::new());
         }
-        let total = value_bytes(storage, compared).await?;
+        let shapes = namespace_shapes(storage, compared).await?;
+        let total = shapes.iter().map(|s| s.value_bytes).sum();
         self.progress.begin("compare with the parent", Some(total));
         let _end = EndProgress(self.progress.as_ref());
         let mut same = BTreeSet::new();

@@ -21,6 +21,8 @@ pub(crate) mod pipeline;
 mod plan;
 mod reports;
 mod restore;
+mod restore_groups;
+mod sections;
 mod verify;
 
 pub use reports::{

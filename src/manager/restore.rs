@@ -4,7 +4,7 @@ use super::catalog::ResolvedSnapshot;
 use super::chunks::{ChunkTable, Located};
 use super::pipeline::{self, ChunkBytes, NamespaceReader, Run, Spool};
 use super::plan;
-use super::reports::{ExportReport, RestoreResult, RestoredNamespace};
+use super::reports::{ExportReport, RestoreResult};
 use super::{EndProgress, SnapshotManager};
 use crate::config::{RestoreMode, RestoreOptions};
 use crate::error::{Error, Result};
@@ -38,7 +38,6 @@ impl SnapshotManager {
             self.check_merge_dimensions(storage, &resolved, &targets)
                 .await?;
         }
-        let now = self.clock.now_secs();
         let mut result = RestoreResult {
             snapshot_id: id.clone(),
             namespaces_restored: 0,
@@ -51,23 +50,8 @@ impl SnapshotManager {
         });
         self.progress.begin(&format!("restore {id}"), Some(total));
         let _end = EndProgress(self.progress.as_ref());
-        for (src, target) in targets {
-            let (idx, entry) = &resolved.namespaces[&src];
-            let holder = &resolved.chain[*idx];
-            let (written, skipped) = self
-                .restore_namespace(storage, holder, entry, &target, options, now)
-                .await?;
-            tracing::info!(snapshot = %id, namespace = %src, target = %target, vectors = written, "namespace restored");
-            result.namespaces_restored += 1;
-            result.vectors_restored += written;
-            result.vectors_skipped_expired += skipped;
-            result.namespaces.push(RestoredNamespace {
-                source: src,
-                target,
-                from_snapshot: holder.id.clone(),
-                vectors: written,
-            });
-        }
+        self.restore_targets(storage, &resolved, targets, options, &mut result)
+            .await?;
         Ok(result)
     }
 
@@ -96,7 +80,7 @@ impl SnapshotManager {
         Ok(())
     }
 
-    async fn restore_namespace(
+    pub(super) async fn restore_namespace(
         &self,
         storage: &dyn VectorStorage,
         holder: &SnapshotMetadata,
@@ -108,34 +92,58 @@ impl SnapshotManager {
         // Every chunk fetched and checked against its checksum before anything changes:
         // a corrupt or truncated snapshot never half-replaces a namespace.
         let mut reader = self.open_namespace(holder, entry, false).await?;
-        match options.mode {
-            RestoreMode::Replace => {
-                if storage.namespace_exists(target).await? {
-                    storage.delete_namespace(target).await?;
-                }
-                storage.ensure_namespace(target).await?;
-            }
-            RestoreMode::Merge => storage.ensure_namespace(target).await?,
-        }
+        self.prepare_target(storage, target, options.mode).await?;
         let (mut written, mut skipped) = (0u64, 0u64);
         while let Some(vectors) = reader.next().await? {
-            let before = vectors.len();
-            let mut live: Vec<Vector> = if options.include_expired {
-                vectors
-            } else {
-                vectors.into_iter().filter(|v| !v.is_expired(now)).collect()
-            };
-            skipped += (before - live.len()) as u64;
-            while !live.is_empty() {
-                let rest = live.split_off(live.len().min(self.config.restore_batch_size));
-                let n = live.len() as u64;
-                storage
-                    .upsert(target, std::mem::replace(&mut live, rest))
-                    .await?;
-                written += n;
-            }
+            let (w, s) = self
+                .upsert_live(storage, target, vectors, options, now)
+                .await?;
+            written += w;
+            skipped += s;
         }
         reader.finish().await?;
+        Ok((written, skipped))
+    }
+
+    /// Empties the target namespace (replace) or makes sure it exists (merge).
+    pub(super) async fn prepare_target(
+        &self,
+        storage: &dyn VectorStorage,
+        target: &str,
+        mode: RestoreMode,
+    ) -> Result<()> {
+        if mode == RestoreMode::Replace && storage.namespace_exists(target).await? {
+            storage.delete_namespace(target).await?;
+        }
+        storage.ensure_namespace(target).await
+    }
+
+    /// Upserts the vectors that have not expired (all of them with `include_expired`) in
+    /// batches of `restore_batch_size`; returns (written, skipped as expired).
+    pub(super) async fn upsert_live(
+        &self,
+        storage: &dyn VectorStorage,
+        target: &str,
+        vectors: Vec<Vector>,
+        options: &RestoreOptions,
+        now: u64,
+    ) -> Result<(u64, u64)> {
+        let before = vectors.len();
+        let mut live: Vec<Vector> = if options.include_expired {
+            vectors
+        } else {
+            vectors.into_iter().filter(|v| !v.is_expired(now)).collect()
+        };
+        let skipped = (before - live.len()) as u64;
+        let mut written = 0;
+        while !live.is_empty() {
+            let rest = live.split_off(live.len().min(self.config.restore_batch_size));
+            let n = live.len() as u64;
+            storage
+                .upsert(target, std::mem::replace(&mut live, rest))
+                .await?;
+            written += n;
+        }
         Ok((written, skipped))
     }
 

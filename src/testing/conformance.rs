@@ -464,3 +464,61 @@ async fn churn(store: &crate::InMemoryStorage, round: u32) {
         .collect();
     store.delete("big", &gone).await.unwrap();
 }
+
+/// Many small namespaces around a large one and an empty one, so grouped and one-by-one
+/// writes and reads interleave: a full and an incremental (a few changed, one deleted, one
+/// new) verify and restore exactly, and a restore of three namespaces restores just those.
+pub async fn manager_many_namespaces(m: &SnapshotManager) {
+    let names: Vec<String> = (0..240).map(|k| format!("t{k:03}")).collect();
+    let mut spec: Vec<(&str, usize, usize)> = names
+        .iter()
+        .enumerate()
+        .map(|(k, n)| (n.as_str(), 1 + k % 7, 16))
+        .collect();
+    // Between t120 and t121 by name: 1,100 × 256 values (1.1 MB) go the one-namespace way.
+    spec.push(("t120-large", 1_100, 256));
+    spec.push(("t200-empty", 0, 0));
+    let store = store_with(&spec).await;
+    let full = m
+        .create_snapshot(&store, CreateOptions::described("many namespaces"))
+        .await
+        .unwrap();
+    assert_eq!(full.namespaces.len(), 242);
+    m.verify_snapshot(full.id.as_str()).await.unwrap();
+    let back = restore_all(m, full.id.as_str()).await;
+    assert_eq!(dump(&back).await, dump(&store).await, "full");
+
+    for k in [3usize, 77, 121, 239] {
+        let ns = &names[k];
+        store
+            .upsert(ns, make_vectors(&format!("{ns}-new"), 2, 16))
+            .await
+            .unwrap();
+    }
+    store.delete_namespace("t050").await.unwrap();
+    store.ensure_namespace("t999-new").await.unwrap();
+    store
+        .upsert("t999-new", make_vectors("t999-new", 3, 16))
+        .await
+        .unwrap();
+    let inc = m
+        .create_incremental_snapshot(&store, full.id.as_str(), None, CreateOptions::default())
+        .await
+        .unwrap();
+    let stored: Vec<&str> = inc.namespaces.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(stored, ["t003", "t077", "t121", "t239", "t999-new"]);
+    assert_eq!(inc.deleted_namespaces, vec!["t050".to_string()]);
+    m.verify_snapshot(inc.id.as_str()).await.unwrap();
+    let back = restore_all(m, inc.id.as_str()).await;
+    assert_eq!(dump(&back).await, dump(&store).await, "incremental");
+
+    let some = crate::InMemoryStorage::new();
+    let only = ["t003", "t120-large", "t121"];
+    m.restore_snapshot(&some, inc.id.as_str(), &crate::RestoreOptions::new().only(only))
+        .await
+        .unwrap();
+    let mut want = dump(&store).await;
+    want.retain(|name, _| only.contains(&name.as_str()));
+    assert_eq!(dump(&some).await, want, "only three");
+    m.delete_snapshot(full.id.as_str(), true).await.unwrap();
+}

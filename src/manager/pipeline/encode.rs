@@ -73,6 +73,21 @@ impl<'a> ChunkEncoder<'a> {
         }
     }
 
+    /// Like [`Self::new`], going on from `scanned`: the namespace's first vectors, already
+    /// read from the store in id order.
+    pub fn resume(
+        storage: &'a dyn VectorStorage,
+        ns: &str,
+        s: EncodeSettings,
+        known: KnownChunks,
+        scanned: Vec<Vector>,
+    ) -> Self {
+        let mut encoder = Self::new(storage, ns, s, known);
+        encoder.after = scanned.last().map(|v| v.id.clone());
+        encoder.carry = scanned.into();
+        encoder
+    }
+
     fn submit(&mut self) {
         if self.pending.is_empty() {
             return;

@@ -9,12 +9,14 @@
 //! the snapshot.
 
 mod encode;
+mod group;
 mod read;
 mod spool;
 mod write;
 
 pub(crate) use encode::{ChunkEncoder, EncodeSettings, KnownChunks};
-pub(crate) use read::{check_chunks, ChunkBytes, NamespaceReader};
+pub(crate) use group::{scan_whole, EncodedNamespace, GroupEncoder, Scanned, SmallNamespace};
+pub(crate) use read::{check_chunks, decode_whole, ChunkBytes, NamespaceReader};
 pub(crate) use spool::{download, download_runs, Run, Spool};
 pub(crate) use write::BlobWriter;
 
@@ -50,6 +52,11 @@ impl<T: Send + 'static> Ordered<T> {
             max: max.max(1),
             queue: VecDeque::new(),
         }
+    }
+
+    /// Jobs submitted whose results have not been taken yet.
+    pub fn in_flight(&self) -> usize {
+        self.queue.len()
     }
 
     pub fn is_full(&self) -> bool {

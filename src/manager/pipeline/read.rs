@@ -156,20 +156,42 @@ impl NamespaceReader {
     /// Compares the count and digest of what was decoded with the chunk table's. Call
     /// after `next` returned `None`.
     pub async fn finish(self) -> Result<u64> {
-        let actual = self.digest.finish();
-        let t = &self.table;
-        let fail = |why: String| Err(Error::corrupt(t.holder.as_str(), Some(&t.name), None, why));
-        if self.count != t.vector_count {
-            return fail(format!(
-                "{} vectors decoded, {} recorded",
-                self.count, t.vector_count
-            ));
-        }
-        if actual != t.digest {
-            return fail("content digest differs from the one recorded".into());
-        }
+        check_totals(&self.table, self.count, self.digest.finish())?;
         Ok(self.count)
     }
+}
+
+/// The count and content digest of what was decoded match the chunk table's.
+fn check_totals(t: &ChunkTable, count: u64, digest: [u8; 32]) -> Result<()> {
+    let fail = |why: String| Err(Error::corrupt(t.holder.as_str(), Some(&t.name), None, why));
+    if count != t.vector_count {
+        return fail(format!(
+            "{count} vectors decoded, {} recorded",
+            t.vector_count
+        ));
+    }
+    if digest != t.digest {
+        return fail("content digest differs from the one recorded".into());
+    }
+    Ok(())
+}
+
+/// Checks and decodes a whole (small) namespace whose chunks are all in `bytes`, on the
+/// calling thread: every chunk against its CRC-32 first, then each decoded, then the count
+/// and content digest. What [`check_chunks`] and [`NamespaceReader`] do, for a namespace
+/// that one job handles whole.
+pub(crate) fn decode_whole(table: &ChunkTable, bytes: &ChunkBytes) -> Result<Vec<Vector>> {
+    for c in &table.chunks {
+        if crc32fast::hash(&bytes.read(c)?) != c.chunk.crc32 {
+            return Err(chunk_crc_mismatch(table, c));
+        }
+    }
+    let all = vec![bytes.clone(); table.chunks.len()];
+    let decoded = decode_batch(table, &all, 0..table.chunks.len(), false)?;
+    let mut digest = ContentDigest::new(table.dimension);
+    digest.add(&decoded.vector_hashes);
+    check_totals(table, decoded.vectors.len() as u64, digest.finish())?;
+    Ok(decoded.vectors)
 }
 
 /// Decodes a run of consecutive chunks into one batch, checking that ids ascend across

@@ -1,0 +1,164 @@
+//! Encoding many small namespaces together: each is scanned whole on the runtime, and a
+//! group of them, about 1 MiB of raw bytes in all, is one job on the worker pool.
+//!
+//! A namespace of a few kilobytes costs little to encode but, one at a time, a pool hand-off,
+//! a wait and two writes each; with thousands of them (a namespace per tenant) that overhead
+//! was most of a snapshot, and one namespace at a time kept the second core idle. Groups in
+//! flight (up to `parallelism`) keep every core busy, and their results come back in order.
+
+use super::{encode_error, EncodeSettings, KnownChunks, Ordered};
+use crate::error::{Error, Result};
+use crate::format::blob::{self, Dedup, EncodedBatch, Identity};
+use crate::format::chunker::Chunker;
+use crate::storage::{Vector, VectorStorage};
+
+/// Raw bytes of a group (at most `chunk_size`): small enough that the scanned vectors of the
+/// groups in flight stay a few MiB (a scanned vector takes several times its raw bytes on
+/// the heap), large enough that a pool hand-off per group costs nothing.
+const GROUP_BYTES: usize = 1 << 20;
+
+/// One small namespace, scanned whole.
+pub(crate) struct SmallNamespace {
+    pub name: String,
+    pub dimension: u32,
+    pub vectors: Vec<Vector>,
+    /// Identities already in the chain (referenced, not stored), and how they are computed.
+    pub known: KnownChunks,
+    pub identity: Identity,
+}
+
+/// A small namespace encoded: all its chunks in one batch.
+pub(crate) struct EncodedNamespace {
+    pub name: String,
+    pub dimension: u32,
+    pub batch: EncodedBatch,
+}
+
+/// How a whole-namespace scan ended.
+pub(crate) enum Scanned {
+    /// Every vector, no more than the limit's worth of bytes.
+    Whole(Vec<Vector>),
+    /// More than the limit (the store's count was low): what was read so far, in id order,
+    /// for the one-namespace pipeline to go on from.
+    Larger(Vec<Vector>),
+}
+
+/// Raw bytes a vector counts for when batching (as the chunker counts them).
+pub(crate) fn vector_size(v: &Vector) -> usize {
+    4 * v.values.len() + v.id.len() + 16
+}
+
+/// Reads a namespace whole, in id order, unless it holds more than `limit` bytes.
+pub(crate) async fn scan_whole(
+    storage: &dyn VectorStorage,
+    ns: &str,
+    page_size: usize,
+    limit: usize,
+) -> Result<Scanned> {
+    let mut vectors: Vec<Vector> = Vec::new();
+    let mut bytes = 0;
+    loop {
+        let after = vectors.last().map(|v| v.id.as_str());
+        let page = storage.scan(ns, after, page_size).await?;
+        if page.is_empty() {
+            return Ok(Scanned::Whole(vectors));
+        }
+        if let (Some(prev), Some(first)) = (after, page.first()) {
+            if first.id.as_bytes() <= prev.as_bytes() {
+                return Err(Error::Storage(format!(
+                    "namespace {ns:?}: the store's scan returned {:?} after {prev:?}; scans must ascend by id",
+                    first.id
+                )));
+            }
+        }
+        bytes += page.iter().map(vector_size).sum::<usize>();
+        vectors.extend(page);
+        if bytes > limit {
+            return Ok(Scanned::Larger(vectors));
+        }
+    }
+}
+
+/// Groups small namespaces into pool jobs and yields each group encoded, in order.
+pub(crate) struct GroupEncoder {
+    settings: EncodeSettings,
+    pending: Vec<SmallNamespace>,
+    pending_bytes: usize,
+    jobs: Ordered<Vec<EncodedNamespace>>,
+}
+
+impl GroupEncoder {
+    /// `settings` apply to every namespace (their dimension and identity are each
+    /// namespace's own).
+    pub fn new(settings: EncodeSettings) -> Self {
+        GroupEncoder {
+            jobs: Ordered::new(settings.parallelism),
+            settings,
+            pending: Vec::new(),
+            pending_bytes: 0,
+        }
+    }
+
+    /// Adds a namespace to the group being filled; true when that group is full.
+    pub fn add(&mut self, ns: SmallNamespace) -> bool {
+        self.pending_bytes += ns.vectors.iter().map(vector_size).sum::<usize>() + 64;
+        self.pending.push(ns);
+        self.pending_bytes >= GROUP_BYTES.min(self.settings.chunk_size)
+    }
+
+    /// True when as many groups are in flight as may be.
+    pub fn is_busy(&self) -> bool {
+        self.jobs.is_full()
+    }
+
+    /// Sends the group being filled to the pool (if it holds anything).
+    pub fn submit(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let group = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        let s = self.settings.clone();
+        self.jobs
+            .push(move || group.into_iter().map(|ns| encode(ns, &s)).collect());
+    }
+
+    /// The oldest group in flight, encoded; `None` when none is.
+    pub async fn next(&mut self) -> Option<Result<Vec<EncodedNamespace>>> {
+        self.jobs.next().await
+    }
+}
+
+/// Cuts one namespace into its content-defined chunks and encodes them.
+fn encode(ns: SmallNamespace, s: &EncodeSettings) -> Result<EncodedNamespace> {
+    let mut chunker = Chunker::new(ns.dimension, s.dedup_chunk_size);
+    let mut cuts: Vec<usize> = Vec::new();
+    for (i, v) in ns.vectors.iter().enumerate() {
+        if chunker.cut_after(&v.id, vector_size(v)) {
+            cuts.push(i + 1);
+        }
+    }
+    if !ns.vectors.is_empty() && cuts.last() != Some(&ns.vectors.len()) {
+        cuts.push(ns.vectors.len());
+    }
+    let known = |h: &[u8; 32]| ns.known.contains(h);
+    let dedup = Dedup {
+        identity: ns.identity,
+        known: &known,
+    };
+    let batch = blob::encode_batch(
+        ns.vectors,
+        &cuts,
+        ns.dimension,
+        s.include_metadata,
+        s.filter,
+        s.level,
+        &dedup,
+    )
+    .map_err(|e| encode_error(&ns.name, e))?;
+    Ok(EncodedNamespace {
+        name: ns.name,
+        dimension: ns.dimension,
+        batch,
+    })
+}

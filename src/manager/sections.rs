@@ -1,0 +1,365 @@
+//! Writing a blob's body: the header chunk, a section per stored namespace (its data chunks,
+//! then its chunk index) and the footer chunk. A large namespace is streamed through the
+//! one-namespace pipeline; runs of small ones are scanned whole and encoded in groups.
+
+use super::create::namespace_dimension;
+use super::dedup::IndexBuilder;
+use super::pipeline::{
+    outside_the_runtime, scan_whole, BlobWriter, ChunkEncoder, EncodeSettings, EncodedNamespace,
+    GroupEncoder, KnownChunks, Scanned, SmallNamespace,
+};
+use super::plan::{ParentView, WritePlan};
+use super::SnapshotManager;
+use crate::error::Result;
+use crate::format::blob::{self, Identity};
+use crate::format::index::NamespaceIndex;
+use crate::format::sidecar::{ByteRange, ChunkEntry, NamespaceEntry};
+use crate::id::SnapshotId;
+use crate::storage::{Vector, VectorStorage};
+use std::sync::Arc;
+
+/// A namespace whose values (4 bytes × dimension × count) are at most this is encoded in a
+/// group with others: a quarter of the default batch, so a group holds at least four.
+const SMALL_NAMESPACE_MAX: u64 = 1 << 20;
+
+/// What the store says of a namespace before it is read.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Shape {
+    pub dimension: u32,
+    /// Value bytes: 4 × dimension × count (what a create's progress counts).
+    pub value_bytes: u64,
+}
+
+/// The shapes of `names`, from the store's dimensions and counts.
+pub(super) async fn namespace_shapes(
+    storage: &dyn VectorStorage,
+    names: &[String],
+) -> Result<Vec<Shape>> {
+    let mut shapes = Vec::with_capacity(names.len());
+    for ns in names {
+        let dimension = namespace_dimension(storage, ns).await?;
+        let count = storage.count(ns).await? as u64;
+        shapes.push(Shape {
+            dimension,
+            value_bytes: (4 * u64::from(dimension)).saturating_mul(count),
+        });
+    }
+    Ok(shapes)
+}
+
+/// The sections written into a blob.
+pub(super) struct BlobBody {
+    pub header: ByteRange,
+    pub namespaces: Vec<NamespaceEntry>,
+    /// Namespaces compared while written and found equal to the parent's: nothing of them
+    /// is in the blob; the snapshot records them unchanged.
+    pub found_unchanged: Vec<String>,
+    pub footer: ByteRange,
+}
+
+/// How one namespace ended up.
+enum Written {
+    Stored(NamespaceEntry),
+    /// Equal to the parent's version, and nothing of it was written.
+    Unchanged,
+}
+
+/// Namespace sections as they are written, in order.
+#[derive(Default)]
+struct Sections {
+    namespaces: Vec<NamespaceEntry>,
+    found_unchanged: Vec<String>,
+}
+
+impl Sections {
+    fn push(&mut self, name: String, written: Written) {
+        match written {
+            Written::Stored(entry) => self.namespaces.push(entry),
+            Written::Unchanged => self.found_unchanged.push(name),
+        }
+    }
+}
+
+/// A group of small namespaces laid out as consecutive sections.
+struct LaidOut {
+    bytes: Vec<u8>,
+    raw: u64,
+    written: Vec<(String, Written)>,
+    value_bytes: u64,
+}
+
+impl SnapshotManager {
+    /// Writes the header chunk, every namespace section of `plan.store` (whose shapes are
+    /// `shapes`) and the footer chunk.
+    pub(super) async fn write_body(
+        &self,
+        w: &mut BlobWriter,
+        storage: &dyn VectorStorage,
+        (id, created_ms): (&SnapshotId, u64),
+        plan: &WritePlan,
+        shapes: &[Shape],
+    ) -> Result<BlobBody> {
+        let level = self.config.effective_level();
+        let range = |c: ChunkEntry| ByteRange {
+            offset: c.offset,
+            length: c.length,
+        };
+        let header = range(
+            w.write_raw(blob::encode_header(id.as_str(), created_ms), level)
+                .await?,
+        );
+        let mut sections = Sections::default();
+        let mut groups = GroupEncoder::new(self.encode_settings(0, Some(level)));
+        for (ns, shape) in plan.store.iter().zip(shapes) {
+            let scanned = if shape.value_bytes <= SMALL_NAMESPACE_MAX {
+                let limit = self.config.chunk_size;
+                match scan_whole(storage, ns, self.config.scan_page_size, limit).await? {
+                    Scanned::Whole(vectors) => {
+                        let small = small_namespace(ns, shape.dimension, vectors, plan);
+                        if groups.add(small) {
+                            self.submit_group(&mut groups, w, plan, &mut sections)
+                                .await?;
+                        }
+                        continue;
+                    }
+                    Scanned::Larger(first) => first,
+                }
+            } else {
+                Vec::new()
+            };
+            self.drain_groups(&mut groups, w, plan, &mut sections)
+                .await?;
+            let written = self
+                .write_namespace(w, storage, ns, shape.dimension, plan, scanned)
+                .await?;
+            sections.push(ns.clone(), written);
+        }
+        self.drain_groups(&mut groups, w, plan, &mut sections)
+            .await?;
+        let total = sections.namespaces.iter().map(|e| e.vector_count).sum();
+        let count = sections.namespaces.len() as u32;
+        let footer = range(
+            w.write_raw(blob::encode_footer(count, total), level)
+                .await?,
+        );
+        Ok(BlobBody {
+            header,
+            namespaces: sections.namespaces,
+            found_unchanged: sections.found_unchanged,
+            footer,
+        })
+    }
+
+    /// Sends the group being filled to the pool, first writing the oldest group in flight
+    /// if as many are in flight as may be.
+    async fn submit_group(
+        &self,
+        groups: &mut GroupEncoder,
+        w: &mut BlobWriter,
+        plan: &WritePlan,
+        sections: &mut Sections,
+    ) -> Result<()> {
+        if groups.is_busy() {
+            if let Some(done) = groups.next().await {
+                self.write_group(w, done?, plan, sections).await?;
+            }
+        }
+        groups.submit();
+        Ok(())
+    }
+
+    /// Sends the group being filled, then writes every group in flight, in order.
+    async fn drain_groups(
+        &self,
+        groups: &mut GroupEncoder,
+        w: &mut BlobWriter,
+        plan: &WritePlan,
+        sections: &mut Sections,
+    ) -> Result<()> {
+        groups.submit();
+        while let Some(done) = groups.next().await {
+            self.write_group(w, done?, plan, sections).await?;
+        }
+        Ok(())
+    }
+
+    /// Appends a group of encoded small namespaces as consecutive sections, in one write.
+    async fn write_group(
+        &self,
+        w: &mut BlobWriter,
+        group: Vec<EncodedNamespace>,
+        plan: &WritePlan,
+        sections: &mut Sections,
+    ) -> Result<()> {
+        let (start, filter) = (w.offset(), self.config.effective_filter());
+        let laid = outside_the_runtime(|| lay_out_group(start, group, plan, filter))?;
+        w.append(laid.bytes, laid.raw).await?;
+        for (name, written) in laid.written {
+            sections.push(name, written);
+        }
+        self.progress.advance(laid.value_bytes);
+        Ok(())
+    }
+
+    /// Writes one namespace section (format 2: the chunks its parent's chain does not
+    /// hold, then its chunk index), going on from `scanned` (its first vectors, if already
+    /// read), reporting the value bytes written to the progress. A namespace the plan
+    /// compares with the parent, found equal with every chunk already in the chain, gets no
+    /// index: it is [`Written::Unchanged`].
+    async fn write_namespace(
+        &self,
+        w: &mut BlobWriter,
+        storage: &dyn VectorStorage,
+        ns: &str,
+        dim: u32,
+        plan: &WritePlan,
+        scanned: Vec<Vector>,
+    ) -> Result<Written> {
+        let base = plan.bases.get(ns);
+        let (level, filter) = (
+            self.config.effective_level(),
+            self.config.effective_filter(),
+        );
+        let (known, identity) = dedup_inputs(plan, ns);
+        let mut digest = blob::ContentDigest::new(dim);
+        let mut index = IndexBuilder::new(ns, dim, filter, identity, base);
+        let section = w.offset();
+        let settings = EncodeSettings {
+            identity,
+            ..self.encode_settings(dim, Some(level))
+        };
+        let mut encoder = ChunkEncoder::resume(storage, ns, settings, known, scanned);
+        while let Some(batch) = encoder.next().await? {
+            digest.add(&batch.vector_hashes);
+            let raw: u64 = batch
+                .chunks
+                .iter()
+                .filter(|c| c.stored.is_some())
+                .map(|c| u64::from(c.raw_length))
+                .sum();
+            let at = w.append(batch.bytes, raw).await?;
+            index.add_batch(at, &batch.chunks)?;
+            self.progress
+                .advance(4 * u64::from(dim) * batch.vector_hashes.len() as u64);
+        }
+        let (logical, stored_raw) = (index.logical_bytes, index.stored_raw);
+        let digest = digest.finish();
+        if stored_raw == 0 && same_as_parent(plan.compare.get(ns), dim, &digest) {
+            return Ok(Written::Unchanged);
+        }
+        let (ix, frame) = index.finish(digest)?;
+        let index_entry = w.write_raw(frame, level).await?;
+        Ok(Written::Stored(stored_entry(
+            section,
+            ix,
+            index_entry,
+            stored_raw,
+            logical,
+        )))
+    }
+}
+
+/// Chunk identities the parent's chain holds for `ns` (referenced, not stored), and how a
+/// child computes its own: as its base does, so they can match (a 2.0 chain stays
+/// 2.0-identified until its next full snapshot).
+fn dedup_inputs(plan: &WritePlan, ns: &str) -> (KnownChunks, Identity) {
+    let base = plan.bases.get(ns);
+    let known: KnownChunks = Arc::new(
+        base.map(|b| b.chunks.keys().copied().collect())
+            .unwrap_or_default(),
+    );
+    (known, base.map_or(Identity::Vectors, |b| b.identity))
+}
+
+fn small_namespace(
+    ns: &str,
+    dimension: u32,
+    vectors: Vec<Vector>,
+    plan: &WritePlan,
+) -> SmallNamespace {
+    let (known, identity) = dedup_inputs(plan, ns);
+    SmallNamespace {
+        name: ns.to_string(),
+        dimension,
+        vectors,
+        known,
+        identity,
+    }
+}
+
+/// Lays a group of encoded namespaces out as consecutive sections from blob offset `start`:
+/// each one's data chunks, then its chunk index (built here, as its offsets are now known,
+/// and stored uncompressed: a small index is mostly hashes, and deflating it cost a state
+/// reset and Huffman trees per namespace for a few bytes). Blocking CPU work.
+fn lay_out_group(
+    start: u64,
+    group: Vec<EncodedNamespace>,
+    plan: &WritePlan,
+    filter: blob::Filter,
+) -> Result<LaidOut> {
+    let mut out = LaidOut {
+        bytes: Vec::new(),
+        raw: 0,
+        written: Vec::with_capacity(group.len()),
+        value_bytes: 0,
+    };
+    for e in group {
+        let base = plan.bases.get(&e.name);
+        let identity = base.map_or(Identity::Vectors, |b| b.identity);
+        let dim = e.dimension;
+        out.value_bytes += 4 * u64::from(dim) * e.batch.vector_hashes.len() as u64;
+        let mut digest = blob::ContentDigest::new(dim);
+        digest.add(&e.batch.vector_hashes);
+        let digest = digest.finish();
+        let mut index = IndexBuilder::new(&e.name, dim, filter, identity, base);
+        let section = start + out.bytes.len() as u64;
+        index.add_batch(section, &e.batch.chunks)?;
+        out.bytes.extend_from_slice(&e.batch.bytes);
+        let (logical, stored_raw) = (index.logical_bytes, index.stored_raw);
+        if stored_raw == 0 && same_as_parent(plan.compare.get(&e.name), dim, &digest) {
+            out.written.push((e.name, Written::Unchanged));
+            continue;
+        }
+        let (ix, frame) = index.finish(digest)?;
+        let member = blob::stored_member(&frame);
+        let index_entry = ChunkEntry {
+            offset: start + out.bytes.len() as u64,
+            length: member.len() as u64,
+            raw_length: frame.len() as u64,
+            vectors: 0,
+            crc32: crc32fast::hash(&member),
+        };
+        out.bytes.extend_from_slice(&member);
+        out.raw += stored_raw + frame.len() as u64;
+        let entry = stored_entry(section, ix, index_entry, stored_raw, logical);
+        out.written.push((e.name, Written::Stored(entry)));
+    }
+    Ok(out)
+}
+
+/// The sidecar entry of a namespace stored from `section` up to and with its index chunk.
+fn stored_entry(
+    section: u64,
+    ix: NamespaceIndex,
+    index: ChunkEntry,
+    stored_raw: u64,
+    logical_bytes: u64,
+) -> NamespaceEntry {
+    NamespaceEntry {
+        name: ix.name,
+        dimension: (ix.dimension > 0).then_some(ix.dimension),
+        vector_count: ix.vector_count,
+        offset: section,
+        length: index.offset + index.length - section,
+        raw_length: stored_raw + index.raw_length,
+        content_sha256: hex::encode(ix.digest),
+        chunks: Vec::new(),
+        index: Some(index),
+        logical_bytes: Some(logical_bytes),
+    }
+}
+
+/// Whether a namespace of `dimension` and content `digest` is what the parent records.
+fn same_as_parent(parent: Option<&ParentView>, dimension: u32, digest: &[u8; 32]) -> bool {
+    parent.is_some_and(|p| p.dimension == dimension && p.digest_hex == hex::encode(digest))
+}

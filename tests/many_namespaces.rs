@@ -29,7 +29,12 @@ struct CountingSink {
 
 #[async_trait]
 impl SnapshotSink for CountingSink {
-    async fn put(&self, key: &Key, data: bytes::Bytes, mode: PutMode) -> dakera_snapshot::Result<()> {
+    async fn put(
+        &self,
+        key: &Key,
+        data: bytes::Bytes,
+        mode: PutMode,
+    ) -> dakera_snapshot::Result<()> {
         self.inner.put(key, data, mode).await
     }
     async fn put_streaming(
@@ -39,7 +44,11 @@ impl SnapshotSink for CountingSink {
     ) -> dakera_snapshot::Result<Box<dyn SinkWriter>> {
         self.inner.put_streaming(key, mode).await
     }
-    async fn get(&self, key: &Key, range: Option<Range<u64>>) -> dakera_snapshot::Result<ByteStream> {
+    async fn get(
+        &self,
+        key: &Key,
+        range: Option<Range<u64>>,
+    ) -> dakera_snapshot::Result<ByteStream> {
         let stream = self.inner.get(key, range).await?;
         if !key.as_str().ends_with(".snap.gz") {
             return Ok(stream);
@@ -106,7 +115,9 @@ async fn restoring_a_few_of_many_namespaces_reads_only_their_bytes() {
     blob_bytes.store(0, Ordering::SeqCst);
     let target = InMemoryStorage::new();
     let opts = RestoreOptions::new().only(only.iter().map(|s| s.as_str()));
-    m.restore_snapshot(&target, snap.id.as_str(), &opts).await.unwrap();
+    m.restore_snapshot(&target, snap.id.as_str(), &opts)
+        .await
+        .unwrap();
     assert_eq!(
         blob_bytes.load(Ordering::SeqCst),
         section_bytes,
@@ -144,7 +155,11 @@ async fn a_damaged_namespace_in_a_group_is_named_and_its_group_is_not_written() 
         .unwrap_err();
     match &err {
         Error::Corrupt { location, .. } => {
-            assert_eq!(location.namespace.as_deref(), Some(victim.name.as_str()), "{err}")
+            assert_eq!(
+                location.namespace.as_deref(),
+                Some(victim.name.as_str()),
+                "{err}"
+            )
         }
         other => panic!("expected corruption, got {other}"),
     }

@@ -514,9 +514,13 @@ pub async fn manager_many_namespaces(m: &SnapshotManager) {
 
     let some = crate::InMemoryStorage::new();
     let only = ["t003", "t120-large", "t121"];
-    m.restore_snapshot(&some, inc.id.as_str(), &crate::RestoreOptions::new().only(only))
-        .await
-        .unwrap();
+    m.restore_snapshot(
+        &some,
+        inc.id.as_str(),
+        &crate::RestoreOptions::new().only(only),
+    )
+    .await
+    .unwrap();
     let mut want = dump(&store).await;
     want.retain(|name, _| only.contains(&name.as_str()));
     assert_eq!(dump(&some).await, want, "only three");

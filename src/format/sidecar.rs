@@ -95,6 +95,11 @@ pub struct NamespaceEntry {
     /// ancestors: what a full snapshot would store for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logical_bytes: Option<u64>,
+    /// The store's change token for the namespace when it was read
+    /// ([`crate::VectorStorage::change_token`]), if the store keeps one: an incremental takes
+    /// a namespace whose token is still the same as unchanged without reading it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_token: Option<String>,
 }
 
 impl NamespaceEntry {

@@ -3,7 +3,7 @@
 use super::catalog::ResolvedSnapshot;
 use super::pipeline::{ChunkEncoder, EncodeSettings, KnownChunks};
 use super::plan::{self, Changes, ParentView, WritePlan};
-use super::sections::namespace_shapes;
+use super::sections::{change_token, namespace_shapes};
 use super::{EndProgress, SnapshotManager};
 use crate::config::CreateOptions;
 use crate::error::{Error, Result};
@@ -106,11 +106,19 @@ impl SnapshotManager {
                 Changes::Listed(list)
             }
             None => {
+                let by_token = unchanged_by_token(storage, &parent, &current).await?;
+                let rest: Vec<String> = current
+                    .iter()
+                    .filter(|n| !by_token.contains(*n))
+                    .cloned()
+                    .collect();
                 let scan_first;
-                (compare, scan_first) = split_comparisons(&parent, &current);
-                same_content = self
+                (compare, scan_first) = split_comparisons(&parent, &rest);
+                let mut same = self
                     .unchanged_by_digest(storage, &parent, &scan_first)
                     .await?;
+                same.extend(by_token);
+                same_content = same;
                 Changes::SameContent(&same_content)
             }
         };
@@ -200,6 +208,34 @@ impl SnapshotManager {
         }
         Ok((dim, digest.finish()))
     }
+}
+
+/// The namespaces of `current` whose store change token is the one the parent's view
+/// records: unchanged, by the store's word, without reading them.
+async fn unchanged_by_token(
+    storage: &dyn VectorStorage,
+    parent: &ResolvedSnapshot,
+    current: &[String],
+) -> Result<BTreeSet<String>> {
+    let mut same = BTreeSet::new();
+    for name in current {
+        let Some((_, entry)) = parent.namespaces.get(name) else {
+            continue;
+        };
+        let Some(recorded) = &entry.store_token else {
+            continue;
+        };
+        if change_token(storage, name).await?.as_ref() == Some(recorded) {
+            same.insert(name.clone());
+        }
+    }
+    if !same.is_empty() {
+        tracing::info!(
+            namespaces = same.len(),
+            "unchanged by the store's change tokens (not read)"
+        );
+    }
+    Ok(same)
 }
 
 /// Namespaces at least this large in the parent (compressed) are compared with it while

@@ -23,11 +23,14 @@ use std::sync::Arc;
 const SMALL_NAMESPACE_MAX: u64 = 1 << 20;
 
 /// What the store says of a namespace before it is read.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct Shape {
     pub dimension: u32,
     /// Value bytes: 4 × dimension × count (what a create's progress counts).
     pub value_bytes: u64,
+    /// The store's change token, taken before the namespace is read (a write while it is
+    /// read then shows as a change next time), if it keeps one.
+    pub token: Option<String>,
 }
 
 /// The shapes of `names`, from the store's dimensions and counts.
@@ -39,12 +42,31 @@ pub(super) async fn namespace_shapes(
     for ns in names {
         let dimension = namespace_dimension(storage, ns).await?;
         let count = storage.count(ns).await? as u64;
+        let token = change_token(storage, ns).await?;
         shapes.push(Shape {
             dimension,
             value_bytes: (4 * u64::from(dimension)).saturating_mul(count),
+            token,
         });
     }
     Ok(shapes)
+}
+
+/// The store's change token of `ns`, if it keeps one that a sidecar can carry (at most 128
+/// printable ASCII characters; another is ignored, with a warning).
+pub(super) async fn change_token(storage: &dyn VectorStorage, ns: &str) -> Result<Option<String>> {
+    let token = storage.change_token(ns).await?;
+    let usable = |t: &String| t.len() <= 128 && t.bytes().all(|b| b.is_ascii_graphic());
+    Ok(match token {
+        Some(t) if !usable(&t) => {
+            tracing::warn!(
+                namespace = ns,
+                "the store's change token is not 1-128 printable ASCII characters; ignored"
+            );
+            None
+        }
+        other => other,
+    })
 }
 
 /// The sections written into a blob.
@@ -115,7 +137,7 @@ impl SnapshotManager {
                 let limit = self.config.chunk_size;
                 match scan_whole(storage, ns, self.config.scan_page_size, limit).await? {
                     Scanned::Whole(vectors) => {
-                        let small = small_namespace(ns, shape.dimension, vectors, plan);
+                        let small = small_namespace(ns, shape, vectors, plan);
                         if groups.add(small) {
                             self.submit_group(&mut groups, w, plan, &mut sections)
                                 .await?;
@@ -130,7 +152,7 @@ impl SnapshotManager {
             self.drain_groups(&mut groups, w, plan, &mut sections)
                 .await?;
             let written = self
-                .write_namespace(w, storage, ns, shape.dimension, plan, scanned)
+                .write_namespace(w, storage, ns, shape, plan, scanned)
                 .await?;
             sections.push(ns.clone(), written);
         }
@@ -192,7 +214,8 @@ impl SnapshotManager {
         sections: &mut Sections,
     ) -> Result<()> {
         let (start, filter) = (w.offset(), self.config.effective_filter());
-        let laid = outside_the_runtime(|| lay_out_group(start, group, plan, filter))?;
+        let level = self.config.effective_level();
+        let laid = outside_the_runtime(|| lay_out_group(start, group, plan, filter, level))?;
         w.append(laid.bytes, laid.raw).await?;
         for (name, written) in laid.written {
             sections.push(name, written);
@@ -211,11 +234,11 @@ impl SnapshotManager {
         w: &mut BlobWriter,
         storage: &dyn VectorStorage,
         ns: &str,
-        dim: u32,
+        shape: &Shape,
         plan: &WritePlan,
         scanned: Vec<Vector>,
     ) -> Result<Written> {
-        let base = plan.bases.get(ns);
+        let (dim, base) = (shape.dimension, plan.bases.get(ns));
         let (level, filter) = (
             self.config.effective_level(),
             self.config.effective_filter(),
@@ -249,12 +272,14 @@ impl SnapshotManager {
         }
         let (ix, frame) = index.finish(digest)?;
         let index_entry = w.write_raw(frame, level).await?;
+        let sizes = (stored_raw, logical);
+        let token = shape.token.clone();
         Ok(Written::Stored(stored_entry(
             section,
             ix,
             index_entry,
-            stored_raw,
-            logical,
+            sizes,
+            token,
         )))
     }
 }
@@ -273,29 +298,30 @@ fn dedup_inputs(plan: &WritePlan, ns: &str) -> (KnownChunks, Identity) {
 
 fn small_namespace(
     ns: &str,
-    dimension: u32,
+    shape: &Shape,
     vectors: Vec<Vector>,
     plan: &WritePlan,
 ) -> SmallNamespace {
     let (known, identity) = dedup_inputs(plan, ns);
     SmallNamespace {
         name: ns.to_string(),
-        dimension,
+        dimension: shape.dimension,
         vectors,
         known,
         identity,
+        token: shape.token.clone(),
     }
 }
 
 /// Lays a group of encoded namespaces out as consecutive sections from blob offset `start`:
-/// each one's data chunks, then its chunk index (built here, as its offsets are now known,
-/// and stored uncompressed: a small index is mostly hashes, and deflating it cost a state
-/// reset and Huffman trees per namespace for a few bytes). Blocking CPU work.
+/// each one's data chunks, then its chunk index (built here, as its offsets are now known).
+/// Blocking CPU work.
 fn lay_out_group(
     start: u64,
     group: Vec<EncodedNamespace>,
     plan: &WritePlan,
     filter: blob::Filter,
+    level: u32,
 ) -> Result<LaidOut> {
     let mut out = LaidOut {
         bytes: Vec::new(),
@@ -321,7 +347,7 @@ fn lay_out_group(
             continue;
         }
         let (ix, frame) = index.finish(digest)?;
-        let member = blob::stored_member(&frame);
+        let member = index_member(&frame, level);
         let index_entry = ChunkEntry {
             offset: start + out.bytes.len() as u64,
             length: member.len() as u64,
@@ -331,19 +357,34 @@ fn lay_out_group(
         };
         out.bytes.extend_from_slice(&member);
         out.raw += stored_raw + frame.len() as u64;
-        let entry = stored_entry(section, ix, index_entry, stored_raw, logical);
+        let entry = stored_entry(section, ix, index_entry, (stored_raw, logical), e.token);
         out.written.push((e.name, Written::Stored(entry)));
     }
     Ok(out)
 }
 
-/// The sidecar entry of a namespace stored from `section` up to and with its index chunk.
+/// An index frame of a few chunks is at most this long; it is stored, not deflated.
+const STORED_INDEX_MAX: usize = 512;
+
+/// The gzip member of an index frame: stored when it is short (an index of a few chunks is
+/// mostly SHA-256s, and deflating 150 bytes cost a state reset and Huffman trees per
+/// namespace for a few bytes), deflated at `level` when it lists many chunks.
+fn index_member(frame: &[u8], level: u32) -> Vec<u8> {
+    if frame.len() <= STORED_INDEX_MAX {
+        blob::stored_member(frame)
+    } else {
+        blob::compress_member(frame, level)
+    }
+}
+
+/// The sidecar entry of a namespace stored from `section` up to and with its index chunk,
+/// `(stored_raw, logical_bytes)` of its data, read when the store's token was `token`.
 fn stored_entry(
     section: u64,
     ix: NamespaceIndex,
     index: ChunkEntry,
-    stored_raw: u64,
-    logical_bytes: u64,
+    (stored_raw, logical_bytes): (u64, u64),
+    token: Option<String>,
 ) -> NamespaceEntry {
     NamespaceEntry {
         name: ix.name,
@@ -356,6 +397,7 @@ fn stored_entry(
         chunks: Vec::new(),
         index: Some(index),
         logical_bytes: Some(logical_bytes),
+        store_token: token,
     }
 }
 

@@ -6,12 +6,15 @@ use crate::id::{Clock, SystemClock};
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 #[derive(Debug, Default)]
 struct Namespace {
     dimension: Option<usize>,
     vectors: BTreeMap<String, Vector>,
+    /// The store-wide write counter at this namespace's last change.
+    version: u64,
 }
 
 /// An in-memory [`VectorStorage`]: namespaces of vectors in id order, with dimension checks
@@ -20,6 +23,10 @@ struct Namespace {
 pub struct InMemoryStorage {
     namespaces: RwLock<BTreeMap<NamespaceId, Namespace>>,
     clock: Arc<dyn Clock>,
+    /// Random per instance, so change tokens of two stores never match.
+    epoch: u64,
+    /// Bumped by every change of any namespace.
+    writes: AtomicU64,
 }
 
 impl Default for InMemoryStorage {
@@ -39,7 +46,17 @@ impl InMemoryStorage {
         InMemoryStorage {
             namespaces: RwLock::new(BTreeMap::new()),
             clock,
+            epoch: getrandom::u64().unwrap_or_else(|_| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64)
+            }),
+            writes: AtomicU64::new(0),
         }
+    }
+
+    fn next_version(&self) -> u64 {
+        self.writes.fetch_add(1, Ordering::SeqCst) + 1
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<NamespaceId, Namespace>> {
@@ -92,6 +109,7 @@ impl VectorStorage for InMemoryStorage {
             }
         }
         ns.dimension = dim;
+        ns.version = self.next_version();
         let n = vectors.len();
         for mut v in vectors {
             if v.expires_at.is_none() {
@@ -115,10 +133,14 @@ impl VectorStorage for InMemoryStorage {
     async fn delete(&self, namespace: &str, ids: &[String]) -> Result<usize> {
         let mut map = self.write();
         let ns = map.get_mut(namespace).ok_or_else(|| not_found(namespace))?;
-        Ok(ids
+        let removed = ids
             .iter()
             .filter(|id| ns.vectors.remove(*id).is_some())
-            .count())
+            .count();
+        if removed > 0 {
+            ns.version = self.next_version();
+        }
+        Ok(removed)
     }
 
     async fn namespace_exists(&self, namespace: &str) -> Result<bool> {
@@ -127,7 +149,14 @@ impl VectorStorage for InMemoryStorage {
 
     async fn ensure_namespace(&self, namespace: &str) -> Result<()> {
         crate::paths::validate_namespace(namespace)?;
-        self.write().entry(namespace.to_string()).or_default();
+        let mut map = self.write();
+        if !map.contains_key(namespace) {
+            let ns = Namespace {
+                version: self.next_version(),
+                ..Namespace::default()
+            };
+            map.insert(namespace.to_string(), ns);
+        }
         Ok(())
     }
 
@@ -142,6 +171,16 @@ impl VectorStorage for InMemoryStorage {
     async fn count(&self, namespace: &str) -> Result<usize> {
         self.with_ns(namespace, |ns, now| {
             ns.vectors.values().filter(|v| !v.is_expired(now)).count()
+        })
+    }
+
+    /// `epoch.version.expired`: the instance, the namespace's last write, and how many of its
+    /// vectors have expired by now (expiry only ever removes, so for one version that count
+    /// names the live set).
+    async fn change_token(&self, namespace: &str) -> Result<Option<String>> {
+        self.with_ns(namespace, |ns, now| {
+            let expired = ns.vectors.values().filter(|v| v.is_expired(now)).count();
+            Some(format!("{:016x}.{}.{expired}", self.epoch, ns.version))
         })
     }
 
@@ -218,6 +257,38 @@ mod tests {
         assert_eq!(s.count("a").await.unwrap(), 1);
         assert_eq!(s.scan("a", None, 10).await.unwrap().len(), 1);
         assert!(s.get("a", &["ttl".to_string()]).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn change_tokens_change_with_writes_deletes_and_expiry_and_differ_between_stores() {
+        let clock = ManualClock::new(1_000_000);
+        let s = InMemoryStorage::with_clock(clock.clone());
+        s.ensure_namespace("a").await.unwrap();
+        let mut seen: Vec<String> = Vec::new();
+        fn fresh(seen: &mut Vec<String>, t: Option<String>) {
+            let t = t.unwrap();
+            assert!(!seen.contains(&t), "{t} repeats {seen:?}");
+            seen.push(t);
+        }
+        fresh(&mut seen, s.change_token("a").await.unwrap());
+        s.upsert("a", vec![v("x", 2), v("y", 2).with_ttl(10)])
+            .await
+            .unwrap();
+        fresh(&mut seen, s.change_token("a").await.unwrap());
+        let same = s.change_token("a").await.unwrap();
+        assert_eq!(same.as_ref(), seen.last(), "no change, same token");
+        clock.advance(std::time::Duration::from_secs(11));
+        fresh(&mut seen, s.change_token("a").await.unwrap());
+        assert_eq!(s.delete("a", &["nope".into()]).await.unwrap(), 0);
+        assert_eq!(s.change_token("a").await.unwrap().as_ref(), seen.last());
+        s.delete("a", &["x".into()]).await.unwrap();
+        fresh(&mut seen, s.change_token("a").await.unwrap());
+        s.delete_namespace("a").await.unwrap();
+        s.ensure_namespace("a").await.unwrap();
+        fresh(&mut seen, s.change_token("a").await.unwrap());
+        let other = InMemoryStorage::new();
+        other.ensure_namespace("a").await.unwrap();
+        fresh(&mut seen, other.change_token("a").await.unwrap());
     }
 
     #[tokio::test]

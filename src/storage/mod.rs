@@ -111,6 +111,19 @@ pub trait VectorStorage: Send + Sync + std::fmt::Debug {
     async fn scan(&self, namespace: &str, after: Option<&str>, limit: usize)
         -> Result<Vec<Vector>>;
 
+    /// A token naming the namespace's current live content, for stores that keep one (a
+    /// version counter, a digest maintained on write). Equal tokens from this store promise
+    /// equal content (`scan` returns the same vectors), so an incremental snapshot records a
+    /// namespace whose token matches the parent's as unchanged without reading it. A token
+    /// must change whenever the live content may have changed (writes, deletes, expiry), and
+    /// must never name other content later, across restarts too (a random store epoch plus a
+    /// counter will do). At most 128 printable ASCII characters; anything else is ignored.
+    /// `None`, the default: incrementals compare content digests, which reads the namespace.
+    async fn change_token(&self, namespace: &str) -> Result<Option<String>> {
+        let _ = namespace;
+        Ok(None)
+    }
+
     /// Every live vector of the namespace, in id order. Holds the namespace in memory: the
     /// snapshot code never calls it, it exists for API compatibility and small tools.
     async fn get_all(&self, namespace: &str) -> Result<Vec<Vector>> {

@@ -25,6 +25,8 @@ pub(crate) struct SmallNamespace {
     /// Identities already in the chain (referenced, not stored), and how they are computed.
     pub known: KnownChunks,
     pub identity: Identity,
+    /// The store's change token, recorded with it.
+    pub token: Option<String>,
 }
 
 /// A small namespace encoded: all its chunks in one batch.
@@ -32,6 +34,7 @@ pub(crate) struct EncodedNamespace {
     pub name: String,
     pub dimension: u32,
     pub batch: EncodedBatch,
+    pub token: Option<String>,
 }
 
 /// How a whole-namespace scan ended.
@@ -160,5 +163,6 @@ fn encode(ns: SmallNamespace, s: &EncodeSettings) -> Result<EncodedNamespace> {
         name: ns.name,
         dimension: ns.dimension,
         batch,
+        token: ns.token,
     })
 }

@@ -28,8 +28,9 @@ pub(super) struct Shape {
     pub dimension: u32,
     /// Value bytes: 4 × dimension × count (what a create's progress counts).
     pub value_bytes: u64,
-    /// The store's change token, taken before the namespace is read (a write while it is
-    /// read then shows as a change next time), if it keeps one.
+    /// The store's change token, if it keeps one: taken by `write_body` just before the
+    /// namespace is read (a write while it is read then shows as a change next time); `None`
+    /// until then.
     pub token: Option<String>,
 }
 
@@ -42,11 +43,10 @@ pub(super) async fn namespace_shapes(
     for ns in names {
         let dimension = namespace_dimension(storage, ns).await?;
         let count = storage.count(ns).await? as u64;
-        let token = change_token(storage, ns).await?;
         shapes.push(Shape {
             dimension,
             value_bytes: (4 * u64::from(dimension)).saturating_mul(count),
-            token,
+            token: None,
         });
     }
     Ok(shapes)
@@ -133,6 +133,10 @@ impl SnapshotManager {
         let mut sections = Sections::default();
         let mut groups = GroupEncoder::new(self.encode_settings(0, Some(level)));
         for (ns, shape) in plan.store.iter().zip(shapes) {
+            let shape = &Shape {
+                token: change_token(storage, ns).await?,
+                ..shape.clone()
+            };
             let scanned = if shape.value_bytes <= SMALL_NAMESPACE_MAX {
                 let limit = self.config.chunk_size;
                 match scan_whole(storage, ns, self.config.scan_page_size, limit).await? {

@@ -99,30 +99,15 @@ impl<'a> ChunkEncoder<'a> {
         let cuts = std::mem::take(&mut self.cuts);
         self.pending_bytes = 0;
         let (ns, s, known) = (self.ns.clone(), self.s.clone(), self.known.clone());
-        self.jobs.push(move || {
-            let known = |h: &[u8; 32]| known.contains(h);
-            let dedup = Dedup {
-                identity: s.identity,
-                known: &known,
-            };
-            blob::encode_batch(
-                vectors,
-                &cuts,
-                s.dimension,
-                s.include_metadata,
-                s.filter,
-                s.level,
-                &dedup,
-            )
-            .map_err(|e| encode_error(&ns, e))
-        });
+        self.jobs
+            .push(move || encode_cut(&ns, vectors, &cuts, s.dimension, &known, &s));
     }
 
     /// Moves scanned vectors into the pending batch, cutting chunks as it goes; true when
     /// the batch is full (it ends at a chunk boundary).
     fn fill_batch(&mut self) -> bool {
         while let Some(v) = self.carry.pop_front() {
-            let size = 4 * v.values.len() + v.id.len() + 16;
+            let size = vector_size(&v);
             let cut = self.chunker.cut_after(&v.id, size);
             self.pending_bytes += size;
             self.pending.push(v);
@@ -168,16 +153,54 @@ impl<'a> ChunkEncoder<'a> {
             return Ok(());
         };
         // Chunks are encoded apart: check the id order across their boundaries here.
-        if let (Some(prev), Some(first)) = (&self.after, page.first()) {
-            if first.id.as_bytes() <= prev.as_bytes() {
-                return Err(Error::Storage(format!(
-                    "namespace {:?}: the store's scan returned {:?} after {prev:?}; scans must ascend by id",
-                    self.ns, first.id
-                )));
-            }
-        }
+        check_page_order(&self.ns, self.after.as_deref(), &page)?;
         self.after = Some(last.id.clone());
         self.carry.extend(page);
         Ok(())
     }
+}
+
+/// Raw bytes a vector counts for, in batches and in the chunker.
+pub(crate) fn vector_size(v: &Vector) -> usize {
+    4 * v.values.len() + v.id.len() + 16
+}
+
+/// A page of a scan must start after the last id of the previous one.
+pub(crate) fn check_page_order(ns: &str, after: Option<&str>, page: &[Vector]) -> Result<()> {
+    if let (Some(prev), Some(first)) = (after, page.first()) {
+        if first.id.as_bytes() <= prev.as_bytes() {
+            return Err(Error::Storage(format!(
+                "namespace {ns:?}: the store's scan returned {:?} after {prev:?}; scans must ascend by id",
+                first.id
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Encodes `vectors` of namespace `ns` as the chunks ending at `cuts`, referencing (not
+/// compressing) those whose identity `known` holds: the job both encoders run on the pool.
+pub(crate) fn encode_cut(
+    ns: &str,
+    vectors: Vec<Vector>,
+    cuts: &[usize],
+    dimension: u32,
+    known: &KnownChunks,
+    s: &EncodeSettings,
+) -> Result<EncodedBatch> {
+    let known = |h: &[u8; 32]| known.contains(h);
+    let dedup = Dedup {
+        identity: s.identity,
+        known: &known,
+    };
+    blob::encode_batch(
+        vectors,
+        cuts,
+        dimension,
+        s.include_metadata,
+        s.filter,
+        s.level,
+        &dedup,
+    )
+    .map_err(|e| encode_error(ns, e))
 }

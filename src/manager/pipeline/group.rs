@@ -6,9 +6,10 @@
 //! was most of a snapshot, and one namespace at a time kept the second core idle. Groups in
 //! flight (up to `parallelism`) keep every core busy, and their results come back in order.
 
-use super::{encode_error, EncodeSettings, KnownChunks, Ordered};
-use crate::error::{Error, Result};
-use crate::format::blob::{self, Dedup, EncodedBatch, Identity};
+use super::encode::{check_page_order, encode_cut, vector_size};
+use super::{EncodeSettings, KnownChunks, Ordered};
+use crate::error::Result;
+use crate::format::blob::{EncodedBatch, Identity};
 use crate::format::chunker::Chunker;
 use crate::storage::{Vector, VectorStorage};
 
@@ -46,11 +47,6 @@ pub(crate) enum Scanned {
     Larger(Vec<Vector>),
 }
 
-/// Raw bytes a vector counts for when batching (as the chunker counts them).
-pub(crate) fn vector_size(v: &Vector) -> usize {
-    4 * v.values.len() + v.id.len() + 16
-}
-
 /// Reads a namespace whole, in id order, unless it holds more than `limit` bytes.
 pub(crate) async fn scan_whole(
     storage: &dyn VectorStorage,
@@ -66,14 +62,7 @@ pub(crate) async fn scan_whole(
         if page.is_empty() {
             return Ok(Scanned::Whole(vectors));
         }
-        if let (Some(prev), Some(first)) = (after, page.first()) {
-            if first.id.as_bytes() <= prev.as_bytes() {
-                return Err(Error::Storage(format!(
-                    "namespace {ns:?}: the store's scan returned {:?} after {prev:?}; scans must ascend by id",
-                    first.id
-                )));
-            }
-        }
+        check_page_order(ns, after, &page)?;
         bytes += page.iter().map(vector_size).sum::<usize>();
         vectors.extend(page);
         if bytes > limit {
@@ -144,21 +133,19 @@ fn encode(ns: SmallNamespace, s: &EncodeSettings) -> Result<EncodedNamespace> {
     if !ns.vectors.is_empty() && cuts.last() != Some(&ns.vectors.len()) {
         cuts.push(ns.vectors.len());
     }
-    let known = |h: &[u8; 32]| ns.known.contains(h);
-    let dedup = Dedup {
+    // Each namespace's identities are computed its own way (its dedup base's).
+    let settings = EncodeSettings {
         identity: ns.identity,
-        known: &known,
+        ..s.clone()
     };
-    let batch = blob::encode_batch(
+    let batch = encode_cut(
+        &ns.name,
         ns.vectors,
         &cuts,
         ns.dimension,
-        s.include_metadata,
-        s.filter,
-        s.level,
-        &dedup,
-    )
-    .map_err(|e| encode_error(&ns.name, e))?;
+        &ns.known,
+        &settings,
+    )?;
     Ok(EncodedNamespace {
         name: ns.name,
         dimension: ns.dimension,

@@ -14,6 +14,9 @@ const V1_PLAIN: &str = "20261202T075849862Z-619e8ecb7f927fe2";
 const V2_FULL: &str = "20261202T101641538Z-9ba14b511153258f";
 const V2_INCREMENTAL: &str = "20261202T101641617Z-d1b97b3badc54d3b";
 const V2_PLAIN: &str = "20261202T101641648Z-84749ded411cc178";
+const V21_FULL: &str = "20261203T084229244Z-dfbbb30e72a90fc2";
+const V21_INCREMENTAL: &str = "20261203T084229260Z-9cac0eec3b8295cd";
+const V21_PLAIN: &str = "20261203T084229274Z-f482066a37e19411";
 
 /// A writable copy of a committed fixture repository (tests never change the original).
 fn fixture_copy(name: &str) -> (tempfile::TempDir, PathBuf) {
@@ -126,26 +129,28 @@ async fn a_new_incremental_builds_on_a_format_1_0_parent() {
     assert_eq!(dump(&got).await, dump(&store).await);
 }
 
-#[tokio::test]
-async fn a_format_2_0_repository_lists_verifies_and_restores() {
-    let (_tmp, dir) = fixture_copy("format-2.0");
+/// A format 2 fixture (`ids`: full, incremental, plain) lists in order with its version,
+/// its incremental references chunks of its parent, and it verifies and restores.
+async fn format_2_fixture_reads(fixture: &str, version: &str, ids: [&str; 3]) {
+    let (_tmp, dir) = fixture_copy(fixture);
     let m = manager(&dir);
     let listed = m.list_snapshots().await.unwrap();
-    let ids: Vec<&str> = listed.iter().map(|s| s.id.as_str()).collect();
-    assert_eq!(ids, [V2_PLAIN, V2_INCREMENTAL, V2_FULL]);
-    assert!(listed.iter().all(|s| s.format_version == "2.0"));
-    let inc = &listed[1];
+    let listed_ids: Vec<&str> = listed.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(listed_ids, [ids[2], ids[1], ids[0]]);
+    assert!(listed.iter().all(|s| s.format_version == version));
+    let inc = m.get_snapshot_metadata(ids[1]).await.unwrap();
     let alpha = inc.namespaces.iter().find(|n| n.name == "alpha").unwrap();
     assert!(
         alpha.logical_bytes.unwrap() > alpha.length - alpha.index.as_ref().unwrap().length,
         "the fixture's incremental references chunks of its parent"
     );
-    verifies_and_restores(&m, [V2_FULL, V2_INCREMENTAL, V2_PLAIN], v2_states().await).await;
+    verifies_and_restores(&m, ids, v2_states().await).await;
 }
 
-#[tokio::test]
-async fn a_new_incremental_dedups_against_a_format_2_0_parent() {
-    let (_tmp, dir) = fixture_copy("format-2.0");
+/// A new incremental on a format 2 fixture's incremental stores only a little of `alpha`:
+/// the rest is referenced in the old chain.
+async fn new_incremental_dedups_on(fixture: &str, parent: &str) {
+    let (_tmp, dir) = fixture_copy(fixture);
     let config = SnapshotConfig::new()
         .with_max_snapshots(0)
         .with_chunk_size(4096)
@@ -156,7 +161,7 @@ async fn a_new_incremental_dedups_against_a_format_2_0_parent() {
     one.values[1] += 1.0;
     store.upsert("alpha", vec![one]).await.unwrap();
     let child = m
-        .create_incremental_snapshot(&store, V2_INCREMENTAL, None, CreateOptions::default())
+        .create_incremental_snapshot(&store, parent, None, CreateOptions::default())
         .await
         .unwrap();
     let alpha = &child.namespaces[0];
@@ -164,10 +169,30 @@ async fn a_new_incremental_dedups_against_a_format_2_0_parent() {
     let data = alpha.length - alpha.index.as_ref().unwrap().length;
     assert!(
         data * 2 < alpha.logical_bytes.unwrap(),
-        "most of alpha is referenced in the 2.0 chain: {data} of {:?} bytes stored",
+        "most of alpha is referenced in the old chain: {data} of {:?} bytes stored",
         alpha.logical_bytes
     );
     m.verify_snapshot(child.id.as_str()).await.unwrap();
     let got = restore_all(&m, child.id.as_str()).await;
     assert_eq!(dump(&got).await, dump(&store).await);
+}
+
+#[tokio::test]
+async fn a_format_2_0_repository_lists_verifies_and_restores() {
+    format_2_fixture_reads("format-2.0", "2.0", [V2_FULL, V2_INCREMENTAL, V2_PLAIN]).await;
+}
+
+#[tokio::test]
+async fn a_new_incremental_dedups_against_a_format_2_0_parent() {
+    new_incremental_dedups_on("format-2.0", V2_INCREMENTAL).await;
+}
+
+#[tokio::test]
+async fn a_format_2_1_repository_lists_verifies_and_restores() {
+    format_2_fixture_reads("format-2.1", "2.1", [V21_FULL, V21_INCREMENTAL, V21_PLAIN]).await;
+}
+
+#[tokio::test]
+async fn a_new_incremental_dedups_against_a_format_2_1_parent() {
+    new_incremental_dedups_on("format-2.1", V21_INCREMENTAL).await;
 }

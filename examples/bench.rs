@@ -207,6 +207,7 @@ fn parent(args: &[String]) -> Result<(), String> {
         "repeat": repeat,
         "raw_bytes": raw,
         "blob_bytes": blob,
+        "sidecar_bytes": create["sidecar_bytes"],
         "baseline_bytes": baseline_bytes,
         "blob_pct_of_raw": 100.0 * blob as f64 / raw as f64,
         "blob_pct_of_baseline": 100.0 * blob as f64 / baseline_bytes as f64,
@@ -298,7 +299,7 @@ fn phase(name: &str, args: &[String]) -> Result<(), String> {
                 let before = status_kib("VmRSS:");
                 reset_peak();
                 let started = Instant::now();
-                let (id, blob_bytes) = if name == "baseline-create" {
+                let (id, blob_bytes, sidecar_bytes) = if name == "baseline-create" {
                     let mut all: BTreeMap<String, Vec<Vector>> = BTreeMap::new();
                     for ns in store.list_namespaces().await.map_err(|e| e.to_string())? {
                         let vs = store.get_all(&ns).await.map_err(|e| e.to_string())?;
@@ -310,16 +311,16 @@ fn phase(name: &str, args: &[String]) -> Result<(), String> {
                     serde_json::to_writer(&mut w, &all).map_err(|e| e.to_string())?;
                     let f = w.into_inner().map_err(|e| e.to_string())?;
                     f.sync_all().map_err(|e| e.to_string())?;
-                    (String::new(), std::fs::metadata(&path).map_err(|e| e.to_string())?.len())
+                    (String::new(), std::fs::metadata(&path).map_err(|e| e.to_string())?.len(), 0)
                 } else {
                     let m = SnapshotManager::from_url(&sink, &SinkOptions::new(), config).map_err(|e| e.to_string())?;
                     let s = m.create_snapshot(&store, CreateOptions::described(name)).await.map_err(|e| e.to_string())?;
-                    (s.id.to_string(), s.size_bytes)
+                    (s.id.to_string(), s.size_bytes, s.to_json().len())
                 };
                 let secs = started.elapsed().as_secs_f64();
                 let peak = status_kib("VmHWM:");
                 Ok::<Value, String>(json!({
-                    "secs": secs, "snapshot_id": id, "blob_bytes": blob_bytes,
+                    "secs": secs, "snapshot_id": id, "blob_bytes": blob_bytes, "sidecar_bytes": sidecar_bytes,
                     "peak_extra_mib": peak.saturating_sub(before) as f64 / 1024.0,
                 }))
             }

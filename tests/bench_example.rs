@@ -33,6 +33,7 @@ fn bench_prints_every_required_figure_as_its_last_line() {
     for key in [
         "raw_bytes",
         "blob_bytes",
+        "sidecar_bytes",
         "baseline_bytes",
         "create_mb_s",
         "restore_mb_s",
@@ -55,5 +56,10 @@ fn bench_prints_every_required_figure_as_its_last_line() {
         v["baseline_bytes"].as_f64().unwrap(),
     );
     assert!(blob > 0.0 && blob < json, "blob {blob} vs JSON {json}");
+    let sidecar = v["sidecar_bytes"].as_f64().unwrap();
+    assert!(
+        sidecar > 100.0 && sidecar < 16_384.0,
+        "sidecar {sidecar} bytes"
+    );
     assert!(json > raw, "JSON text is larger than the raw binary data");
 }

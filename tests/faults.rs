@@ -247,7 +247,8 @@ impl Scenario for CreateIncremental {
 
     async fn check_done(&self, c: &SnapshotManager, context: &str) {
         self.0.check_done(c, context).await;
-        let newest = c.list_snapshots().await.unwrap().remove(0);
+        let newest = c.list_snapshots().await.unwrap().remove(0).id;
+        let newest = c.get_snapshot_metadata(newest.as_str()).await.unwrap();
         let a = &newest.namespaces[0];
         assert!(
             a.logical_bytes.unwrap() > a.length,

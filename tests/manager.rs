@@ -7,6 +7,7 @@ use common::{dump, make_vectors, restore_all, store_with};
 use dakera_snapshot::id::SeededRandom;
 use dakera_snapshot::paths::Key;
 use dakera_snapshot::sink::fault::{Call, Fault, FaultySink};
+use dakera_snapshot::testing::forge_directory;
 use dakera_snapshot::Filter;
 use dakera_snapshot::{
     CompressionLevel, CreateOptions, Error, InMemoryStorage, LocalFsSink, ManualClock, RestoreMode,
@@ -661,7 +662,7 @@ async fn verify_and_restore_catch_flipped_bytes_and_truncation() {
         }
     }
 
-    // A flipped byte in the sidecar's recorded digest.
+    // A flipped digit in the directory's recorded digest, the sidecar made to match.
     std::fs::write(&path, &good).unwrap();
     m.verify_snapshot(id).await.unwrap();
     let side = repo.dir.path().join(format!("snapshots/{id}.meta.json"));
@@ -672,7 +673,9 @@ async fn verify_and_restore_catch_flipped_bytes_and_truncation() {
         if digest.starts_with('0') { "1" } else { "0" },
         &digest[1..]
     );
-    std::fs::write(&side, text.replace(digest.as_str(), &flipped)).unwrap();
+    forge_directory(repo.dir.path(), id, |m| {
+        m.namespaces[1].content_sha256 = flipped.clone()
+    });
     let err = m.verify_snapshot(id).await.unwrap_err();
     assert!(err.to_string().contains("content digest"), "{err}");
 
@@ -700,10 +703,10 @@ async fn sidecars_of_another_major_version_or_garbage_are_refused() {
     assert!(text.contains(&written), "{text}");
     let major = snap.format_version.split('.').next().unwrap().to_string();
 
-    std::fs::write(&side, text.replace(&written, "\"format_version\": \"3.0\"")).unwrap();
+    std::fs::write(&side, text.replace(&written, "\"format_version\": \"4.0\"")).unwrap();
     let err = m.get_snapshot_metadata(snap.id.as_str()).await.unwrap_err();
     assert!(
-        matches!(err, Error::UnsupportedVersion { ref found, .. } if found == "3.0"),
+        matches!(err, Error::UnsupportedVersion { ref found, .. } if found == "4.0"),
         "{err}"
     );
 
@@ -1239,6 +1242,6 @@ async fn two_writers_that_draw_the_same_id_cannot_overwrite_each_other() {
         .unwrap_err();
     assert!(matches!(err, Error::Conflict { .. }), "{err}");
     let listed = a.list_snapshots().await.unwrap();
-    assert_eq!(listed, std::slice::from_ref(&first));
+    assert_eq!(listed, [first.summary()]);
     a.verify_snapshot(first.id.as_str()).await.unwrap();
 }

@@ -113,6 +113,7 @@ async fn restoring_a_few_of_many_namespaces_reads_only_their_bytes() {
         .filter(|n| only.contains(&&n.name))
         .map(|n| n.length)
         .sum();
+    let directory = snap.directory.as_ref().unwrap().length;
     blob_bytes.store(0, Ordering::SeqCst);
     let target = InMemoryStorage::new();
     let opts = RestoreOptions::new().only(only.iter().map(|s| s.as_str()));
@@ -121,13 +122,76 @@ async fn restoring_a_few_of_many_namespaces_reads_only_their_bytes() {
         .unwrap();
     assert_eq!(
         blob_bytes.load(Ordering::SeqCst),
-        section_bytes,
-        "read exactly the sections of the namespaces restored (of {} in the blob)",
+        section_bytes + directory,
+        "read exactly the directory and the sections of the namespaces restored (of {} in the blob)",
         snap.size_bytes
     );
     let mut want = dump(&store).await;
     want.retain(|name, _| only.contains(&name));
     assert_eq!(dump(&target).await, want);
+}
+
+/// Format 3: the sidecar does not grow with the namespace count (the lists are in the blob's
+/// directory), `list` reads no blob, and an incremental with few changes keeps it as small.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_stay_small_and_listing_reads_no_blob() {
+    let dir = tempfile::tempdir().unwrap();
+    let blob_bytes = Arc::new(AtomicU64::new(0));
+    let sink = CountingSink {
+        inner: LocalFsSink::new(dir.path()).unwrap(),
+        blob_bytes: blob_bytes.clone(),
+    };
+    let m = SnapshotManager::new(Arc::new(sink), SnapshotConfig::default()).unwrap();
+    let sidecar_len = |id: &str| {
+        std::fs::metadata(dir.path().join(format!("snapshots/{id}.meta.json")))
+            .unwrap()
+            .len()
+    };
+    let few = m
+        .create_snapshot(&tenant_store(&tenants(3)).await, CreateOptions::default())
+        .await
+        .unwrap();
+    let names = tenants(2_000);
+    let store = tenant_store(&names).await;
+    let many = m
+        .create_snapshot(&store, CreateOptions::default())
+        .await
+        .unwrap();
+    store
+        .upsert(&names[7], make_vectors("changed", 2, 16))
+        .await
+        .unwrap();
+    let inc = m
+        .create_incremental_snapshot(&store, many.id.as_str(), None, CreateOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (inc.namespaces.len(), inc.unchanged_namespaces.len()),
+        (1, 1_999)
+    );
+    let (small, large, incremental) = (
+        sidecar_len(few.id.as_str()),
+        sidecar_len(many.id.as_str()),
+        sidecar_len(inc.id.as_str()),
+    );
+    assert!(large < small + 64 && incremental < small + 256, "sidecars of 3, 2,000 and an incremental of 2,000 namespaces: {small}, {large}, {incremental} bytes");
+
+    blob_bytes.store(0, Ordering::SeqCst);
+    let listed = m.list_snapshots().await.unwrap();
+    assert_eq!(
+        blob_bytes.load(Ordering::SeqCst),
+        0,
+        "list reads only sidecars"
+    );
+    assert_eq!(listed[0].namespace_count(), 2_000);
+    assert!(!listed[0].contents_loaded());
+    let read = m.get_snapshot_metadata(inc.id.as_str()).await.unwrap();
+    assert_eq!(read, inc, "the lists read back from the directory");
+    assert_eq!(
+        blob_bytes.load(Ordering::SeqCst),
+        inc.directory.as_ref().unwrap().length,
+        "one ranged read of the directory"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,6 +51,12 @@ pub mod kind {
     pub const BLOCK: u8 = 0x06;
     /// A namespace's chunk table (format 2).
     pub const CHUNK_INDEX: u8 = 0x07;
+    /// Stored namespaces of the snapshot's directory (format 3).
+    pub const NS_DIRECTORY: u8 = 0x08;
+    /// Namespaces unchanged in an ancestor (format 3 directory).
+    pub const UNCHANGED_NAMES: u8 = 0x09;
+    /// Namespaces deleted since the parent (format 3 directory).
+    pub const DELETED_NAMES: u8 = 0x0A;
     /// First optional kind.
     pub const FIRST_OPTIONAL: u8 = 0x40;
 }
@@ -924,6 +930,24 @@ pub fn decode_index_chunk(
     )
 }
 
+/// Decodes a snapshot's directory chunk (format 3), decompressing at most `raw_limit` bytes
+/// (its recorded raw length); returns it with the SHA-256 of its decompressed bytes.
+pub fn decode_directory_chunk(
+    compressed: &[u8],
+    raw_limit: u64,
+) -> Result<(super::directory::Directory, [u8; 32]), DecodeError> {
+    let mut raw = Vec::new();
+    super::gzip::read_members(compressed, raw_limit, &mut raw)?;
+    if raw.len() as u64 != raw_limit {
+        return corrupt(format!(
+            "the directory holds {} bytes, its record says {raw_limit}",
+            raw.len()
+        ));
+    }
+    let sha = Sha256::digest(&raw).into();
+    Ok((super::directory::decode(&raw)?, sha))
+}
+
 /// What an NS_HEADER frame says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamespaceHeader {
@@ -1491,9 +1515,9 @@ mod tests {
         );
 
         let mut future = encode_header("x", 1);
-        future[8..10].copy_from_slice(&3u16.to_le_bytes());
+        future[8..10].copy_from_slice(&4u16.to_le_bytes());
         let err = decode_header(&compress_member(&future, 1)[..]).unwrap_err();
-        assert!(matches!(err, DecodeError::Version { major: 3, .. }));
+        assert!(matches!(err, DecodeError::Version { major: 4, .. }));
         let mut old = encode_header("x", 1);
         old[8..10].copy_from_slice(&1u16.to_le_bytes());
         assert_eq!(

@@ -6,17 +6,18 @@
 
 pub mod blob;
 pub mod chunker;
+pub mod directory;
 pub mod gzip;
 pub mod index;
 pub mod sidecar;
 
 /// The format major version this build writes. Readers reject majors they do not know.
-pub const FORMAT_MAJOR: u16 = 2;
-/// Every major this build reads: format 1 repositories stay readable.
-pub const SUPPORTED_MAJORS: [u16; 2] = [1, 2];
+pub const FORMAT_MAJOR: u16 = 3;
+/// Every major this build reads: format 1 and 2 repositories stay readable.
+pub const SUPPORTED_MAJORS: [u16; 3] = [1, 2, 3];
 /// The format minor version this build writes. Readers accept any minor of their major:
 /// minors only add things older readers may ignore.
-pub const FORMAT_MINOR: u16 = 1;
+pub const FORMAT_MINOR: u16 = 0;
 
 /// `"MAJOR.MINOR"` as written into sidecars.
 pub fn format_version() -> String {

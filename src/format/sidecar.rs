@@ -17,6 +17,8 @@ pub const FORMAT_NAME: &str = "dakera-snapshot";
 pub const MAX_CHUNK_RAW: u64 = (32 << 20) + 2 * crate::format::blob::MAX_FRAME_LEN as u64;
 /// Largest sidecar a reader accepts (a bound against forged or runaway files).
 pub const MAX_SIDECAR_BYTES: u64 = 64 << 20;
+/// Largest decompressed directory a reader accepts (format 3): about 8 million namespaces.
+pub const MAX_DIRECTORY_RAW: u64 = 1 << 30;
 
 /// Full or incremental.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +114,38 @@ impl NamespaceEntry {
     }
 }
 
+/// Format 3: where a snapshot's namespace directory is in its blob, how to check it, and how
+/// many namespaces it lists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectoryInfo {
+    /// Offset of the directory chunk in the blob (it ends where the footer starts).
+    pub offset: u64,
+    /// Compressed length.
+    pub length: u64,
+    /// Decompressed length.
+    pub raw_length: u64,
+    /// CRC-32 of the compressed bytes.
+    pub crc32: u32,
+    /// Hex SHA-256 of the decompressed bytes: the directory is as trusted as the sidecar.
+    pub sha256: String,
+    /// Namespaces stored in this blob.
+    pub stored: u64,
+    /// Namespaces unchanged, stored in an ancestor.
+    pub unchanged: u64,
+    /// Namespaces of the parent that no longer exist.
+    pub deleted: u64,
+}
+
+impl DirectoryInfo {
+    /// The directory chunk's byte range.
+    pub fn range(&self) -> ByteRange {
+        ByteRange {
+            offset: self.offset,
+            length: self.length,
+        }
+    }
+}
+
 /// Compression settings a blob was written with.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CompressionInfo {
@@ -150,12 +184,18 @@ pub struct SnapshotMetadata {
     #[serde(default)]
     pub parent_id: Option<SnapshotId>,
     /// Namespaces stored in this blob, sorted by name.
+    ///
+    /// Format 3 keeps the three namespace lists in the blob's directory, not in the sidecar:
+    /// they are filled by [`crate::SnapshotManager::get_snapshot_metadata`] and by create,
+    /// but empty in what [`crate::SnapshotManager::list_snapshots`] returns (see
+    /// [`Self::contents_loaded`]; the counts, [`Self::namespace_count`], are always there).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<NamespaceEntry>,
     /// Namespaces that exist at this point in time but are stored in an ancestor (incremental).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unchanged_namespaces: Vec<String>,
     /// Namespaces of the parent that no longer exist (incremental).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deleted_namespaces: Vec<String>,
     /// Vectors stored in this blob.
     pub total_vectors: u64,
@@ -169,6 +209,9 @@ pub struct SnapshotMetadata {
     pub header: ByteRange,
     /// Byte range of the footer member.
     pub footer: ByteRange,
+    /// Format 3: the blob's namespace directory (the namespace lists); `None` before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directory: Option<DirectoryInfo>,
     /// How the blob was compressed.
     pub compression: CompressionInfo,
     /// Whether vector metadata was included.
@@ -183,6 +226,78 @@ impl SnapshotMetadata {
     /// The stored namespace entry with this name.
     pub fn namespace(&self, name: &str) -> Option<&NamespaceEntry> {
         self.namespaces.iter().find(|n| n.name == name)
+    }
+
+    /// Whether the namespace lists are here: always before format 3; in format 3 once the
+    /// directory has been read from the blob.
+    pub fn contents_loaded(&self) -> bool {
+        self.directory.as_ref().is_none_or(|d| {
+            self.namespaces.len() as u64 == d.stored
+                && self.unchanged_namespaces.len() as u64 == d.unchanged
+                && self.deleted_namespaces.len() as u64 == d.deleted
+        })
+    }
+
+    /// Namespaces that exist at this snapshot's point in time (stored here or unchanged in
+    /// an ancestor), known without the lists.
+    pub fn namespace_count(&self) -> u64 {
+        match &self.directory {
+            Some(d) => d.stored + d.unchanged,
+            None => (self.namespaces.len() + self.unchanged_namespaces.len()) as u64,
+        }
+    }
+
+    /// Namespaces stored in this snapshot's blob, known without the lists.
+    pub fn stored_namespace_count(&self) -> u64 {
+        match &self.directory {
+            Some(d) => d.stored,
+            None => self.namespaces.len() as u64,
+        }
+    }
+
+    /// The same metadata without its namespace lists: what a format 3 sidecar holds, and
+    /// what a job that needs only a snapshot's identity and layout is handed.
+    pub fn summary(&self) -> SnapshotMetadata {
+        SnapshotMetadata {
+            format: self.format.clone(),
+            format_version: self.format_version.clone(),
+            writer: self.writer.clone(),
+            id: self.id.clone(),
+            created_at: self.created_at,
+            created_at_ms: self.created_at_ms,
+            description: self.description.clone(),
+            labels: self.labels.clone(),
+            snapshot_type: self.snapshot_type,
+            parent_id: self.parent_id.clone(),
+            namespaces: Vec::new(),
+            unchanged_namespaces: Vec::new(),
+            deleted_namespaces: Vec::new(),
+            total_vectors: self.total_vectors,
+            size_bytes: self.size_bytes,
+            raw_bytes: self.raw_bytes,
+            blob_sha256: self.blob_sha256.clone(),
+            header: self.header,
+            footer: self.footer,
+            directory: self.directory.clone(),
+            compression: self.compression.clone(),
+            include_metadata: self.include_metadata,
+            logical_bytes: self.logical_bytes,
+        }
+    }
+
+    /// Takes the namespace lists of a format 3 snapshot, read from its blob's directory, and
+    /// checks the whole layout with them.
+    pub fn fill_directory(
+        &mut self,
+        dir: crate::format::directory::Directory,
+    ) -> std::result::Result<(), String> {
+        self.namespaces = dir.stored;
+        self.unchanged_namespaces = dir.unchanged;
+        self.deleted_namespaces = dir.deleted;
+        if !self.contents_loaded() {
+            return Err("it lists other counts than the sidecar records".into());
+        }
+        self.check_layout()
     }
 
     /// Every namespace that exists at this snapshot's point in time, stored here or in an
@@ -207,9 +322,16 @@ impl SnapshotMetadata {
             .unwrap_or(0)
     }
 
-    /// Serializes for storage.
+    /// Serializes for storage: the sidecar (format 3: without the namespace lists, which
+    /// are in the blob).
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec_pretty(self).expect("metadata always serializes")
+        let json = |m: &SnapshotMetadata| {
+            serde_json::to_vec_pretty(m).expect("metadata always serializes")
+        };
+        match self.directory {
+            Some(_) => json(&self.summary()),
+            None => json(self),
+        }
     }
 
     /// Parses and checks a sidecar read from `expected_id`'s key.
@@ -251,14 +373,48 @@ impl SnapshotMetadata {
                 meta.id
             )));
         }
+        let lists = !(meta.namespaces.is_empty()
+            && meta.unchanged_namespaces.is_empty()
+            && meta.deleted_namespaces.is_empty());
+        if lists && meta.directory.is_some() {
+            return Err(corrupt(
+                "format 3 sidecars hold no namespace lists (they are in the blob)".into(),
+            ));
+        }
         meta.check_layout().map_err(corrupt)?;
         Ok(meta)
     }
 
+    /// Format 3: the sidecar's own ranges (header at 0, the directory ending where the
+    /// footer starts, the footer ending the blob) and links are sound.
+    fn check_summary(&self) -> std::result::Result<(), String> {
+        let Some(dir) = self.directory.as_ref().filter(|_| self.format_major() == 3) else {
+            return Err("a directory in a sidecar before format 3".into());
+        };
+        if self.header.offset != 0 {
+            return Err("header does not start at byte 0".into());
+        }
+        if dir.offset < self.header.end() || dir.range().end() != self.footer.offset {
+            return Err("the directory does not end where the footer starts".into());
+        }
+        if dir.length == 0 || dir.raw_length > MAX_DIRECTORY_RAW || dir.sha256.len() != 64 {
+            return Err("the directory record is malformed".into());
+        }
+        if self.footer.end() != self.size_bytes {
+            return Err("footer does not end the blob".into());
+        }
+        self.check_links()
+    }
+
     /// Checks that the recorded ranges tile the blob: header, each namespace's members in
-    /// order, footer, with no gap or overlap, and that the counts add up. A reader relies on
-    /// this before it trusts any offset.
+    /// order, (format 3) the directory, footer, with no gap or overlap, and that the counts
+    /// add up. A reader relies on this before it trusts any offset. For a format 3 snapshot
+    /// whose lists are not loaded, checks the ranges its sidecar records (header, directory,
+    /// footer); the rest is checked when the directory is read.
     pub fn check_layout(&self) -> std::result::Result<(), String> {
+        if !self.contents_loaded() {
+            return self.check_summary();
+        }
         if self.header.offset != 0 {
             return Err("header does not start at byte 0".into());
         }
@@ -279,7 +435,8 @@ impl SnapshotMetadata {
             total = total.saturating_add(ns.vector_count);
             raw = raw.saturating_add(ns.raw_length);
         }
-        if self.footer.offset != at || self.footer.end() != self.size_bytes {
+        self.check_directory_place(at)?;
+        if self.footer.end() != self.size_bytes {
             return Err("footer does not end the blob".into());
         }
         if total != self.total_vectors {
@@ -291,6 +448,35 @@ impl SnapshotMetadata {
         if raw > self.raw_bytes {
             return Err("raw sizes exceed raw_bytes".into());
         }
+        self.check_links()
+    }
+
+    /// Format 3: the directory follows the last namespace section (which ends at `at`),
+    /// ends where the footer starts, and lists what its record counts. Before format 3: the
+    /// footer follows the last section.
+    fn check_directory_place(&self, at: u64) -> std::result::Result<(), String> {
+        match (&self.directory, self.format_major()) {
+            (None, 1 | 2) if self.footer.offset == at => Ok(()),
+            (None, 1 | 2) => Err("footer does not follow the last namespace".into()),
+            (Some(dir), 3) => {
+                if dir.offset != at || dir.range().end() != self.footer.offset {
+                    return Err(
+                        "the directory does not lie between the last namespace and the footer"
+                            .into(),
+                    );
+                }
+                if !self.contents_loaded() {
+                    return Err("the directory lists other counts than its record".into());
+                }
+                Ok(())
+            }
+            (None, _) => Err("a format 3 sidecar without its directory".into()),
+            (Some(_), _) => Err("a directory in a sidecar before format 3".into()),
+        }
+    }
+
+    /// Only incrementals have a parent, and never themselves.
+    fn check_links(&self) -> std::result::Result<(), String> {
         if (self.snapshot_type == SnapshotType::Incremental) != self.parent_id.is_some() {
             return Err("only incremental snapshots have a parent".into());
         }

@@ -1,11 +1,12 @@
 //! Reading the catalog: metadata, listing, chain resolution, lineage, `latest`, diffs.
 
-use super::pipeline::outside_the_runtime;
+use super::pipeline::{blob_read_error, decode_error, outside_the_runtime};
 use super::reports::{
     Catalog, CatalogEntry, DamagedSnapshot, DiffEntry, DiffKind, Lineage, SnapshotDiff,
 };
 use super::SnapshotManager;
 use crate::error::{Error, Result};
+use crate::format::blob;
 use crate::format::sidecar::{NamespaceEntry, SnapshotMetadata, MAX_SIDECAR_BYTES};
 use crate::id::SnapshotId;
 use crate::paths::ObjectKind;
@@ -18,6 +19,15 @@ const LIST_CONCURRENCY: usize = 16;
 /// Longest ancestor chain followed before the chain is declared corrupt (a cycle).
 const MAX_CHAIN: usize = 100_000;
 
+/// How much of an ancestor to read.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Reading {
+    /// The sidecar alone (format 3: no namespace lists).
+    Summary,
+    /// With the namespace lists (format 3: the blob's directory too).
+    Lists,
+}
+
 /// A snapshot's point-in-time view: where each of its namespaces is stored.
 #[derive(Debug, Clone)]
 pub(crate) struct ResolvedSnapshot {
@@ -29,7 +39,8 @@ pub(crate) struct ResolvedSnapshot {
 }
 
 impl SnapshotManager {
-    /// The metadata of one snapshot.
+    /// The metadata of one snapshot, with its namespace lists (format 3: read from the
+    /// blob's directory, one ranged read).
     pub async fn get_snapshot_metadata(&self, id: &str) -> Result<SnapshotMetadata> {
         let id = SnapshotId::parse(id)?;
         self.read_sidecar(&id).await
@@ -49,7 +60,9 @@ impl SnapshotManager {
     /// fetched concurrently. Fails as a whole if the listing or a sidecar read fails, or if
     /// any sidecar cannot be read (the error names it and how to remove it): a partial list
     /// would let retention delete the wrong things. [`Self::list_catalog`] reports damaged
-    /// sidecars instead.
+    /// sidecars instead. Only sidecars are read: a format 3 snapshot's namespace lists are
+    /// left in its blob ([`SnapshotMetadata::contents_loaded`] is false, the counts are
+    /// there); [`Self::get_snapshot_metadata`] reads them.
     pub async fn list_snapshots(&self) -> Result<Vec<SnapshotMetadata>> {
         let catalog = self.list_catalog().await?;
         if let Some(d) = catalog.damaged.first() {
@@ -145,8 +158,52 @@ impl SnapshotManager {
         Ok(meta)
     }
 
+    /// A snapshot's metadata with its namespace lists: the sidecar, and for format 3 the
+    /// directory from the blob (one ranged read), checked.
     pub(super) async fn read_sidecar(&self, id: &SnapshotId) -> Result<SnapshotMetadata> {
+        let mut meta = self.read_summary(id).await?;
+        self.load_directory(&mut meta).await?;
+        Ok(meta)
+    }
+
+    /// A snapshot's sidecar alone: for format 3 without the namespace lists (enough for its
+    /// identity, links, sizes and layout).
+    pub(super) async fn read_summary(&self, id: &SnapshotId) -> Result<SnapshotMetadata> {
         SnapshotMetadata::from_json(&self.fetch_sidecar(id).await?, id)
+    }
+
+    /// Reads a format 3 snapshot's namespace lists from its blob's directory chunk, checked
+    /// against the sidecar's CRC-32 and SHA-256 and counts (nothing to do before format 3,
+    /// or when they are loaded already).
+    pub(super) async fn load_directory(&self, meta: &mut SnapshotMetadata) -> Result<()> {
+        let Some(dir) = meta.directory.clone().filter(|_| !meta.contents_loaded()) else {
+            return Ok(());
+        };
+        let owner = meta.id.clone();
+        let id = owner.as_str();
+        let corrupt = |why: String| Error::corrupt(id, None, Some(dir.offset), why);
+        let bytes = self
+            .sink
+            .get_bytes(&self.layout.blob_key(&meta.id), Some(dir.range().range()))
+            .await
+            .map_err(|e| blob_read_error(e, id, "(directory)", dir.offset))?;
+        if bytes.len() as u64 != dir.length || crc32fast::hash(&bytes) != dir.crc32 {
+            return Err(corrupt(format!(
+                "the namespace directory (bytes {}..{}) fails its CRC-32",
+                dir.offset,
+                dir.range().end()
+            )));
+        }
+        let (listed, sha) =
+            outside_the_runtime(|| blob::decode_directory_chunk(&bytes, dir.raw_length))
+                .map_err(|e| decode_error(id, None, dir.offset, e))?;
+        if hex::encode(sha) != dir.sha256 {
+            return Err(corrupt(
+                "the namespace directory does not match the sidecar's SHA-256".into(),
+            ));
+        }
+        meta.fill_directory(listed)
+            .map_err(|why| corrupt(format!("the namespace directory: {why}")))
     }
 
     /// A sidecar's bytes, refusing one larger than any writer makes.
@@ -224,7 +281,10 @@ impl SnapshotManager {
                     "namespace is recorded as unchanged but no ancestor stores it",
                 ));
             };
-            match self.read_ancestor(id, &chain, &parent).await? {
+            match self
+                .read_ancestor(id, &chain, &parent, Reading::Lists)
+                .await?
+            {
                 Some(p) => chain.push(p),
                 None => {
                     return Err(Error::BrokenChain {
@@ -244,6 +304,7 @@ impl SnapshotManager {
         id: &SnapshotId,
         chain: &[SnapshotMetadata],
         parent: &SnapshotId,
+        reading: Reading,
     ) -> Result<Option<SnapshotMetadata>> {
         if chain.len() >= MAX_CHAIN || chain.iter().any(|s| &s.id == parent) {
             return Err(Error::corrupt(
@@ -253,7 +314,11 @@ impl SnapshotManager {
                 "the ancestor chain loops",
             ));
         }
-        match self.read_sidecar(parent).await {
+        let read = match reading {
+            Reading::Lists => self.read_sidecar(parent).await,
+            Reading::Summary => self.read_summary(parent).await,
+        };
+        match read {
             Ok(p) => Ok(Some(p)),
             Err(Error::SnapshotNotFound { .. }) => Ok(None),
             Err(e) => Err(e),
@@ -296,7 +361,10 @@ impl SnapshotManager {
         let id = SnapshotId::parse(id)?;
         let mut chain = vec![self.read_sidecar(&id).await?];
         while let Some(parent) = chain.last().and_then(|m| m.parent_id.clone()) {
-            match self.read_ancestor(&id, &chain, &parent).await? {
+            match self
+                .read_ancestor(&id, &chain, &parent, Reading::Summary)
+                .await?
+            {
                 Some(m) => chain.push(m),
                 None => {
                     return Ok(Lineage {

@@ -2,6 +2,7 @@
 //! read from a format 2 chunk index or a format 1 sidecar, and checked before any of it is
 //! trusted.
 
+use super::catalog::Reading;
 use super::dedup::DedupBase;
 use super::pipeline::{blob_read_error, crc_mismatch, decode_error};
 use super::SnapshotManager;
@@ -195,7 +196,10 @@ impl SnapshotManager {
             {
                 break;
             }
-            match self.read_ancestor(&holder.id, &chain, &parent).await? {
+            match self
+                .read_ancestor(&holder.id, &chain, &parent, Reading::Summary)
+                .await?
+            {
                 Some(meta) => {
                     found.push(meta.clone());
                     chain.push(meta);

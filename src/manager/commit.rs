@@ -123,11 +123,9 @@ impl SnapshotManager {
     ) -> SnapshotMetadata {
         let (format, format_version, writer) = new_format_fields();
         let body = blob.body;
-        for name in body.found_unchanged {
-            plan.inherited_bytes += plan.compare.get(&name).map_or(0, |v| v.logical_bytes);
-            plan.unchanged.push(name);
+        for name in &body.found_unchanged {
+            plan.inherited_bytes += plan.compare.get(name).map_or(0, |v| v.logical_bytes);
         }
-        plan.unchanged.sort();
         SnapshotMetadata {
             format,
             format_version,
@@ -149,13 +147,14 @@ impl SnapshotManager {
                         .sum::<u64>(),
             ),
             namespaces: body.namespaces,
-            unchanged_namespaces: plan.unchanged,
+            unchanged_namespaces: body.unchanged,
             deleted_namespaces: plan.deleted,
             size_bytes: blob.size,
             raw_bytes: blob.raw,
             blob_sha256: hex::encode(blob.sha),
             header: body.header,
             footer: body.footer,
+            directory: Some(body.directory),
             compression: CompressionInfo {
                 codec: "gzip".into(),
                 level: self.config.effective_level(),

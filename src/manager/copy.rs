@@ -101,7 +101,7 @@ impl SnapshotManager {
     /// `Some(AlreadyPresent)` if this repository has `meta`'s snapshot with the same blob
     /// checksum, `None` if it does not have it, a conflict if it has a different one.
     async fn present_copy(&self, meta: &SnapshotMetadata) -> Result<Option<CopyOutcome>> {
-        match self.read_sidecar(&meta.id).await {
+        match self.read_summary(&meta.id).await {
             Ok(have) if have.blob_sha256 == meta.blob_sha256 => {
                 Ok(Some(CopyOutcome::AlreadyPresent {
                     snapshot_id: meta.id.clone(),

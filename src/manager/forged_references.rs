@@ -7,6 +7,7 @@
 use crate::config::{CreateOptions, RestoreOptions, SnapshotConfig};
 use crate::error::Error;
 use crate::format::blob::kind;
+use crate::format::directory;
 use crate::format::gzip;
 use crate::format::index::NamespaceIndex;
 use crate::format::sidecar::SnapshotMetadata;
@@ -59,7 +60,7 @@ async fn repo_and_store(dir: &Path) -> (SnapshotManager, [SnapshotMetadata; 3], 
 }
 
 /// Rewrites `snap`'s chunk index of [`NS`] (the last namespace of its blob) with `forge`,
-/// and its sidecar to match.
+/// and its directory and sidecar to match.
 fn forge_index(dir: &Path, snap: &SnapshotMetadata, forge: impl FnOnce(&mut NamespaceIndex)) {
     let blob_path = dir.join(format!("snapshots/{}.snap.gz", snap.id));
     let blob = std::fs::read(&blob_path).unwrap();
@@ -78,8 +79,6 @@ fn forge_index(dir: &Path, snap: &SnapshotMetadata, forge: impl FnOnce(&mut Name
     let mut member = Vec::new();
     gzip::append_member(&mut member, &frame, 6);
     let footer = &blob[meta.footer.offset as usize..];
-    let new_blob = [&blob[..at], &member[..], footer].concat();
-
     let grown = member.len() as i64 - index.length as i64;
     let raw_grown = frame.len() as i64 - index.raw_length as i64;
     let new_index = entry.index.as_mut().unwrap();
@@ -88,9 +87,21 @@ fn forge_index(dir: &Path, snap: &SnapshotMetadata, forge: impl FnOnce(&mut Name
     new_index.crc32 = crc32fast::hash(&member);
     entry.length = (entry.length as i64 + grown) as u64;
     entry.raw_length = (entry.raw_length as i64 + raw_grown) as u64;
-    meta.footer.offset = (meta.footer.offset as i64 + grown) as u64;
+    let old_dir = meta.directory.clone().unwrap();
+    let dir_at = at as u64 + member.len() as u64;
+    let (dir_member, listed) = directory::chunk(
+        &meta.namespaces,
+        &meta.unchanged_namespaces,
+        &meta.deleted_namespaces,
+        6,
+        dir_at,
+    );
+    let new_blob = [&blob[..at], &member[..], &dir_member[..], footer].concat();
+    meta.footer.offset = listed.range().end();
+    meta.raw_bytes = (meta.raw_bytes as i64 + raw_grown + listed.raw_length as i64
+        - old_dir.raw_length as i64) as u64;
+    meta.directory = Some(listed);
     meta.size_bytes = new_blob.len() as u64;
-    meta.raw_bytes = (meta.raw_bytes as i64 + raw_grown) as u64;
     meta.blob_sha256 = hex::encode(Sha256::digest(&new_blob));
     meta.check_layout().unwrap();
     std::fs::write(&blob_path, new_blob).unwrap();

@@ -83,7 +83,9 @@ pub struct GcReport {
 #[non_exhaustive]
 pub struct Lineage {
     /// The snapshot first, then its parent, grandparent, ... up to a full snapshot or to the
-    /// first missing ancestor.
+    /// first missing ancestor. The snapshot comes with its namespace lists; its ancestors
+    /// as their sidecars hold them (format 3: without, see
+    /// [`SnapshotMetadata::contents_loaded`]).
     pub chain: Vec<SnapshotMetadata>,
     /// The ancestor that should exist but does not (the chain is broken there).
     pub missing: Option<SnapshotId>,

@@ -247,35 +247,11 @@ fn record(
 /// The chain's sidecars without their namespace lists, to hand to pool jobs: a job needs a
 /// holder's id, filter and layout, and a list of 100,000 namespaces is not worth copying.
 fn slim_holders(resolved: &ResolvedSnapshot) -> Vec<Arc<SnapshotMetadata>> {
-    resolved.chain.iter().map(|m| Arc::new(slim(m))).collect()
-}
-
-/// A sidecar's fields other than its lists (which are left empty).
-fn slim(m: &SnapshotMetadata) -> SnapshotMetadata {
-    SnapshotMetadata {
-        format: m.format.clone(),
-        format_version: m.format_version.clone(),
-        writer: m.writer.clone(),
-        id: m.id.clone(),
-        created_at: m.created_at,
-        created_at_ms: m.created_at_ms,
-        description: None,
-        labels: Default::default(),
-        snapshot_type: m.snapshot_type,
-        parent_id: m.parent_id.clone(),
-        namespaces: Vec::new(),
-        unchanged_namespaces: Vec::new(),
-        deleted_namespaces: Vec::new(),
-        total_vectors: m.total_vectors,
-        logical_bytes: m.logical_bytes,
-        size_bytes: m.size_bytes,
-        raw_bytes: m.raw_bytes,
-        blob_sha256: m.blob_sha256.clone(),
-        header: m.header,
-        footer: m.footer,
-        compression: m.compression.clone(),
-        include_metadata: m.include_metadata,
-    }
+    resolved
+        .chain
+        .iter()
+        .map(|m| Arc::new(m.summary()))
+        .collect()
 }
 
 /// Checks and decodes every member of a group from its spool (which starts at blob offset

@@ -12,8 +12,9 @@ use super::plan::{ParentView, WritePlan};
 use super::SnapshotManager;
 use crate::error::Result;
 use crate::format::blob::{self, Identity};
+use crate::format::directory;
 use crate::format::index::NamespaceIndex;
-use crate::format::sidecar::{ByteRange, ChunkEntry, NamespaceEntry};
+use crate::format::sidecar::{ByteRange, ChunkEntry, DirectoryInfo, NamespaceEntry};
 use crate::id::SnapshotId;
 use crate::storage::{Vector, VectorStorage};
 use std::sync::Arc;
@@ -76,6 +77,9 @@ pub(super) struct BlobBody {
     /// Namespaces compared while written and found equal to the parent's: nothing of them
     /// is in the blob; the snapshot records them unchanged.
     pub found_unchanged: Vec<String>,
+    /// Every namespace the snapshot records unchanged (the plan's and those found), sorted.
+    pub unchanged: Vec<String>,
+    pub directory: DirectoryInfo,
     pub footer: ByteRange,
 }
 
@@ -162,6 +166,11 @@ impl SnapshotManager {
         }
         self.drain_groups(&mut groups, w, plan, &mut sections)
             .await?;
+        let mut unchanged = plan.unchanged.clone();
+        unchanged.extend(sections.found_unchanged.iter().cloned());
+        unchanged.sort();
+        let directory =
+            write_directory(w, &sections.namespaces, &unchanged, &plan.deleted, level).await?;
         let total = sections.namespaces.iter().map(|e| e.vector_count).sum();
         let count = sections.namespaces.len() as u32;
         let footer = range(
@@ -172,6 +181,8 @@ impl SnapshotManager {
             header,
             namespaces: sections.namespaces,
             found_unchanged: sections.found_unchanged,
+            unchanged,
+            directory,
             footer,
         })
     }
@@ -286,6 +297,21 @@ impl SnapshotManager {
             token,
         )))
     }
+}
+
+/// Writes the directory chunk (format 3): the namespace lists, just before the footer.
+async fn write_directory(
+    w: &mut BlobWriter,
+    stored: &[NamespaceEntry],
+    unchanged: &[String],
+    deleted: &[String],
+    level: u32,
+) -> Result<DirectoryInfo> {
+    let at = w.offset();
+    let (member, info) =
+        outside_the_runtime(|| directory::chunk(stored, unchanged, deleted, level, at));
+    w.append(member, info.raw_length).await?;
+    Ok(info)
 }
 
 /// Chunk identities the parent's chain holds for `ns` (referenced, not stored), and how a

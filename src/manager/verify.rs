@@ -19,8 +19,9 @@ impl SnapshotManager {
     /// [`Error::BrokenChain`].
     pub async fn verify_snapshot(&self, id: &str) -> Result<VerifyReport> {
         let id = SnapshotId::parse(id)?;
-        let meta = self.read_sidecar(&id).await?;
+        let mut meta = self.read_summary(&id).await?;
         self.check_blob_size(&meta).await?;
+        self.load_directory(&mut meta).await?;
         let (spool, sha) = self.download_blob(&meta).await?;
         if hex::encode(sha) != meta.blob_sha256 {
             return Err(self.locate_damage(&meta).await);

@@ -99,3 +99,49 @@ pub async fn restore_all(m: &crate::SnapshotManager, id: &str) -> InMemoryStorag
         .unwrap_or_else(|e| panic!("restore of {id}: {e}"));
     target
 }
+
+/// Rewrites the namespace directory of format 3 snapshot `id` in the local repository at
+/// `repo` with `edit` applied to its lists, and its sidecar to match (directory record,
+/// footer offset, sizes, blob SHA-256): a forgery by a writer with access to the bucket,
+/// which only the checks behind the directory can catch.
+pub fn forge_directory(
+    repo: &std::path::Path,
+    id: &str,
+    edit: impl FnOnce(&mut crate::SnapshotMetadata),
+) {
+    use crate::format::{blob, directory};
+    use sha2::{Digest, Sha256};
+    let snapshots = repo.join("snapshots");
+    let (blob_path, sidecar_path) = (
+        snapshots.join(format!("{id}.snap.gz")),
+        snapshots.join(format!("{id}.meta.json")),
+    );
+    let id = crate::SnapshotId::parse(id).unwrap();
+    let mut meta =
+        crate::SnapshotMetadata::from_json(&std::fs::read(&sidecar_path).unwrap(), &id).unwrap();
+    let old = meta.directory.clone().expect("a format 3 snapshot");
+    let bytes = std::fs::read(&blob_path).unwrap();
+    let (listed, _) = blob::decode_directory_chunk(
+        &bytes[old.offset as usize..][..old.length as usize],
+        old.raw_length,
+    )
+    .unwrap();
+    meta.fill_directory(listed).unwrap();
+    edit(&mut meta);
+    let (member, new) = directory::chunk(
+        &meta.namespaces,
+        &meta.unchanged_namespaces,
+        &meta.deleted_namespaces,
+        6,
+        old.offset,
+    );
+    let footer = &bytes[meta.footer.offset as usize..];
+    let forged = [&bytes[..old.offset as usize], &member[..], footer].concat();
+    meta.footer.offset = new.range().end();
+    meta.raw_bytes = meta.raw_bytes - old.raw_length + new.raw_length;
+    meta.size_bytes = forged.len() as u64;
+    meta.blob_sha256 = hex::encode(Sha256::digest(&forged));
+    meta.directory = Some(new);
+    std::fs::write(&blob_path, forged).unwrap();
+    std::fs::write(&sidecar_path, meta.to_json()).unwrap();
+}

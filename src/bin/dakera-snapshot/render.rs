@@ -68,7 +68,7 @@ pub fn summary(m: &SnapshotMetadata) -> Value {
         "created": time(m.created_at),
         "type": m.snapshot_type,
         "parent_id": m.parent_id,
-        "namespaces": m.all_namespaces(),
+        "namespace_count": m.namespace_count(),
         "vectors_stored": m.total_vectors,
         "size_bytes": m.size_bytes,
         "logical_bytes": m.logical_bytes,
@@ -121,7 +121,7 @@ fn list_row(m: &SnapshotMetadata) -> Vec<String> {
         m.id.to_string(),
         kind(m.snapshot_type).to_string(),
         m.parent_id.as_ref().map_or("-".to_string(), short_id),
-        m.all_namespaces().len().to_string(),
+        m.namespace_count().to_string(),
         m.total_vectors.to_string(),
         HumanBytes(m.size_bytes).to_string(),
         m.logical_bytes
@@ -212,7 +212,7 @@ fn show_fields(m: &SnapshotMetadata) -> String {
         format!(
             "{} vectors in {} namespace(s)",
             m.total_vectors,
-            m.namespaces.len()
+            m.stored_namespace_count()
         ),
     );
     let ratio = if m.raw_bytes > 0 {

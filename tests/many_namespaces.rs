@@ -398,3 +398,47 @@ async fn without_change_tokens_an_incremental_compares_every_namespace() {
         "every namespace read to compare digests"
     );
 }
+
+/// The shape of issue 16's goal 2 at its count (100,000 namespaces; one small vector each, to
+/// keep the test quick): a full and an incremental with 1% of the namespaces changed restore
+/// exactly, verify, and keep their sidecars small.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_namespaces_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = SnapshotManager::local(dir.path(), SnapshotConfig::default()).unwrap();
+    let store = InMemoryStorage::new();
+    let names: Vec<String> = (0..100_000).map(|i| format!("agent-{i:06}")).collect();
+    for (i, ns) in names.iter().enumerate() {
+        store.ensure_namespace(ns).await.unwrap();
+        let v = Vector::new(format!("m{i}"), vec![i as f32, 1.0, -1.0, 0.5]);
+        store.upsert(ns, vec![v]).await.unwrap();
+    }
+    let full = m
+        .create_snapshot(&store, CreateOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(full.namespace_count(), 100_000);
+    for ns in names.iter().step_by(100) {
+        let v = Vector::new("new", vec![9.0, 9.0, 9.0, 9.0]);
+        store.upsert(ns, vec![v]).await.unwrap();
+    }
+    let inc = m
+        .create_incremental_snapshot(&store, full.id.as_str(), None, CreateOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (inc.namespaces.len(), inc.unchanged_namespaces.len()),
+        (1_000, 99_000)
+    );
+    for snap in [&full, &inc] {
+        let sidecar = dir.path().join(format!("snapshots/{}.meta.json", snap.id));
+        let size = std::fs::metadata(sidecar).unwrap().len();
+        assert!(size < 16_384, "sidecar of {}: {size} bytes", snap.id);
+    }
+    m.verify_snapshot(inc.id.as_str()).await.unwrap();
+    let got = restore_all(&m, inc.id.as_str()).await;
+    assert!(
+        dump(&got).await == dump(&store).await,
+        "the restored store differs"
+    );
+}

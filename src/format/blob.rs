@@ -930,22 +930,15 @@ pub fn decode_index_chunk(
     )
 }
 
-/// Decodes a snapshot's directory chunk (format 3), decompressing at most `raw_limit` bytes
-/// (its recorded raw length); returns it with the SHA-256 of its decompressed bytes.
+/// Decodes a snapshot's directory chunk (format 3) of `raw_length` decompressed bytes (its
+/// recorded length), a frame at a time; returns it with the SHA-256 of its decompressed
+/// bytes.
 pub fn decode_directory_chunk(
     compressed: &[u8],
-    raw_limit: u64,
+    raw_length: u64,
 ) -> Result<(super::directory::Directory, [u8; 32]), DecodeError> {
-    let mut raw = Vec::new();
-    super::gzip::read_members(compressed, raw_limit, &mut raw)?;
-    if raw.len() as u64 != raw_limit {
-        return corrupt(format!(
-            "the directory holds {} bytes, its record says {raw_limit}",
-            raw.len()
-        ));
-    }
-    let sha = Sha256::digest(&raw).into();
-    Ok((super::directory::decode(&raw)?, sha))
+    let r = MultiGzDecoder::new(compressed).take(raw_length.saturating_add(1));
+    super::directory::decode_from(r, raw_length)
 }
 
 /// What an NS_HEADER frame says.

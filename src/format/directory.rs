@@ -7,11 +7,12 @@
 //! namespace count, `list` reads only sidecars, and every reader of a snapshot's namespaces
 //! gets them with one ranged read.
 
-use super::blob::{
-    compress_member, corrupt, kind, DecodeError, Payload, MAX_DIMENSION, MAX_FRAME_LEN,
-};
+use super::blob::{corrupt, kind, DecodeError, Payload, MAX_DIMENSION, MAX_FRAME_LEN};
 use super::sidecar::{ChunkEntry, DirectoryInfo, NamespaceEntry};
+use flate2::write::GzEncoder;
+use flate2::Compression;
 use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
 
 /// Entries (or names) per directory frame a writer puts: frames stay far below
 /// [`MAX_FRAME_LEN`] whatever the names.
@@ -33,30 +34,147 @@ pub struct Directory {
 /// The decompressed content of a directory chunk: `NS_DIRECTORY` frames with the stored
 /// namespaces, then `UNCHANGED_NAMES` and `DELETED_NAMES` frames (each kind only when it has
 /// something to list).
+#[cfg(test)]
 pub fn encode(stored: &[NamespaceEntry], unchanged: &[String], deleted: &[String]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(stored.len() * 160 + (unchanged.len() + deleted.len()) * 24);
-    for part in stored.chunks(PER_FRAME) {
-        let mut p = Vec::with_capacity(4 + part.len() * 160);
-        p.extend_from_slice(&(part.len() as u32).to_le_bytes());
-        for e in part {
-            put_entry(&mut p, e);
-        }
-        put_frame(&mut out, kind::NS_DIRECTORY, &p);
+    let mut w = DirectoryWriter::new(Vec::new());
+    for e in stored {
+        w.push(e);
     }
-    for (k, names) in [
-        (kind::UNCHANGED_NAMES, unchanged),
-        (kind::DELETED_NAMES, deleted),
-    ] {
-        for part in names.chunks(PER_FRAME) {
-            let mut p = Vec::with_capacity(4 + part.len() * 24);
-            p.extend_from_slice(&(part.len() as u32).to_le_bytes());
-            for n in part {
-                put_name(&mut p, n);
+    w.finish(unchanged, deleted).expect("writing to memory").0
+}
+
+/// A directory written as its namespaces are: each stored namespace is encoded at once
+/// (about 110 bytes and its name) and the frames compressed as they fill, so a create never
+/// holds the [`NamespaceEntry`]s (three times the size) nor the whole decompressed
+/// directory.
+pub struct DirectoryWriter<W: Write> {
+    out: W,
+    sha: Sha256,
+    raw_length: u64,
+    frame: Vec<u8>,
+    in_frame: usize,
+    /// Stored namespaces so far.
+    pub stored: u64,
+    /// Their vectors.
+    pub vectors: u64,
+    /// Their logical bytes.
+    pub logical_bytes: u64,
+}
+
+/// A directory chunk being written: one gzip member.
+pub type DirectoryMember = DirectoryWriter<GzEncoder<Vec<u8>>>;
+
+impl DirectoryMember {
+    /// A directory written as one gzip member deflated at `level`.
+    pub fn member(level: u32) -> Self {
+        DirectoryWriter::new(GzEncoder::new(Vec::new(), Compression::new(level)))
+    }
+
+    /// The chunk, and the sidecar's record of it were it written at blob offset `offset`.
+    pub fn finish_chunk(
+        self,
+        unchanged: &[String],
+        deleted: &[String],
+        offset: u64,
+    ) -> (Vec<u8>, DirectoryInfo) {
+        let stored = self.stored;
+        let (enc, raw_length, sha) = self
+            .finish(unchanged, deleted)
+            .expect("writing to memory cannot fail");
+        let member = enc.finish().expect("writing to memory cannot fail");
+        let info = DirectoryInfo {
+            offset,
+            length: member.len() as u64,
+            raw_length,
+            crc32: crc32fast::hash(&member),
+            sha256: hex::encode(sha),
+            stored,
+            unchanged: unchanged.len() as u64,
+            deleted: deleted.len() as u64,
+        };
+        (member, info)
+    }
+}
+
+impl<W: Write> DirectoryWriter<W> {
+    /// A directory whose decompressed bytes go to `out`.
+    pub fn new(out: W) -> Self {
+        DirectoryWriter {
+            out,
+            sha: Sha256::new(),
+            raw_length: 0,
+            frame: Vec::new(),
+            in_frame: 0,
+            stored: 0,
+            vectors: 0,
+            logical_bytes: 0,
+        }
+    }
+
+    /// Adds the next stored namespace (in name order).
+    pub fn push(&mut self, e: &NamespaceEntry) {
+        put_entry(&mut self.frame, e);
+        self.in_frame += 1;
+        self.stored += 1;
+        self.vectors = self.vectors.saturating_add(e.vector_count);
+        self.logical_bytes = self
+            .logical_bytes
+            .saturating_add(e.logical_bytes.unwrap_or(0));
+        if self.in_frame == PER_FRAME {
+            self.close_frame();
+        }
+    }
+
+    /// Ends the stored namespaces' frame being filled. Errors of the output are kept for
+    /// [`Self::finish`] (a `Vec` or a gzip encoder over one never fails).
+    fn close_frame(&mut self) {
+        if self.in_frame > 0 {
+            let count = (self.in_frame as u32).to_le_bytes();
+            let frame = std::mem::take(&mut self.frame);
+            self.in_frame = 0;
+            self.write_frame(kind::NS_DIRECTORY, &count, &frame);
+        }
+    }
+
+    fn write_frame(&mut self, k: u8, count: &[u8; 4], body: &[u8]) {
+        let len = (count.len() + body.len()) as u32;
+        debug_assert!(len <= MAX_FRAME_LEN);
+        let mut head = [0u8; 9];
+        head[0] = k;
+        head[1..5].copy_from_slice(&len.to_le_bytes());
+        head[5..].copy_from_slice(count);
+        for part in [&head[..], body] {
+            self.sha.update(part);
+            self.raw_length += part.len() as u64;
+            if let Err(e) = self.out.write_all(part) {
+                tracing::error!(error = %e, "the directory could not be written");
             }
-            put_frame(&mut out, k, &p);
         }
     }
-    out
+
+    /// Writes the unchanged and deleted names; returns the output, the decompressed length
+    /// and its SHA-256.
+    pub fn finish(
+        mut self,
+        unchanged: &[String],
+        deleted: &[String],
+    ) -> std::io::Result<(W, u64, [u8; 32])> {
+        self.close_frame();
+        for (k, names) in [
+            (kind::UNCHANGED_NAMES, unchanged),
+            (kind::DELETED_NAMES, deleted),
+        ] {
+            for part in names.chunks(PER_FRAME) {
+                let mut p = Vec::with_capacity(part.len() * 24);
+                for n in part {
+                    put_name(&mut p, n);
+                }
+                self.write_frame(k, &(part.len() as u32).to_le_bytes(), &p);
+            }
+        }
+        self.out.flush()?;
+        Ok((self.out, self.raw_length, self.sha.finalize().into()))
+    }
 }
 
 /// The directory chunk of these lists (one gzip member at deflate `level`), and the
@@ -68,26 +186,11 @@ pub fn chunk(
     level: u32,
     offset: u64,
 ) -> (Vec<u8>, DirectoryInfo) {
-    let raw = encode(stored, unchanged, deleted);
-    let member = compress_member(&raw, level);
-    let info = DirectoryInfo {
-        offset,
-        length: member.len() as u64,
-        raw_length: raw.len() as u64,
-        crc32: crc32fast::hash(&member),
-        sha256: hex::encode(Sha256::digest(&raw)),
-        stored: stored.len() as u64,
-        unchanged: unchanged.len() as u64,
-        deleted: deleted.len() as u64,
-    };
-    (member, info)
-}
-
-fn put_frame(out: &mut Vec<u8>, k: u8, payload: &[u8]) {
-    debug_assert!(payload.len() <= MAX_FRAME_LEN as usize);
-    out.push(k);
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(payload);
+    let mut w = DirectoryWriter::member(level);
+    for e in stored {
+        w.push(e);
+    }
+    w.finish_chunk(unchanged, deleted, offset)
 }
 
 fn put_name(p: &mut Vec<u8>, name: &str) {
@@ -129,20 +232,44 @@ fn put_entry(p: &mut Vec<u8>, e: &NamespaceEntry) {
 /// Parses the decompressed content of a directory chunk, checking its structure: known
 /// frames in order, each list sorted without repeats, no name both stored and unchanged.
 /// Whether the entries tile the blob is the caller's to check (with the sidecar).
+#[cfg(test)]
 pub fn decode(raw: &[u8]) -> Result<Directory, DecodeError> {
+    decode_from(raw, raw.len() as u64).map(|(d, _)| d)
+}
+
+/// [`decode`] from a reader of the decompressed directory, which must be exactly
+/// `raw_length` bytes, one frame at a time (never the whole directory in memory); returns
+/// it with the SHA-256 of its bytes.
+pub fn decode_from(
+    mut r: impl Read,
+    raw_length: u64,
+) -> Result<(Directory, [u8; 32]), DecodeError> {
     let mut dir = Directory::default();
-    let mut at = 0usize;
+    let (mut sha, mut at) = (Sha256::new(), 0u64);
     let mut last_kind = kind::NS_DIRECTORY;
-    while at < raw.len() {
-        let Some(head) = raw.get(at..at + 5) else {
-            return corrupt("the directory ends inside a frame header (truncated?)");
-        };
+    let mut payload = Vec::new();
+    loop {
+        let mut head = [0u8; 5];
+        match read_full(&mut r, &mut head)? {
+            0 => break,
+            5 => {}
+            _ => return corrupt("the directory ends inside a frame header (truncated?)"),
+        }
         let k = head[0];
-        let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
-        let Some(payload) = raw.get(at + 5..at + 5 + len) else {
+        let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
+        at += 5 + u64::from(len);
+        if len > MAX_FRAME_LEN || at > raw_length {
+            return corrupt(format!(
+                "a directory frame of {len} bytes runs past the directory's {raw_length}"
+            ));
+        }
+        payload.clear();
+        (&mut r).take(u64::from(len)).read_to_end(&mut payload)?;
+        if payload.len() as u64 != u64::from(len) {
             return corrupt("the directory ends inside a frame (truncated?)");
-        };
-        at += 5 + len;
+        }
+        sha.update(head);
+        sha.update(&payload);
         if k >= kind::FIRST_OPTIONAL {
             continue;
         }
@@ -156,22 +283,46 @@ pub fn decode(raw: &[u8]) -> Result<Directory, DecodeError> {
             return corrupt("the directory's frames are out of order");
         }
         last_kind = k;
-        let mut p = Payload {
-            b: payload,
-            what: "directory",
-        };
-        let count = p.u32()? as usize;
-        for _ in 0..count {
-            match k {
-                kind::NS_DIRECTORY => dir.stored.push(read_entry(&mut p)?),
-                kind::UNCHANGED_NAMES => dir.unchanged.push(read_name(&mut p)?),
-                _ => dir.deleted.push(read_name(&mut p)?),
-            }
-        }
-        p.end()?;
+        read_frame(k, &payload, &mut dir)?;
+    }
+    if at != raw_length {
+        return corrupt(format!(
+            "the directory holds {at} bytes, its record says {raw_length}"
+        ));
     }
     check_lists(&dir)?;
-    Ok(dir)
+    Ok((dir, sha.finalize().into()))
+}
+
+/// Reads as many bytes as fill `buf` or the input has; returns how many.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Adds what a frame of kind `k` lists to `dir`.
+fn read_frame(k: u8, payload: &[u8], dir: &mut Directory) -> Result<(), DecodeError> {
+    let mut p = Payload {
+        b: payload,
+        what: "directory",
+    };
+    let count = p.u32()? as usize;
+    for _ in 0..count {
+        match k {
+            kind::NS_DIRECTORY => dir.stored.push(read_entry(&mut p)?),
+            kind::UNCHANGED_NAMES => dir.unchanged.push(read_name(&mut p)?),
+            _ => dir.deleted.push(read_name(&mut p)?),
+        }
+    }
+    p.end()
 }
 
 fn read_name(p: &mut Payload<'_>) -> Result<String, DecodeError> {

@@ -1,11 +1,12 @@
 //! Writing a snapshot: the blob upload, then the sidecar that commits it.
 
-use super::pipeline::BlobWriter;
+use super::pipeline::{outside_the_runtime, BlobWriter};
 use super::plan::WritePlan;
 use super::sections::{namespace_shapes, BlobBody};
 use super::{EndProgress, SnapshotManager};
 use crate::config::CreateOptions;
 use crate::error::{Error, Result, SinkErrorKind, SinkOp};
+use crate::format::blob;
 use crate::format::sidecar::{new_format_fields, CompressionInfo, SnapshotMetadata};
 use crate::id::SnapshotId;
 use crate::paths::Key;
@@ -123,6 +124,14 @@ impl SnapshotManager {
     ) -> SnapshotMetadata {
         let (format, format_version, writer) = new_format_fields();
         let body = blob.body;
+        // Written by this build a moment ago: a failure would be a bug, caught by the layout
+        // check that follows (as empty lists that disagree with the counts).
+        let raw_length = body.directory.raw_length;
+        let listed = outside_the_runtime(|| {
+            blob::decode_directory_chunk(&body.directory_member, raw_length)
+        })
+        .map(|(listed, _)| listed)
+        .unwrap_or_default();
         for name in &body.found_unchanged {
             plan.inherited_bytes += plan.compare.get(name).map_or(0, |v| v.logical_bytes);
         }
@@ -137,18 +146,11 @@ impl SnapshotManager {
             labels: options.labels,
             snapshot_type: plan.snapshot_type,
             parent_id: plan.parent,
-            total_vectors: body.namespaces.iter().map(|n| n.vector_count).sum(),
-            logical_bytes: Some(
-                plan.inherited_bytes
-                    + body
-                        .namespaces
-                        .iter()
-                        .filter_map(|n| n.logical_bytes)
-                        .sum::<u64>(),
-            ),
-            namespaces: body.namespaces,
-            unchanged_namespaces: body.unchanged,
-            deleted_namespaces: plan.deleted,
+            total_vectors: body.vectors,
+            logical_bytes: Some(plan.inherited_bytes + body.logical_bytes),
+            namespaces: listed.stored,
+            unchanged_namespaces: listed.unchanged,
+            deleted_namespaces: listed.deleted,
             size_bytes: blob.size,
             raw_bytes: blob.raw,
             blob_sha256: hex::encode(blob.sha),

@@ -12,7 +12,7 @@ use super::plan::{ParentView, WritePlan};
 use super::SnapshotManager;
 use crate::error::Result;
 use crate::format::blob::{self, Identity};
-use crate::format::directory;
+use crate::format::directory::DirectoryMember;
 use crate::format::index::NamespaceIndex;
 use crate::format::sidecar::{ByteRange, ChunkEntry, DirectoryInfo, NamespaceEntry};
 use crate::id::SnapshotId;
@@ -73,12 +73,17 @@ pub(super) async fn change_token(storage: &dyn VectorStorage, ns: &str) -> Resul
 /// The sections written into a blob.
 pub(super) struct BlobBody {
     pub header: ByteRange,
-    pub namespaces: Vec<NamespaceEntry>,
+    /// The directory chunk as written: the stored namespaces' entries, encoded and
+    /// compressed as they were written (a few percent of the memory of their
+    /// [`NamespaceEntry`]s).
+    pub directory_member: Vec<u8>,
+    /// Vectors stored.
+    pub vectors: u64,
+    /// Compressed data bytes of the stored namespaces, stored or referenced.
+    pub logical_bytes: u64,
     /// Namespaces compared while written and found equal to the parent's: nothing of them
     /// is in the blob; the snapshot records them unchanged.
     pub found_unchanged: Vec<String>,
-    /// Every namespace the snapshot records unchanged (the plan's and those found), sorted.
-    pub unchanged: Vec<String>,
     pub directory: DirectoryInfo,
     pub footer: ByteRange,
 }
@@ -91,16 +96,15 @@ enum Written {
 }
 
 /// Namespace sections as they are written, in order.
-#[derive(Default)]
 struct Sections {
-    namespaces: Vec<NamespaceEntry>,
+    directory: DirectoryMember,
     found_unchanged: Vec<String>,
 }
 
 impl Sections {
     fn push(&mut self, name: String, written: Written) {
         match written {
-            Written::Stored(entry) => self.namespaces.push(entry),
+            Written::Stored(entry) => self.directory.push(&entry),
             Written::Unchanged => self.found_unchanged.push(name),
         }
     }
@@ -134,7 +138,10 @@ impl SnapshotManager {
             w.write_raw(blob::encode_header(id.as_str(), created_ms), level)
                 .await?,
         );
-        let mut sections = Sections::default();
+        let mut sections = Sections {
+            directory: DirectoryMember::member(level),
+            found_unchanged: Vec::new(),
+        };
         let mut groups = GroupEncoder::new(self.encode_settings(0, Some(level)));
         for (ns, shape) in plan.store.iter().zip(shapes) {
             let shape = &Shape {
@@ -169,19 +176,27 @@ impl SnapshotManager {
         let mut unchanged = plan.unchanged.clone();
         unchanged.extend(sections.found_unchanged.iter().cloned());
         unchanged.sort();
-        let directory =
-            write_directory(w, &sections.namespaces, &unchanged, &plan.deleted, level).await?;
-        let total = sections.namespaces.iter().map(|e| e.vector_count).sum();
-        let count = sections.namespaces.len() as u32;
+        let (vectors, logical_bytes) =
+            (sections.directory.vectors, sections.directory.logical_bytes);
+        let count = sections.directory.stored;
+        let at = w.offset();
+        let (directory_member, directory) = outside_the_runtime(|| {
+            sections
+                .directory
+                .finish_chunk(&unchanged, &plan.deleted, at)
+        });
+        w.append(directory_member.clone(), directory.raw_length)
+            .await?;
         let footer = range(
-            w.write_raw(blob::encode_footer(count, total), level)
+            w.write_raw(blob::encode_footer(count as u32, vectors), level)
                 .await?,
         );
         Ok(BlobBody {
             header,
-            namespaces: sections.namespaces,
+            directory_member,
+            vectors,
+            logical_bytes,
             found_unchanged: sections.found_unchanged,
-            unchanged,
             directory,
             footer,
         })
@@ -232,9 +247,12 @@ impl SnapshotManager {
         let level = self.config.effective_level();
         let laid = outside_the_runtime(|| lay_out_group(start, group, plan, filter, level))?;
         w.append(laid.bytes, laid.raw).await?;
-        for (name, written) in laid.written {
-            sections.push(name, written);
-        }
+        // Entries are compressed into the directory as its frames fill: CPU work.
+        outside_the_runtime(|| {
+            for (name, written) in laid.written {
+                sections.push(name, written);
+            }
+        });
         self.progress.advance(laid.value_bytes);
         Ok(())
     }
@@ -297,21 +315,6 @@ impl SnapshotManager {
             token,
         )))
     }
-}
-
-/// Writes the directory chunk (format 3): the namespace lists, just before the footer.
-async fn write_directory(
-    w: &mut BlobWriter,
-    stored: &[NamespaceEntry],
-    unchanged: &[String],
-    deleted: &[String],
-    level: u32,
-) -> Result<DirectoryInfo> {
-    let at = w.offset();
-    let (member, info) =
-        outside_the_runtime(|| directory::chunk(stored, unchanged, deleted, level, at));
-    w.append(member, info.raw_length).await?;
-    Ok(info)
 }
 
 /// Chunk identities the parent's chain holds for `ns` (referenced, not stored), and how a

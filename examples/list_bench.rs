@@ -6,8 +6,9 @@
 //! cargo run --release --example list_bench -- --sink s3://dakera/list-1000 --snapshots 1000
 //! ```
 //!
-//! The repository is built with the library: `--snapshots` one-vector snapshots are created in
-//! a local folder, then their objects are uploaded to `--sink` as they are (32 at a time), so
+//! The repository is built with the library: `--snapshots` snapshots of a store of
+//! `--namespaces` namespaces (default 1) of one vector each, one vector changed between two
+//! snapshots, are created in a local folder, then their objects are uploaded to `--sink` as they are (32 at a time), so
 //! building 10,000 costs uploads, not 10,000 creates against the server. An existing
 //! repository at `--sink` that already holds that many snapshots is reused.
 //!
@@ -48,6 +49,7 @@ async fn run(args: &[String]) -> Result<(), String> {
         return Err("--sink URL is required (an S3 repository, e.g. on moto)".into());
     }
     let n = support::flag(args, "--snapshots", 1000usize)?;
+    let namespaces = support::flag(args, "--namespaces", 1usize)?.max(1);
     let rounds = support::flag(args, "--rounds", 3usize)?.max(1);
     let config = SnapshotConfig::default().with_max_snapshots(0);
     let sink = sink_from_url(&url, &SinkOptions::new()).map_err(|e| e.to_string())?;
@@ -63,7 +65,7 @@ async fn run(args: &[String]) -> Result<(), String> {
                 "{url} holds {have} snapshots, not {n}: use an empty prefix"
             ));
         }
-        build(sink.clone(), n).await?;
+        build(sink.clone(), n, namespaces).await?;
     }
     let work = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut times: [Vec<f64>; 3] = Default::default();
@@ -96,7 +98,7 @@ async fn run(args: &[String]) -> Result<(), String> {
     println!(
         "{}",
         json!({
-            "snapshots": n, "sink": url, "rounds": rounds,
+            "snapshots": n, "namespaces": namespaces, "sink": url, "rounds": rounds,
             "list_uncached_s": uncached.0, "list_cold_cache_s": cold.0, "list_warm_cache_s": warm.0,
             "warm_vs_uncached": warm.0 / uncached.0,
         })
@@ -113,21 +115,30 @@ fn summary(times: &[f64]) -> (f64, String) {
     (median, text)
 }
 
-/// Creates `n` one-vector snapshots in a local folder, then uploads every object of it.
-async fn build(sink: Arc<dyn SnapshotSink>, n: usize) -> Result<(), String> {
+/// Creates `n` snapshots of a store of `namespaces` one-vector namespaces in a local folder,
+/// one vector changed before each, then uploads every object of it.
+async fn build(sink: Arc<dyn SnapshotSink>, n: usize, namespaces: usize) -> Result<(), String> {
     let started = Instant::now();
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let local = SnapshotManager::local(dir.path(), SnapshotConfig::default().with_max_snapshots(0))
         .map_err(|e| e.to_string())?;
     let store = InMemoryStorage::new();
-    store
-        .ensure_namespace("ns")
-        .await
-        .map_err(|e| e.to_string())?;
+    let name = |k: usize| format!("ns{:06}", k % namespaces);
+    for k in 0..namespaces {
+        store
+            .ensure_namespace(&name(k))
+            .await
+            .map_err(|e| e.to_string())?;
+        let v = Vector::new("v", support::embedding(k as u64, 8));
+        store
+            .upsert(&name(k), vec![v])
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     for k in 0..n {
         let v = Vector::new(format!("v{k}"), support::embedding(k as u64, 8));
         store
-            .upsert("ns", vec![v])
+            .upsert(&name(k), vec![v])
             .await
             .map_err(|e| e.to_string())?;
         local

@@ -195,7 +195,8 @@ pub use config::{CompressionLevel, CreateOptions, RestoreMode, RestoreOptions, S
 pub use error::{Error, Result};
 pub use format::blob::Filter;
 pub use format::sidecar::{
-    ByteRange, ChunkEntry, CompressionInfo, NamespaceEntry, SnapshotMetadata, SnapshotType,
+    ByteRange, ChunkEntry, CompressionInfo, DirectoryInfo, NamespaceEntry, SnapshotMetadata,
+    SnapshotType,
 };
 pub use id::{Clock, ManualClock, SnapshotId, SystemClock};
 pub use manager::{

@@ -77,6 +77,17 @@ impl SnapshotSink for CountingSink {
     }
 }
 
+/// A manager on a local repository at `dir` whose blob reads are counted.
+fn counting_manager(dir: &std::path::Path) -> (SnapshotManager, Arc<AtomicU64>) {
+    let blob_bytes = Arc::new(AtomicU64::new(0));
+    let sink = CountingSink {
+        inner: LocalFsSink::new(dir).unwrap(),
+        blob_bytes: blob_bytes.clone(),
+    };
+    let m = SnapshotManager::new(Arc::new(sink), SnapshotConfig::default()).unwrap();
+    (m, blob_bytes)
+}
+
 fn tenants(n: usize) -> Vec<String> {
     (0..n).map(|k| format!("tenant-{k:04}")).collect()
 }
@@ -93,12 +104,7 @@ async fn tenant_store(names: &[String]) -> InMemoryStorage {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restoring_a_few_of_many_namespaces_reads_only_their_bytes() {
     let dir = tempfile::tempdir().unwrap();
-    let blob_bytes = Arc::new(AtomicU64::new(0));
-    let sink = CountingSink {
-        inner: LocalFsSink::new(dir.path()).unwrap(),
-        blob_bytes: blob_bytes.clone(),
-    };
-    let m = SnapshotManager::new(Arc::new(sink), SnapshotConfig::default()).unwrap();
+    let (m, blob_bytes) = counting_manager(dir.path());
     let names = tenants(1_000);
     let store = tenant_store(&names).await;
     let snap = m
@@ -136,12 +142,7 @@ async fn restoring_a_few_of_many_namespaces_reads_only_their_bytes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecars_stay_small_and_listing_reads_no_blob() {
     let dir = tempfile::tempdir().unwrap();
-    let blob_bytes = Arc::new(AtomicU64::new(0));
-    let sink = CountingSink {
-        inner: LocalFsSink::new(dir.path()).unwrap(),
-        blob_bytes: blob_bytes.clone(),
-    };
-    let m = SnapshotManager::new(Arc::new(sink), SnapshotConfig::default()).unwrap();
+    let (m, blob_bytes) = counting_manager(dir.path());
     let sidecar_len = |id: &str| {
         std::fs::metadata(dir.path().join(format!("snapshots/{id}.meta.json")))
             .unwrap()

@@ -287,7 +287,7 @@ impl SnapshotMetadata {
 
     /// Takes the namespace lists of a format 3 snapshot, read from its blob's directory, and
     /// checks the whole layout with them.
-    pub fn fill_directory(
+    pub(crate) fn fill_directory(
         &mut self,
         dir: crate::format::directory::Directory,
     ) -> std::result::Result<(), String> {

@@ -55,10 +55,8 @@ pub struct DirectoryWriter<W: Write> {
     in_frame: usize,
     /// Stored namespaces so far.
     pub stored: u64,
-    /// Their vectors.
+    /// Their vectors (what the footer records).
     pub vectors: u64,
-    /// Their logical bytes.
-    pub logical_bytes: u64,
 }
 
 /// A directory chunk being written: one gzip member.
@@ -107,7 +105,6 @@ impl<W: Write> DirectoryWriter<W> {
             in_frame: 0,
             stored: 0,
             vectors: 0,
-            logical_bytes: 0,
         }
     }
 
@@ -117,9 +114,6 @@ impl<W: Write> DirectoryWriter<W> {
         self.in_frame += 1;
         self.stored += 1;
         self.vectors = self.vectors.saturating_add(e.vector_count);
-        self.logical_bytes = self
-            .logical_bytes
-            .saturating_add(e.logical_bytes.unwrap_or(0));
         if self.in_frame == PER_FRAME {
             self.close_frame();
         }

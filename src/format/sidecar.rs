@@ -394,12 +394,10 @@ impl SnapshotMetadata {
         if self.header.offset != 0 {
             return Err("header does not start at byte 0".into());
         }
-        if dir.offset < self.header.end() || dir.range().end() != self.footer.offset {
-            return Err("the directory does not end where the footer starts".into());
+        if dir.offset < self.header.end() {
+            return Err("the directory starts inside the header".into());
         }
-        if dir.length == 0 || dir.raw_length > MAX_DIRECTORY_RAW || dir.sha256.len() != 64 {
-            return Err("the directory record is malformed".into());
-        }
+        self.check_directory_record(dir)?;
         if self.footer.end() != self.size_bytes {
             return Err("footer does not end the blob".into());
         }
@@ -451,28 +449,28 @@ impl SnapshotMetadata {
         self.check_links()
     }
 
-    /// Format 3: the directory follows the last namespace section (which ends at `at`),
-    /// ends where the footer starts, and lists what its record counts. Before format 3: the
-    /// footer follows the last section.
+    /// Format 3: the directory follows the last namespace section (which ends at `at`) and
+    /// ends where the footer starts. Before format 3: the footer follows the last section.
     fn check_directory_place(&self, at: u64) -> std::result::Result<(), String> {
         match (&self.directory, self.format_major()) {
             (None, 1 | 2) if self.footer.offset == at => Ok(()),
             (None, 1 | 2) => Err("footer does not follow the last namespace".into()),
-            (Some(dir), 3) => {
-                if dir.offset != at || dir.range().end() != self.footer.offset {
-                    return Err(
-                        "the directory does not lie between the last namespace and the footer"
-                            .into(),
-                    );
-                }
-                if !self.contents_loaded() {
-                    return Err("the directory lists other counts than its record".into());
-                }
-                Ok(())
-            }
+            (Some(dir), 3) if dir.offset == at => self.check_directory_record(dir),
+            (Some(_), 3) => Err("the directory does not follow the last namespace".into()),
             (None, _) => Err("a format 3 sidecar without its directory".into()),
             (Some(_), _) => Err("a directory in a sidecar before format 3".into()),
         }
+    }
+
+    /// The directory record itself: it ends where the footer starts, and its sizes are sane.
+    fn check_directory_record(&self, dir: &DirectoryInfo) -> std::result::Result<(), String> {
+        if dir.range().end() != self.footer.offset {
+            return Err("the directory does not end where the footer starts".into());
+        }
+        if dir.length == 0 || dir.raw_length > MAX_DIRECTORY_RAW || dir.sha256.len() != 64 {
+            return Err("the directory record is malformed".into());
+        }
+        Ok(())
     }
 
     /// Only incrementals have a parent, and never themselves.

@@ -146,8 +146,15 @@ impl SnapshotManager {
             labels: options.labels,
             snapshot_type: plan.snapshot_type,
             parent_id: plan.parent,
-            total_vectors: body.vectors,
-            logical_bytes: Some(plan.inherited_bytes + body.logical_bytes),
+            total_vectors: listed.stored.iter().map(|n| n.vector_count).sum(),
+            logical_bytes: Some(
+                plan.inherited_bytes
+                    + listed
+                        .stored
+                        .iter()
+                        .filter_map(|n| n.logical_bytes)
+                        .sum::<u64>(),
+            ),
             namespaces: listed.stored,
             unchanged_namespaces: listed.unchanged,
             deleted_namespaces: listed.deleted,

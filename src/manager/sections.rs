@@ -77,10 +77,6 @@ pub(super) struct BlobBody {
     /// compressed as they were written (a few percent of the memory of their
     /// [`NamespaceEntry`]s).
     pub directory_member: Vec<u8>,
-    /// Vectors stored.
-    pub vectors: u64,
-    /// Compressed data bytes of the stored namespaces, stored or referenced.
-    pub logical_bytes: u64,
     /// Namespaces compared while written and found equal to the parent's: nothing of them
     /// is in the blob; the snapshot records them unchanged.
     pub found_unchanged: Vec<String>,
@@ -176,9 +172,7 @@ impl SnapshotManager {
         let mut unchanged = plan.unchanged.clone();
         unchanged.extend(sections.found_unchanged.iter().cloned());
         unchanged.sort();
-        let (vectors, logical_bytes) =
-            (sections.directory.vectors, sections.directory.logical_bytes);
-        let count = sections.directory.stored;
+        let (count, vectors) = (sections.directory.stored, sections.directory.vectors);
         let at = w.offset();
         let (directory_member, directory) = outside_the_runtime(|| {
             sections
@@ -194,8 +188,6 @@ impl SnapshotManager {
         Ok(BlobBody {
             header,
             directory_member,
-            vectors,
-            logical_bytes,
             found_unchanged: sections.found_unchanged,
             directory,
             footer,

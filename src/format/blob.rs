@@ -380,7 +380,8 @@ pub struct EncodedBatch {
 /// `cuts` (exclusive end indices, ascending, the last one `vectors.len()`), format 2: each
 /// chunk one gzip member of whole frames, identified as `dedup.identity` says. Chunks
 /// whose identity `dedup.known` accepts are identified but not compressed. With `level =
-/// None` only the per-vector hashes are produced (a digest pass).
+/// None` only the per-vector hashes are produced (a digest pass). Whether mantissa planes
+/// are deflated is decided once per `mantissas` (see [`MantissaChoice`]).
 pub fn encode_batch(
     vectors: Vec<Vector>,
     cuts: &[usize],
@@ -389,12 +390,12 @@ pub fn encode_batch(
     filter: Filter,
     level: Option<u32>,
     dedup: &Dedup<'_>,
+    mantissas: &mut MantissaChoice,
 ) -> Result<EncodedBatch, EncodeError> {
     let mut batch = EncodedBatch {
         vector_hashes: Vec::with_capacity(vectors.len()),
         ..Default::default()
     };
-    let mut low_level = None;
     let mut start = 0;
     for &end in cuts {
         let built = build_chunk(
@@ -407,13 +408,7 @@ pub fn encode_batch(
         start = end;
         batch.vector_hashes.extend_from_slice(&built.vector_hashes);
         let Some(level) = level else { continue };
-        let low_level = *low_level.get_or_insert_with(|| {
-            if mantissas_compress(&built.low, built.n, level) {
-                level
-            } else {
-                0
-            }
-        });
+        let low_level = mantissas.level_for(&built, level);
         let identity = built.identity(dedup.identity, filter);
         let stored = !(dedup.known)(&identity);
         batch
@@ -494,7 +489,7 @@ impl BuiltChunk {
         let mut bytes = enc.finish().expect("writing to a Vec cannot fail");
         drop(self.out);
         if !self.low.is_empty() {
-            let low_level = if mantissas_compress(&self.low, self.n, level) {
+            let low_level = if mantissas_compress(&self.low, self.n, level) == Some(true) {
                 level
             } else {
                 0
@@ -667,20 +662,52 @@ fn append_planes(
     Ok((low, n))
 }
 
+/// Whether the mantissa planes of shuffled chunks are deflated or stored, decided once for
+/// a run of chunks (a batch of one namespace, or a group of small namespaces): by a trial
+/// deflate of the first chunk whose planes make a large enough sample.
+///
+/// A trial per chunk was a third of a create's instructions at 100,000 namespaces of ten
+/// vectors: a second deflate (and reset of the deflate state) for every namespace. The
+/// choice only trades size for speed; every chunk decodes the same either way.
+#[derive(Debug, Default)]
+pub struct MantissaChoice {
+    /// The level mantissa planes are deflated at (0: stored), once decided.
+    decided: Option<u32>,
+}
+
+impl MantissaChoice {
+    /// The level for `chunk`'s mantissa planes, deciding on its sample if none is decided
+    /// and its sample is large enough (stored until then).
+    fn level_for(&mut self, chunk: &BuiltChunk, level: u32) -> u32 {
+        if let Some(decided) = self.decided {
+            return decided;
+        }
+        match mantissas_compress(&chunk.low, chunk.n, level) {
+            Some(true) => *self.decided.insert(level),
+            Some(false) => *self.decided.insert(0),
+            None => 0,
+        }
+    }
+}
+
 /// Whether the three low byte planes (each `n` bytes) are worth deflating: true for
 /// quantized or repetitive data, false for the near-random mantissas of real embeddings,
-/// which are then stored at memory speed. Decided on a 16 KiB sample of each plane.
-fn mantissas_compress(low_planes: &[u8], n: usize, level: u32) -> bool {
+/// which are then stored at memory speed. Decided on a 16 KiB sample of each plane; `None`
+/// when the planes are too short to tell (under 1 KiB in all).
+fn mantissas_compress(low_planes: &[u8], n: usize, level: u32) -> Option<bool> {
     const SAMPLE: usize = 16 << 10;
+    if level == 0 {
+        return Some(false);
+    }
     let take = n.min(SAMPLE);
+    if 3 * take < 1024 {
+        return None;
+    }
     let mut sample = Vec::with_capacity(3 * take);
     for p in 0..3 {
         sample.extend_from_slice(&low_planes[p * n..p * n + take]);
     }
-    if level == 0 || sample.len() < 1024 {
-        return false;
-    }
-    compress_member(&sample, level).len() < sample.len() * 9 / 10
+    Some(compress_member(&sample, level).len() < sample.len() * 9 / 10)
 }
 
 /// Reads frames from decompressed content.
@@ -1469,6 +1496,61 @@ mod tests {
         let only = encode_chunk(&vs, 6, true, Filter::Shuffle, None).unwrap();
         assert!(only.bytes.is_empty());
         assert_eq!(only.vector_hashes, plain.vector_hashes);
+    }
+
+    /// Encodes `vs` as one chunk with `choice`, and checks it decodes back.
+    fn encode_one(vs: &[Vector], dim: u32, choice: &mut MantissaChoice) -> usize {
+        let never = |_: &[u8; 32]| false;
+        let dedup = Dedup {
+            identity: Identity::Vectors,
+            known: &never,
+        };
+        let cuts = [vs.len()];
+        let batch = encode_batch(
+            vs.to_vec(),
+            &cuts,
+            dim,
+            true,
+            Filter::Shuffle,
+            Some(1),
+            &dedup,
+            choice,
+        )
+        .unwrap();
+        let decoded = decode_chunk(&batch.bytes[..], dim, Filter::Shuffle).unwrap();
+        assert_eq!(decoded.vectors, vs);
+        batch.bytes.len()
+    }
+
+    #[test]
+    fn mantissa_planes_are_decided_once_per_run_by_a_sample_large_enough() {
+        let quantized = |n: usize, dim: usize| -> Vec<Vector> {
+            (0..n)
+                .map(|i| {
+                    let values = (0..dim).map(|j| ((i + j) % 4) as f32 * 0.25).collect();
+                    Vector::new(format!("q{i:05}"), values)
+                })
+                .collect()
+        };
+        let mut choice = MantissaChoice::default();
+        // One vector of 64 values: 192 mantissa bytes, too few to tell; stored, undecided.
+        encode_one(&quantized(1, 64), 64, &mut choice);
+        assert_eq!(choice.decided, None);
+        // Zero mantissas in a large enough sample: deflated, and so for the rest of the run.
+        let compressible = encode_one(&quantized(20, 64), 64, &mut choice);
+        assert_eq!(choice.decided, Some(1));
+        let near_random = vectors(20, 64);
+        let deflated = encode_one(&near_random, 64, &mut choice);
+        assert_eq!(choice.decided, Some(1), "the choice holds for the run");
+        // A run that starts with near-random mantissas stores them.
+        let mut fresh = MantissaChoice::default();
+        let stored = encode_one(&near_random, 64, &mut fresh);
+        assert_eq!(fresh.decided, Some(0));
+        assert!(compressible < 20 * 64 * 2, "{compressible} bytes");
+        assert!(
+            stored <= deflated + 64,
+            "stored {stored}, deflated {deflated}"
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use super::{encode_error, Ordered};
 use crate::error::{Error, Result};
-use crate::format::blob::{self, Dedup, EncodedBatch, Filter, Identity};
+use crate::format::blob::{self, Dedup, EncodedBatch, Filter, Identity, MantissaChoice};
 use crate::format::chunker::Chunker;
 use crate::storage::{Vector, VectorStorage};
 use std::collections::{HashSet, VecDeque};
@@ -99,8 +99,10 @@ impl<'a> ChunkEncoder<'a> {
         let cuts = std::mem::take(&mut self.cuts);
         self.pending_bytes = 0;
         let (ns, s, known) = (self.ns.clone(), self.s.clone(), self.known.clone());
-        self.jobs
-            .push(move || encode_cut(&ns, vectors, &cuts, s.dimension, &known, &s));
+        self.jobs.push(move || {
+            let mantissas = &mut MantissaChoice::default();
+            encode_cut(&ns, vectors, &cuts, s.dimension, &known, &s, mantissas)
+        });
     }
 
     /// Moves scanned vectors into the pending batch, cutting chunks as it goes; true when
@@ -180,6 +182,7 @@ pub(crate) fn check_page_order(ns: &str, after: Option<&str>, page: &[Vector]) -
 
 /// Encodes `vectors` of namespace `ns` as the chunks ending at `cuts`, referencing (not
 /// compressing) those whose identity `known` holds: the job both encoders run on the pool.
+/// `mantissas` carries the choice of how mantissa planes are coded from one call to the next.
 pub(crate) fn encode_cut(
     ns: &str,
     vectors: Vec<Vector>,
@@ -187,6 +190,7 @@ pub(crate) fn encode_cut(
     dimension: u32,
     known: &KnownChunks,
     s: &EncodeSettings,
+    mantissas: &mut MantissaChoice,
 ) -> Result<EncodedBatch> {
     let known = |h: &[u8; 32]| known.contains(h);
     let dedup = Dedup {
@@ -201,6 +205,7 @@ pub(crate) fn encode_cut(
         s.filter,
         s.level,
         &dedup,
+        mantissas,
     )
     .map_err(|e| encode_error(ns, e))
 }

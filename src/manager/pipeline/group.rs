@@ -9,7 +9,7 @@
 use super::encode::{check_page_order, encode_cut, vector_size};
 use super::{EncodeSettings, KnownChunks, Ordered};
 use crate::error::Result;
-use crate::format::blob::{EncodedBatch, Identity};
+use crate::format::blob::{EncodedBatch, Identity, MantissaChoice};
 use crate::format::chunker::Chunker;
 use crate::storage::{Vector, VectorStorage};
 
@@ -111,8 +111,13 @@ impl GroupEncoder {
         let group = std::mem::take(&mut self.pending);
         self.pending_bytes = 0;
         let s = self.settings.clone();
-        self.jobs
-            .push(move || group.into_iter().map(|ns| encode(ns, &s)).collect());
+        self.jobs.push(move || {
+            let mantissas = &mut MantissaChoice::default();
+            group
+                .into_iter()
+                .map(|ns| encode(ns, &s, mantissas))
+                .collect()
+        });
     }
 
     /// The oldest group in flight, encoded; `None` when none is.
@@ -122,7 +127,13 @@ impl GroupEncoder {
 }
 
 /// Cuts one namespace into its content-defined chunks and encodes them.
-fn encode(ns: SmallNamespace, s: &EncodeSettings) -> Result<EncodedNamespace> {
+/// Mantissa planes are coded as `mantissas` decides for the whole group: a trial deflate
+/// per namespace of a few kilobytes cost as much as the namespace's own deflate.
+fn encode(
+    ns: SmallNamespace,
+    s: &EncodeSettings,
+    mantissas: &mut MantissaChoice,
+) -> Result<EncodedNamespace> {
     let mut chunker = Chunker::new(ns.dimension, s.dedup_chunk_size);
     let mut cuts: Vec<usize> = Vec::new();
     for (i, v) in ns.vectors.iter().enumerate() {
@@ -145,6 +156,7 @@ fn encode(ns: SmallNamespace, s: &EncodeSettings) -> Result<EncodedNamespace> {
         ns.dimension,
         &ns.known,
         &settings,
+        mantissas,
     )?;
     Ok(EncodedNamespace {
         name: ns.name,

@@ -376,22 +376,34 @@ pub struct EncodedBatch {
     pub vector_hashes: Vec<[u8; 32]>,
 }
 
-/// Encodes vectors (ascending ids, all of `dimension` values) as the chunks that end at
-/// `cuts` (exclusive end indices, ascending, the last one `vectors.len()`), format 2: each
-/// chunk one gzip member of whole frames, identified as `dedup.identity` says. Chunks
+/// How a namespace's chunks are framed: its vectors' dimension, whether metadata is kept,
+/// and the filter.
+#[derive(Debug, Clone, Copy)]
+pub struct ChunkShape {
+    pub dimension: u32,
+    pub include_metadata: bool,
+    pub filter: Filter,
+}
+
+/// Encodes vectors (ascending ids, all of `shape.dimension` values) as the chunks that end
+/// at `cuts` (exclusive end indices, ascending, the last one `vectors.len()`), format 2:
+/// each chunk one gzip member of whole frames, identified as `dedup.identity` says. Chunks
 /// whose identity `dedup.known` accepts are identified but not compressed. With `level =
 /// None` only the per-vector hashes are produced (a digest pass). Whether mantissa planes
 /// are deflated is decided once per `mantissas` (see [`MantissaChoice`]).
 pub fn encode_batch(
     vectors: Vec<Vector>,
     cuts: &[usize],
-    dimension: u32,
-    include_metadata: bool,
-    filter: Filter,
+    shape: ChunkShape,
     level: Option<u32>,
     dedup: &Dedup<'_>,
     mantissas: &mut MantissaChoice,
 ) -> Result<EncodedBatch, EncodeError> {
+    let ChunkShape {
+        dimension,
+        include_metadata,
+        filter,
+    } = shape;
     let mut batch = EncodedBatch {
         vector_hashes: Vec::with_capacity(vectors.len()),
         ..Default::default()
@@ -1506,17 +1518,12 @@ mod tests {
             known: &never,
         };
         let cuts = [vs.len()];
-        let batch = encode_batch(
-            vs.to_vec(),
-            &cuts,
-            dim,
-            true,
-            Filter::Shuffle,
-            Some(1),
-            &dedup,
-            choice,
-        )
-        .unwrap();
+        let shape = ChunkShape {
+            dimension: dim,
+            include_metadata: true,
+            filter: Filter::Shuffle,
+        };
+        let batch = encode_batch(vs.to_vec(), &cuts, shape, Some(1), &dedup, choice).unwrap();
         let decoded = decode_chunk(&batch.bytes[..], dim, Filter::Shuffle).unwrap();
         assert_eq!(decoded.vectors, vs);
         batch.bytes.len()

@@ -2,7 +2,9 @@
 
 use super::{encode_error, Ordered};
 use crate::error::{Error, Result};
-use crate::format::blob::{self, Dedup, EncodedBatch, Filter, Identity, MantissaChoice};
+use crate::format::blob::{
+    self, ChunkShape, Dedup, EncodedBatch, Filter, Identity, MantissaChoice,
+};
 use crate::format::chunker::Chunker;
 use crate::storage::{Vector, VectorStorage};
 use std::collections::{HashSet, VecDeque};
@@ -197,15 +199,11 @@ pub(crate) fn encode_cut(
         identity: s.identity,
         known: &known,
     };
-    blob::encode_batch(
-        vectors,
-        cuts,
+    let shape = ChunkShape {
         dimension,
-        s.include_metadata,
-        s.filter,
-        s.level,
-        &dedup,
-        mantissas,
-    )
-    .map_err(|e| encode_error(ns, e))
+        include_metadata: s.include_metadata,
+        filter: s.filter,
+    };
+    blob::encode_batch(vectors, cuts, shape, s.level, &dedup, mantissas)
+        .map_err(|e| encode_error(ns, e))
 }

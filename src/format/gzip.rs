@@ -21,6 +21,10 @@ thread_local! {
     static DEFLATE: RefCell<Option<(Compress, u32)>> = const { RefCell::new(None) };
     /// This thread's inflate state.
     static INFLATE: RefCell<Option<Decompress>> = const { RefCell::new(None) };
+    /// This thread's Huffman-only deflate stream (raw deflate, no string matching). It is
+    /// never reset: it makes no back-references, so the blocks it writes between two sync
+    /// flushes decode on their own, in any member.
+    static HUFFMAN: RefCell<Option<zlib_rs::Deflate>> = const { RefCell::new(None) };
 }
 
 /// Appends `raw` as one gzip member at deflate `level` (0 = stored blocks) to `out`.
@@ -71,6 +75,86 @@ pub fn append_member_parts(
     crc.update(tail);
     out.extend_from_slice(&crc.finalize().to_le_bytes());
     out.extend_from_slice(&(total as u32).to_le_bytes());
+}
+
+/// Appends one gzip member holding `records` deflated at `level`, then `plane` Huffman-coded
+/// without string matching, then `tail` as stored blocks, in one deflate stream.
+///
+/// For the exponent plane of real-valued embeddings (a few distinct bytes in no order),
+/// string matching costs most of a deflate's time and *loses* size: matches of three or four
+/// bytes occur by chance and cost more bits as length and distance codes than the literals
+/// they replace. Huffman-only coding of such a plane was 22% smaller than level 2's output
+/// (0.324 against 0.416 of its bytes, 1,300 × 768 normalized values). The records (ids,
+/// metadata) keep string matching.
+///
+/// Each part ends byte-aligned (a sync flush: an empty stored block), so the parts' blocks
+/// join into one valid stream whatever state wrote them (RFC 1951: blocks are independent
+/// but for back-references, and the plane's blocks make none).
+pub fn append_member_planes(
+    out: &mut Vec<u8>,
+    records: &[u8],
+    level: u32,
+    plane: &[u8],
+    tail: &[u8],
+) {
+    let total = records.len() + plane.len() + tail.len();
+    out.reserve(total + total / 8192 * 5 + 64);
+    out.extend_from_slice(&HEADER);
+    DEFLATE.with(|state| {
+        let mut state = state.borrow_mut();
+        let (c, at) =
+            state.get_or_insert_with(|| (Compress::new(Compression::new(level), false), level));
+        c.reset();
+        if *at != level {
+            c.set_level(Compression::new(level))
+                .expect("setting the level of a reset deflate state cannot fail");
+            *at = level;
+        }
+        deflate_all(c, records, out, FlushCompress::Sync);
+    });
+    HUFFMAN.with(|state| {
+        let mut state = state.borrow_mut();
+        let h = state.get_or_insert_with(|| {
+            zlib_rs::Deflate::new_with_config(zlib_rs::DeflateConfig {
+                level: 1,
+                window_bits: -15,
+                strategy: zlib_rs::Strategy::HuffmanOnly,
+                ..zlib_rs::DeflateConfig::default()
+            })
+        });
+        huffman_all(h, plane, out);
+    });
+    append_stored_blocks(out, tail);
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(records);
+    crc.update(plane);
+    crc.update(tail);
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(&(total as u32).to_le_bytes());
+}
+
+/// Feeds all of `raw` to the Huffman-only stream `h` with a sync flush, appending its output
+/// to `out`.
+fn huffman_all(h: &mut zlib_rs::Deflate, raw: &[u8], out: &mut Vec<u8>) {
+    let mut taken = 0;
+    loop {
+        let start = out.len();
+        let room = (raw.len() - taken) + (raw.len() - taken) / 4 + 1024;
+        out.resize(start + room, 0);
+        let (before_in, before_out) = (h.total_in(), h.total_out());
+        h.compress(
+            &raw[taken..],
+            &mut out[start..],
+            zlib_rs::DeflateFlush::SyncFlush,
+        )
+        .expect("a Huffman-only deflate into a buffer cannot fail");
+        taken += (h.total_in() - before_in) as usize;
+        let produced = (h.total_out() - before_out) as usize;
+        out.truncate(start + produced);
+        if taken == raw.len() && produced < room {
+            return;
+        }
+    }
 }
 
 /// Appends `raw` as one gzip member of stored deflate blocks: no deflate state is touched
@@ -349,6 +433,50 @@ mod tests {
             "{} bytes",
             blob.len()
         );
+    }
+
+    #[test]
+    fn members_with_a_huffman_coded_plane_read_back_alone_and_together() {
+        let records: Vec<u8> = b"id-0001 {\"text\": \"passage\"} ".repeat(40);
+        // A few distinct bytes in no order, like an exponent plane; and more than 64 KiB of it.
+        let plane: Vec<u8> = (0..90_000u32)
+            .map(|i| 0x3b + ((i.wrapping_mul(2_654_435_761) >> 27) % 5) as u8)
+            .collect();
+        let tail: Vec<u8> = (0..9_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        let cases: [(&[u8], &[u8], &[u8]); 4] = [
+            (&records, &plane, &tail),
+            (&records[..5], &plane[..300], &[]),
+            (&[], &[], &[]),
+            (&records, &plane[..70_000], &tail[..1]),
+        ];
+        let mut blob = Vec::new();
+        let mut want = Vec::new();
+        for (r, p, t) in cases {
+            let mut member = Vec::new();
+            append_member_planes(&mut member, r, 2, p, t);
+            let raw = [r, p, t].concat();
+            // Each member decodes alone (the Huffman stream is never reset between them),
+            // with flate2's reader and with ours.
+            let mut back = Vec::new();
+            flate2::read::GzDecoder::new(&member[..])
+                .read_to_end(&mut back)
+                .unwrap();
+            assert_eq!(back, raw);
+            let mut ours = Vec::new();
+            read_members(&member, raw.len() as u64, &mut ours).unwrap();
+            assert_eq!(ours, raw);
+            blob.extend_from_slice(&member);
+            want.extend_from_slice(&raw);
+        }
+        let mut back = Vec::new();
+        MultiGzDecoder::new(&blob[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, want);
+        // The plane is coded in about 2.3 bits a byte (5 symbols), not stored.
+        let mut one = Vec::new();
+        append_member_planes(&mut one, &[], 2, &plane, &[]);
+        assert!(one.len() < plane.len() * 2 / 5, "{} bytes", one.len());
     }
 
     #[test]

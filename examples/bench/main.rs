@@ -32,6 +32,9 @@
 //! counted on raw bytes (f32 values + ids + metadata JSON). The last line of output is one
 //! JSON object with every figure (speeds and ratios are the medians).
 //!
+//! `--part-mib M` and `--uploads N` set an object storage sink's multipart part size and
+//! parts in flight (memory against throughput; the defaults otherwise).
+//!
 //! `--callgrind` counts instructions instead (valgrind's callgrind; use a small size such as
 //! `--vectors 5000`): the single-threaded create and restore and the JSON module's, each
 //! less a child that only sets up the same data, per raw byte.
@@ -189,6 +192,21 @@ fn parent(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// Object storage upload tuning from `--part-mib` and `--uploads` (the sink's defaults
+/// when absent).
+fn sink_options(args: &[String]) -> Result<SinkOptions, String> {
+    let mut o = SinkOptions::new();
+    let part = support::flag(args, "--part-mib", 0usize)?;
+    if part > 0 {
+        o = o.with_part_size(part << 20);
+    }
+    let uploads = support::flag(args, "--uploads", 0usize)?;
+    if uploads > 0 {
+        o = o.with_max_concurrency(uploads);
+    }
+    Ok(o)
+}
+
 /// The arguments every phase child gets.
 fn common_args(
     args: &[String],
@@ -213,6 +231,10 @@ fn common_args(
         support::flag(args, "--shuffle", "on".to_string())?,
         "--dedup-chunk-kib".into(),
         support::flag(args, "--dedup-chunk-kib", 16usize)?.to_string(),
+        "--part-mib".into(),
+        support::flag(args, "--part-mib", 0usize)?.to_string(),
+        "--uploads".into(),
+        support::flag(args, "--uploads", 0usize)?.to_string(),
     ])
 }
 
@@ -323,7 +345,7 @@ fn phase(name: &str, args: &[String]) -> Result<(), String> {
                     f.sync_all().map_err(|e| e.to_string())?;
                     (String::new(), std::fs::metadata(&path).map_err(|e| e.to_string())?.len(), 0)
                 } else {
-                    let m = SnapshotManager::from_url(&sink, &SinkOptions::new(), config).map_err(|e| e.to_string())?;
+                    let m = SnapshotManager::from_url(&sink, &sink_options(args)?, config).map_err(|e| e.to_string())?;
                     let s = m.create_snapshot(&store, CreateOptions::described(name)).await.map_err(|e| e.to_string())?;
                     (s.id.to_string(), s.size_bytes, s.to_json().len())
                 };
@@ -348,7 +370,7 @@ fn phase(name: &str, args: &[String]) -> Result<(), String> {
                     }
                 } else {
                     let id = support::flag(args, "--id", String::new())?;
-                    let m = SnapshotManager::from_url(&sink, &SinkOptions::new(), config).map_err(|e| e.to_string())?;
+                    let m = SnapshotManager::from_url(&sink, &sink_options(args)?, config).map_err(|e| e.to_string())?;
                     m.restore_snapshot(&store, &id, &RestoreOptions::new()).await.map_err(|e| e.to_string())?;
                 }
                 let secs = started.elapsed().as_secs_f64();

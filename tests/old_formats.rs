@@ -17,6 +17,9 @@ const V2_PLAIN: &str = "20261202T101641648Z-84749ded411cc178";
 const V21_FULL: &str = "20261203T084229244Z-dfbbb30e72a90fc2";
 const V21_INCREMENTAL: &str = "20261203T084229260Z-9cac0eec3b8295cd";
 const V21_PLAIN: &str = "20261203T084229274Z-f482066a37e19411";
+const V30_FULL: &str = "20261203T124217682Z-a8dd712f0ac0032f";
+const V30_INCREMENTAL: &str = "20261203T124217698Z-60d90a8531256e54";
+const V30_PLAIN: &str = "20261203T124217710Z-1eb12512df4fae45";
 
 /// A writable copy of a committed fixture repository (tests never change the original).
 fn fixture_copy(name: &str) -> (tempfile::TempDir, PathBuf) {
@@ -129,9 +132,9 @@ async fn a_new_incremental_builds_on_a_format_1_0_parent() {
     assert_eq!(dump(&got).await, dump(&store).await);
 }
 
-/// A format 2 fixture (`ids`: full, incremental, plain) lists in order with its version,
+/// A fixture of format 2 or later (`ids`: full, incremental, plain) lists in order with its version,
 /// its incremental references chunks of its parent, and it verifies and restores.
-async fn format_2_fixture_reads(fixture: &str, version: &str, ids: [&str; 3]) {
+async fn chunked_fixture_reads(fixture: &str, version: &str, ids: [&str; 3]) {
     let (_tmp, dir) = fixture_copy(fixture);
     let m = manager(&dir);
     let listed = m.list_snapshots().await.unwrap();
@@ -147,7 +150,7 @@ async fn format_2_fixture_reads(fixture: &str, version: &str, ids: [&str; 3]) {
     verifies_and_restores(&m, ids, v2_states().await).await;
 }
 
-/// A new incremental on a format 2 fixture's incremental stores only a little of `alpha`:
+/// A new incremental on the incremental of a fixture of format 2 or later stores only a little of `alpha`:
 /// the rest is referenced in the old chain.
 async fn new_incremental_dedups_on(fixture: &str, parent: &str) {
     let (_tmp, dir) = fixture_copy(fixture);
@@ -179,7 +182,7 @@ async fn new_incremental_dedups_on(fixture: &str, parent: &str) {
 
 #[tokio::test]
 async fn a_format_2_0_repository_lists_verifies_and_restores() {
-    format_2_fixture_reads("format-2.0", "2.0", [V2_FULL, V2_INCREMENTAL, V2_PLAIN]).await;
+    chunked_fixture_reads("format-2.0", "2.0", [V2_FULL, V2_INCREMENTAL, V2_PLAIN]).await;
 }
 
 #[tokio::test]
@@ -189,10 +192,28 @@ async fn a_new_incremental_dedups_against_a_format_2_0_parent() {
 
 #[tokio::test]
 async fn a_format_2_1_repository_lists_verifies_and_restores() {
-    format_2_fixture_reads("format-2.1", "2.1", [V21_FULL, V21_INCREMENTAL, V21_PLAIN]).await;
+    chunked_fixture_reads("format-2.1", "2.1", [V21_FULL, V21_INCREMENTAL, V21_PLAIN]).await;
 }
 
 #[tokio::test]
 async fn a_new_incremental_dedups_against_a_format_2_1_parent() {
     new_incremental_dedups_on("format-2.1", V21_INCREMENTAL).await;
+}
+
+#[tokio::test]
+async fn a_format_3_0_repository_lists_verifies_and_restores() {
+    chunked_fixture_reads("format-3.0", "3.0", [V30_FULL, V30_INCREMENTAL, V30_PLAIN]).await;
+    // Its namespace lists are in the blobs: listing gives counts, not names.
+    let (_tmp, dir) = fixture_copy("format-3.0");
+    let listed = manager(&dir).list_snapshots().await.unwrap();
+    assert!(listed
+        .iter()
+        .all(|s| s.directory.is_some() && !s.contents_loaded()));
+    let counts: Vec<u64> = listed.iter().map(|s| s.namespace_count()).collect();
+    assert_eq!(counts, [3, 3, 3], "plain, incremental, full");
+}
+
+#[tokio::test]
+async fn a_new_incremental_dedups_against_a_format_3_0_parent() {
+    new_incremental_dedups_on("format-3.0", V30_INCREMENTAL).await;
 }

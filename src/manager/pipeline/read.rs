@@ -19,6 +19,12 @@ impl ChunkBytes {
     fn read(&self, c: &Located) -> Result<Vec<u8>> {
         self.spool.read(c.chunk.offset - self.base, c.chunk.length)
     }
+
+    /// The chunk's bytes into `buf`, reused from one chunk to the next.
+    fn read_into(&self, c: &Located, buf: &mut Vec<u8>) -> Result<()> {
+        self.spool
+            .read_into(c.chunk.offset - self.base, c.chunk.length, buf)
+    }
 }
 
 /// The error for a chunk whose bytes do not match their CRC-32.
@@ -62,9 +68,11 @@ pub(crate) async fn check_chunks(
             let Some(run) = todo.next() else { break };
             let (table, bytes) = (table.clone(), bytes.clone());
             jobs.push(move || {
+                let mut buf = Vec::new();
                 for i in run {
                     let c = &table.chunks[i];
-                    if crc32fast::hash(&bytes[i].read(c)?) != c.chunk.crc32 {
+                    bytes[i].read_into(c, &mut buf)?;
+                    if crc32fast::hash(&buf) != c.chunk.crc32 {
                         return Err(chunk_crc_mismatch(&table, c));
                     }
                 }
@@ -203,9 +211,11 @@ fn decode_batch(
     hashes: bool,
 ) -> Result<DecodedChunk> {
     let mut out = DecodedChunk::default();
+    let mut buf = Vec::new();
     for i in run {
         let c = &table.chunks[i];
-        let mut d = decode_one(table, c, &bytes[i], hashes)?;
+        bytes[i].read_into(c, &mut buf)?;
+        let mut d = decode_one(table, c, &buf, hashes)?;
         if let (Some(last), Some(first)) = (out.vectors.last(), d.vectors.first()) {
             if first.id.as_bytes() <= last.id.as_bytes() {
                 return Err(Error::corrupt(
@@ -223,13 +233,7 @@ fn decode_batch(
 }
 
 /// Decodes one chunk, checking its vector count and, with `hashes`, its identity.
-fn decode_one(
-    table: &ChunkTable,
-    c: &Located,
-    b: &ChunkBytes,
-    hashes: bool,
-) -> Result<DecodedChunk> {
-    let bytes = b.read(c)?;
+fn decode_one(table: &ChunkTable, c: &Located, bytes: &[u8], hashes: bool) -> Result<DecodedChunk> {
     let at = c.chunk.offset;
     let id = c.snapshot.as_str();
     let raw_length = c.chunk.raw_length;
@@ -238,7 +242,7 @@ fn decode_one(
         (Some(sha), Some(Identity::RawBytes)) if hashes => RawCheck::Hashed(raw_length, sha),
         (Some(_), _) => RawCheck::Exactly(raw_length),
     };
-    let decoded = blob::decode_chunk_slice(&bytes, table.dimension, table.filter, check)
+    let decoded = blob::decode_chunk_slice(bytes, table.dimension, table.filter, check)
         .map_err(|e| decode_error(id, Some(&table.name), at, e))?;
     if let (true, Some(sha), Some(Identity::Vectors)) = (hashes, &c.sha256, table.identity) {
         if blob::vector_identity(table.filter, &decoded.vector_hashes) != *sha {

@@ -39,7 +39,16 @@ enum SpoolData {
 impl Spool {
     /// `len` bytes at `offset`.
     pub fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
-        self.read_raw(offset, len).map_err(|e| {
+        let mut buf = Vec::new();
+        self.read_into(offset, len, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// `len` bytes at `offset` into `buf` (replacing what it held): a buffer reused across
+    /// the chunks of a batch is allocated and faulted in once, where a fresh one per chunk
+    /// cost a page fault per page of every chunk, twice per restore (check, then decode).
+    pub fn read_into(&self, offset: u64, len: u64, buf: &mut Vec<u8>) -> Result<()> {
+        self.read_raw(offset, len, buf).map_err(|e| {
             Error::sink(
                 SinkOp::Get,
                 self.key.as_str(),
@@ -49,28 +58,23 @@ impl Spool {
         })
     }
 
-    fn read_raw(&self, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
-        match &self.data {
-            SpoolData::Local { file, base } => {
-                use std::os::unix::fs::FileExt;
-                let mut buf = vec![0u8; len as usize];
-                file.read_exact_at(&mut buf, base + offset)?;
-                Ok(buf)
-            }
+    fn read_raw(&self, offset: u64, len: u64, buf: &mut Vec<u8>) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let (file, at) = match &self.data {
+            SpoolData::Local { file, base } => (&**file, base + offset),
+            SpoolData::File(f) => (f, offset),
             SpoolData::Memory(v) => {
                 let end = offset.checked_add(len).filter(|e| *e <= v.len() as u64);
                 let end = end.ok_or_else(|| {
                     std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "read past the spool")
                 })?;
-                Ok(v[offset as usize..end as usize].to_vec())
+                buf.clear();
+                buf.extend_from_slice(&v[offset as usize..end as usize]);
+                return Ok(());
             }
-            SpoolData::File(f) => {
-                use std::os::unix::fs::FileExt;
-                let mut buf = vec![0u8; len as usize];
-                f.read_exact_at(&mut buf, offset)?;
-                Ok(buf)
-            }
-        }
+        };
+        buf.resize(len as usize, 0);
+        file.read_exact_at(buf, at)
     }
 }
 

@@ -4,7 +4,7 @@
 //! Instruction counts move by well under 1% between runs (ids differ in their random part);
 //! times on this machine move by up to 1.7×.
 
-use super::rounds::Runner;
+use super::rounds::{phase_output, Runner};
 use serde_json::{json, Map, Value};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -80,21 +80,12 @@ fn instructions_and_output(
     work: &Path,
 ) -> Result<(u64, Value), String> {
     let file = work.join(format!("callgrind.{phase}.out"));
-    let out = Command::new("valgrind")
-        .arg("--tool=callgrind")
+    let mut cmd = Command::new("valgrind");
+    cmd.arg("--tool=callgrind")
         .arg(format!("--callgrind-out-file={}", file.display()))
-        .arg(&r.exe)
-        .args(["--phase", phase])
-        .args(&r.common)
-        .args(extra)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!(
-            "{phase} under callgrind failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
+        .arg(&r.exe);
+    r.phase_args(&mut cmd, phase, extra);
+    let v = phase_output(&mut cmd, phase)?;
     let text = std::fs::read_to_string(&file).map_err(|e| e.to_string())?;
     let total = text
         .lines()
@@ -104,9 +95,6 @@ fn instructions_and_output(
         })
         .and_then(|n| n.trim().parse().ok())
         .ok_or(format!("{}: no instruction total", file.display()))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().last().unwrap_or_default();
-    let v = serde_json::from_str(line).map_err(|e| format!("phase {phase}: {e}: {line}"))?;
     Ok((total, v))
 }
 

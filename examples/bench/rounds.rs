@@ -53,22 +53,29 @@ pub struct Runner {
 impl Runner {
     /// Runs `phase` once; its last line of output, parsed.
     pub fn run(&self, phase: &str, extra: &[String]) -> Result<Value, String> {
-        let out = Command::new(&self.exe)
-            .args(["--phase", phase])
-            .args(&self.common)
-            .args(extra)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !out.status.success() {
-            return Err(format!(
-                "phase {phase} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let line = stdout.lines().last().unwrap_or_default();
-        serde_json::from_str(line).map_err(|e| format!("phase {phase}: {e}: {line}"))
+        let mut cmd = Command::new(&self.exe);
+        self.phase_args(&mut cmd, phase, extra);
+        phase_output(&mut cmd, phase)
     }
+
+    /// Adds what makes `cmd` run `phase` of this binary.
+    pub fn phase_args(&self, cmd: &mut Command, phase: &str, extra: &[String]) {
+        cmd.args(["--phase", phase]).args(&self.common).args(extra);
+    }
+}
+
+/// Runs `cmd` (a phase child, possibly under a tool) and parses its last line of output.
+pub fn phase_output(cmd: &mut Command, phase: &str) -> Result<Value, String> {
+    let out = cmd.output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "phase {phase} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).map_err(|e| format!("phase {phase}: {e}: {line}"))
 }
 
 /// One round's results, by phase.

@@ -172,7 +172,9 @@ impl<W: Write> DirectoryWriter<W> {
 }
 
 /// The directory chunk of these lists (one gzip member at deflate `level`), and the
-/// sidecar's record of it were it written at blob offset `offset`. Blocking CPU work.
+/// sidecar's record of it were it written at blob offset `offset`. Blocking CPU work. For
+/// tests that forge directories; writers stream theirs through [`DirectoryWriter`].
+#[cfg(any(test, feature = "test-util"))]
 pub fn chunk(
     stored: &[NamespaceEntry],
     unchanged: &[String],

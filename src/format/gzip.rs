@@ -52,16 +52,7 @@ pub fn append_member_parts(
     let total = head.len() + tail.len();
     out.reserve(total + total / 8192 * 5 + 64);
     out.extend_from_slice(&HEADER);
-    DEFLATE.with(|state| {
-        let mut state = state.borrow_mut();
-        let (c, at) =
-            state.get_or_insert_with(|| (Compress::new(Compression::new(level), false), level));
-        c.reset();
-        if *at != level {
-            c.set_level(Compression::new(level))
-                .expect("setting the level of a reset deflate state cannot fail");
-            *at = level;
-        }
+    with_reset_deflate(level, |c| {
         if tail_stored {
             deflate_all(c, head, out, FlushCompress::Sync);
             append_stored_blocks(out, tail);
@@ -100,16 +91,7 @@ pub fn append_member_planes(
     let total = records.len() + plane.len() + tail.len();
     out.reserve(total + total / 8192 * 5 + 64);
     out.extend_from_slice(&HEADER);
-    DEFLATE.with(|state| {
-        let mut state = state.borrow_mut();
-        let (c, at) =
-            state.get_or_insert_with(|| (Compress::new(Compression::new(level), false), level));
-        c.reset();
-        if *at != level {
-            c.set_level(Compression::new(level))
-                .expect("setting the level of a reset deflate state cannot fail");
-            *at = level;
-        }
+    with_reset_deflate(level, |c| {
         deflate_all(c, records, out, FlushCompress::Sync);
     });
     HUFFMAN.with(|state| {
@@ -182,6 +164,22 @@ fn append_stored_blocks(out: &mut Vec<u8>, raw: &[u8]) {
         out.extend_from_slice(&(!len).to_le_bytes());
         out.extend_from_slice(piece);
     }
+}
+
+/// Runs `f` with this thread's deflate state, reset for a new stream at `level`.
+fn with_reset_deflate(level: u32, f: impl FnOnce(&mut Compress)) {
+    DEFLATE.with(|state| {
+        let mut state = state.borrow_mut();
+        let (c, at) =
+            state.get_or_insert_with(|| (Compress::new(Compression::new(level), false), level));
+        c.reset();
+        if *at != level {
+            c.set_level(Compression::new(level))
+                .expect("setting the level of a reset deflate state cannot fail");
+            *at = level;
+        }
+        f(c);
+    });
 }
 
 /// Feeds all of `raw` to `c` with `flush`, appending the output to `out`: with `Finish`

@@ -404,8 +404,16 @@ pub fn encode_batch(
         include_metadata,
         filter,
     } = shape;
+    // Room for the vectors' values, ids and a little metadata: about what a batch of
+    // embeddings compresses to, so the buffer rarely grows (each growth copies it).
+    let room = if level.is_some() {
+        vectors.len() * (4 * dimension as usize + 64)
+    } else {
+        0
+    };
     let mut batch = EncodedBatch {
         vector_hashes: Vec::with_capacity(vectors.len()),
+        bytes: Vec::with_capacity(room),
         ..Default::default()
     };
     let mut start = 0;
@@ -427,6 +435,9 @@ pub fn encode_batch(
             .chunks
             .push(built.append_to(&mut batch.bytes, (level, low_level), identity, stored));
     }
+    // Grown by doubling, the buffer can be twice its content; on object storage a batch's
+    // bytes stay alive until the multipart part holding them is uploaded.
+    batch.bytes.shrink_to_fit();
     Ok(batch)
 }
 

@@ -61,11 +61,7 @@ pub fn append_member_parts(
             deflate_all(c, tail, out, FlushCompress::Finish);
         }
     });
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(head);
-    crc.update(tail);
-    out.extend_from_slice(&crc.finalize().to_le_bytes());
-    out.extend_from_slice(&(total as u32).to_le_bytes());
+    append_trailer(out, &[head, tail]);
 }
 
 /// Appends one gzip member holding `records` deflated at `level`, then `plane` Huffman-coded
@@ -107,12 +103,7 @@ pub fn append_member_planes(
         huffman_all(h, plane, out);
     });
     append_stored_blocks(out, tail);
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(records);
-    crc.update(plane);
-    crc.update(tail);
-    out.extend_from_slice(&crc.finalize().to_le_bytes());
-    out.extend_from_slice(&(total as u32).to_le_bytes());
+    append_trailer(out, &[records, plane, tail]);
 }
 
 /// Feeds all of `raw` to the Huffman-only stream `h` with a sync flush, appending its output
@@ -146,8 +137,20 @@ pub fn append_stored_member(out: &mut Vec<u8>, raw: &[u8]) {
     out.reserve(raw.len() + raw.len() / 8192 * 5 + 32);
     out.extend_from_slice(&HEADER);
     append_stored_blocks(out, raw);
-    out.extend_from_slice(&crc32fast::hash(raw).to_le_bytes());
-    out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+    append_trailer(out, &[raw]);
+}
+
+/// Appends a member's trailer: the CRC-32 and length (mod 2^32) of its input, `parts` in
+/// order.
+fn append_trailer(out: &mut Vec<u8>, parts: &[&[u8]]) {
+    let mut crc = crc32fast::Hasher::new();
+    let mut len = 0usize;
+    for part in parts {
+        crc.update(part);
+        len += part.len();
+    }
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(&(len as u32).to_le_bytes());
 }
 
 /// Appends `raw` as stored deflate blocks, the last one final, to a byte-aligned stream.
@@ -317,19 +320,24 @@ mod tests {
     use flate2::read::MultiGzDecoder;
     use std::io::Read;
 
+    /// `member` is one gzip member of `raw`, read back by flate2's reader and by ours.
+    fn assert_reads_back_alone(member: &[u8], raw: &[u8]) {
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(member)
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, raw);
+        let mut ours = Vec::new();
+        read_members(member, raw.len() as u64, &mut ours).unwrap();
+        assert_eq!(ours, raw);
+    }
+
     #[test]
     fn a_stored_member_reads_back_with_any_gzip_reader() {
         for raw in [&b""[..], b"x", &[7u8; 70_000][..]] {
             let mut out = Vec::new();
             append_stored_member(&mut out, raw);
-            let mut back = Vec::new();
-            flate2::read::GzDecoder::new(&out[..])
-                .read_to_end(&mut back)
-                .unwrap();
-            assert_eq!(back, raw);
-            let mut ours = Vec::new();
-            read_members(&out, raw.len() as u64, &mut ours).unwrap();
-            assert_eq!(ours, raw);
+            assert_reads_back_alone(&out, raw);
         }
     }
 
@@ -453,16 +461,8 @@ mod tests {
             let mut member = Vec::new();
             append_member_planes(&mut member, r, 2, p, t);
             let raw = [r, p, t].concat();
-            // Each member decodes alone (the Huffman stream is never reset between them),
-            // with flate2's reader and with ours.
-            let mut back = Vec::new();
-            flate2::read::GzDecoder::new(&member[..])
-                .read_to_end(&mut back)
-                .unwrap();
-            assert_eq!(back, raw);
-            let mut ours = Vec::new();
-            read_members(&member, raw.len() as u64, &mut ours).unwrap();
-            assert_eq!(ours, raw);
+            // Each member decodes alone (the Huffman stream is never reset between them).
+            assert_reads_back_alone(&member, &raw);
             blob.extend_from_slice(&member);
             want.extend_from_slice(&raw);
         }

@@ -151,7 +151,9 @@ fn parent(args: &[String]) -> Result<(), String> {
     let all = rounds::run_rounds(&runner, repeat)?;
     let mut summary = rounds::summarize(&all, raw);
     let mb = raw as f64 / 1e6;
-    let mbs = |phase: &str| mb / rounds::median_secs(&all, phase);
+    // From the medians `summarize` computed (NaN for a phase that did not run).
+    let medians = summary["phases"].clone();
+    let mbs = |phase: &str| mb / medians[phase]["median"].as_f64().unwrap_or(f64::NAN);
     let blob = rounds::last_of(&all, "create", "blob_bytes")
         .as_u64()
         .unwrap_or(0);

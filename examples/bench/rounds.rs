@@ -202,11 +202,6 @@ pub fn summarize(rounds: &[Round], raw: u64) -> Map<String, Value> {
     out
 }
 
-/// Median seconds of `phase` over the rounds.
-pub fn median_secs(rounds: &[Round], phase: &str) -> f64 {
-    Spread::of(&rounds.iter().map(|r| secs(r, phase)).collect::<Vec<_>>()).median
-}
-
 /// The largest of `field` of `phase` over the rounds.
 pub fn max_of(rounds: &[Round], phase: &str, field: &str) -> Value {
     rounds

@@ -16,10 +16,6 @@ pub(crate) struct ChunkBytes {
 }
 
 impl ChunkBytes {
-    fn read(&self, c: &Located) -> Result<Vec<u8>> {
-        self.spool.read(c.chunk.offset - self.base, c.chunk.length)
-    }
-
     /// The chunk's bytes into `buf`, reused from one chunk to the next.
     fn read_into(&self, c: &Located, buf: &mut Vec<u8>) -> Result<()> {
         self.spool
@@ -68,15 +64,8 @@ pub(crate) async fn check_chunks(
             let Some(run) = todo.next() else { break };
             let (table, bytes) = (table.clone(), bytes.clone());
             jobs.push(move || {
-                let mut buf = Vec::new();
-                for i in run {
-                    let c = &table.chunks[i];
-                    bytes[i].read_into(c, &mut buf)?;
-                    if crc32fast::hash(&buf) != c.chunk.crc32 {
-                        return Err(chunk_crc_mismatch(&table, c));
-                    }
-                }
-                Ok(())
+                let chunks = run.map(|i| (&table.chunks[i], &bytes[i]));
+                check_crcs(&table, chunks)
             });
         }
         match jobs.next().await {
@@ -184,16 +173,27 @@ fn check_totals(t: &ChunkTable, count: u64, digest: [u8; 32]) -> Result<()> {
     Ok(())
 }
 
+/// Checks each chunk's bytes against its CRC-32, read into one buffer reused across them.
+fn check_crcs<'a>(
+    table: &ChunkTable,
+    chunks: impl Iterator<Item = (&'a Located, &'a ChunkBytes)>,
+) -> Result<()> {
+    let mut buf = Vec::new();
+    for (c, bytes) in chunks {
+        bytes.read_into(c, &mut buf)?;
+        if crc32fast::hash(&buf) != c.chunk.crc32 {
+            return Err(chunk_crc_mismatch(table, c));
+        }
+    }
+    Ok(())
+}
+
 /// Checks and decodes a whole (small) namespace whose chunks are all in `bytes`, on the
 /// calling thread: every chunk against its CRC-32 first, then each decoded, then the count
 /// and content digest. What [`check_chunks`] and [`NamespaceReader`] do, for a namespace
 /// that one job handles whole.
 pub(crate) fn decode_whole(table: &ChunkTable, bytes: &ChunkBytes) -> Result<Vec<Vector>> {
-    for c in &table.chunks {
-        if crc32fast::hash(&bytes.read(c)?) != c.chunk.crc32 {
-            return Err(chunk_crc_mismatch(table, c));
-        }
-    }
+    check_crcs(table, table.chunks.iter().map(|c| (c, bytes)))?;
     let all = vec![bytes.clone(); table.chunks.len()];
     let decoded = decode_batch(table, &all, 0..table.chunks.len(), false)?;
     let mut digest = ContentDigest::new(table.dimension);

@@ -194,6 +194,36 @@ pub enum Error {
         supported: u16,
     },
 
+    /// The repository is encrypted and no key was given.
+    #[error("{repository} is encrypted: give its password or key file (--password-file, --key-file, or DAKERA_SNAPSHOT_PASSWORD / DAKERA_SNAPSHOT_PASSWORD_FILE)")]
+    KeyRequired {
+        /// The repository.
+        repository: String,
+    },
+
+    /// No user key of the repository opens with the password or key file given.
+    #[error("no key of {repository} opens with the {given} given: wrong {given}, or its keys/ were altered")]
+    WrongKey {
+        /// The repository.
+        repository: String,
+        /// `password` or `key file`.
+        given: &'static str,
+    },
+
+    /// A key was given for a repository that is not encrypted.
+    #[error("{repository} is not encrypted: drop the password or key file, or make an encrypted repository with `init --encrypt`")]
+    NotEncrypted {
+        /// The repository.
+        repository: String,
+    },
+
+    /// The repository's config object or its keys are not what they must be.
+    #[error("repository config: {reason}")]
+    RepositoryConfig {
+        /// What is wrong, and what to do.
+        reason: String,
+    },
+
     /// A vector or namespace does not have the dimension it must have.
     #[error("dimension mismatch in namespace {namespace:?}: expected {expected}, got {actual}")]
     DimensionMismatch {

@@ -172,6 +172,7 @@
 
 mod cache;
 pub mod config;
+pub mod crypto;
 pub mod error;
 mod format;
 pub mod id;
@@ -192,6 +193,7 @@ struct ReadmeDoctests;
 
 pub use cache::SidecarCache;
 pub use config::{CompressionLevel, CreateOptions, RestoreMode, RestoreOptions, SnapshotConfig};
+pub use crypto::{KdfParams, KeyInfo, KeySource};
 pub use error::{Error, Result};
 pub use format::blob::Filter;
 pub use format::sidecar::{
@@ -201,8 +203,8 @@ pub use format::sidecar::{
 pub use id::{Clock, ManualClock, SnapshotId, SystemClock};
 pub use manager::{
     Catalog, CatalogEntry, CopyOutcome, DamagedSnapshot, DiffEntry, DiffKind, ExportReport,
-    GcReport, Lineage, RestoreResult, RestoredNamespace, RetentionReport, SnapshotDiff,
-    SnapshotManager, VerifyOutcome, VerifyReport,
+    GcReport, Lineage, RepositoryInfo, RestoreResult, RestoredNamespace, RetentionReport,
+    SnapshotDiff, SnapshotManager, VerifyOutcome, VerifyReport,
 };
 pub use progress::{NoProgress, Progress};
 pub use retention::{RetentionPlan, RetentionPolicy};

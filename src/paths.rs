@@ -119,6 +119,9 @@ const BLOB_SUFFIX: &str = ".snap.gz";
 const SIDECAR_SUFFIX: &str = ".meta.json";
 const PINS: &str = "pins";
 const PIN_SUFFIX: &str = ".pin";
+const CONFIG: &str = "config.json";
+const KEYS: &str = "keys";
+const KEY_SUFFIX: &str = ".json";
 
 impl RepoLayout {
     /// The folder every snapshot object lives in.
@@ -144,6 +147,32 @@ impl RepoLayout {
     /// A pin on `parent`; `token` (16 hex digits) tells concurrent writers' pins apart.
     pub fn pin_key(&self, parent: &SnapshotId, token: u64) -> Key {
         Key(format!("{PINS}/{parent}.{token:016x}{PIN_SUFFIX}"))
+    }
+
+    /// The repository config object (written by `init`; absent in repositories made
+    /// without it).
+    pub fn config_key(&self) -> Key {
+        Key(CONFIG.to_string())
+    }
+
+    /// The folder of user keys of an encrypted repository.
+    pub fn keys_dir(&self) -> Key {
+        Key(KEYS.to_string())
+    }
+
+    /// The object of user key `id` (16 hex digits).
+    pub fn key_key(&self, id: &str) -> Key {
+        Key(format!("{KEYS}/{id}{KEY_SUFFIX}"))
+    }
+
+    /// The id of a listed user key object, if it is one.
+    pub fn parse_key_id<'k>(&self, key: &'k Key) -> Option<&'k str> {
+        let id = key
+            .as_str()
+            .strip_prefix(KEYS)?
+            .strip_prefix('/')?
+            .strip_suffix(KEY_SUFFIX)?;
+        (id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
     }
 
     /// The snapshot a listed pin key protects, if it is a pin key.

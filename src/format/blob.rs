@@ -257,13 +257,38 @@ const VECTOR_IDENTITY_TAG: &[u8; 16] = b"dakera-chunk-2.1";
 /// chunk, so equal identities mean equal chunks.
 pub fn vector_identity(filter: Filter, vector_hashes: &[[u8; 32]]) -> [u8; 32] {
     let mut h = Sha256::new();
-    h.update(VECTOR_IDENTITY_TAG);
-    h.update(filter.flags().to_le_bytes());
-    h.update((vector_hashes.len() as u32).to_le_bytes());
-    for v in vector_hashes {
-        h.update(v);
+    for part in identity_parts(filter, vector_hashes) {
+        h.update(part);
     }
     h.finalize().into()
+}
+
+/// A chunk's identity in its repository: [`vector_identity`], or in an encrypted
+/// repository (format 4.0) an HMAC-SHA256 of the same bytes under the repository's
+/// identity key, so that equal or guessed content cannot be confirmed without the key.
+pub(crate) fn repository_identity(
+    keys: Option<&crate::crypto::RepoKeys>,
+    filter: Filter,
+    vector_hashes: &[[u8; 32]],
+) -> [u8; 32] {
+    match keys {
+        Some(keys) => keys.identity(identity_parts(filter, vector_hashes)),
+        None => vector_identity(filter, vector_hashes),
+    }
+}
+
+/// The bytes a format 2.1 identity hashes, in order.
+fn identity_parts(
+    filter: Filter,
+    vector_hashes: &[[u8; 32]],
+) -> impl Iterator<Item = Vec<u8>> + '_ {
+    let head = [
+        &VECTOR_IDENTITY_TAG[..],
+        &filter.flags().to_le_bytes(),
+        &(vector_hashes.len() as u32).to_le_bytes(),
+    ]
+    .concat();
+    std::iter::once(head).chain(vector_hashes.iter().map(|h| h.to_vec()))
 }
 
 /// What a writer deduplicates against: how identities are computed, and which are
@@ -271,6 +296,16 @@ pub fn vector_identity(filter: Filter, vector_hashes: &[[u8; 32]]) -> [u8; 32] {
 pub struct Dedup<'a> {
     pub identity: Identity,
     pub known: &'a (dyn Fn(&[u8; 32]) -> bool + Sync),
+    /// In an encrypted repository: how chunks of this namespace are sealed (and their
+    /// identities keyed).
+    pub seal: Option<ChunkSeal<'a>>,
+}
+
+/// Sealing the data chunks of one namespace (format 4.0).
+#[derive(Clone, Copy)]
+pub struct ChunkSeal<'a> {
+    pub sealing: &'a crate::crypto::Sealing,
+    pub namespace: &'a str,
 }
 
 /// A namespace's content digest: SHA-256 over the dimension (u32 LE) followed by the
@@ -429,11 +464,11 @@ pub fn encode_batch(
         batch.vector_hashes.extend_from_slice(&built.vector_hashes);
         let Some(level) = level else { continue };
         let low_level = mantissas.level_for(&built, level);
-        let identity = built.identity(dedup.identity, filter);
+        let identity = built.identity(dedup.identity, filter, dedup.seal);
         let stored = !(dedup.known)(&identity);
-        batch
-            .chunks
-            .push(built.append_to(&mut batch.bytes, (level, low_level), identity, stored));
+        let levels = (level, low_level);
+        let chunk = built.append_to(&mut batch.bytes, levels, identity, stored, dedup.seal);
+        batch.chunks.push(chunk);
     }
     // Grown by doubling, the buffer can be twice its content; on object storage a batch's
     // bytes stay alive until the multipart part holding them is uploaded.
@@ -454,7 +489,8 @@ struct BuiltChunk {
 
 impl BuiltChunk {
     /// The chunk's identity, computed as `kind` says.
-    fn identity(&self, kind: Identity, filter: Filter) -> [u8; 32] {
+    fn identity(&self, kind: Identity, filter: Filter, seal: Option<ChunkSeal<'_>>) -> [u8; 32] {
+        let keys = seal.map(|s| &*s.sealing.keys);
         match kind {
             Identity::RawBytes => {
                 let mut h = Sha256::new();
@@ -462,22 +498,26 @@ impl BuiltChunk {
                 h.update(&self.low);
                 h.finalize().into()
             }
-            Identity::Vectors => vector_identity(filter, &self.vector_hashes),
+            Identity::Vectors => repository_identity(keys, filter, &self.vector_hashes),
         }
     }
 
     /// The chunk's index entry; with `store`, its member is appended to `out` at the
-    /// `levels` (records and exponent plane, mantissa planes).
+    /// `levels` (records and exponent plane, mantissa planes), sealed if `seal` says so.
     fn append_to(
         &self,
         out: &mut Vec<u8>,
         (level, low_level): (u32, u32),
         sha256: [u8; 32],
         store: bool,
+        seal: Option<ChunkSeal<'_>>,
     ) -> BatchChunk {
         let raw_length = (self.out.len() + self.low.len()) as u32;
         let stored = store.then(|| {
             let start = out.len();
+            if seal.is_some() {
+                crate::crypto::seal::reserve(out);
+            }
             let low_stored = low_level == 0 && level != 0;
             if low_stored && self.n > 0 {
                 // Real-valued embeddings: the exponent plane Huffman-coded, mantissas stored.
@@ -485,6 +525,13 @@ impl BuiltChunk {
                 super::gzip::append_member_planes(out, records, level, plane, &self.low);
             } else {
                 super::gzip::append_member_parts(out, &self.out, level, &self.low, low_stored);
+            }
+            if let Some(s) = seal {
+                let what = crate::crypto::Chunk::Data {
+                    namespace: s.namespace,
+                    identity: &sha256,
+                };
+                s.sealing.cipher.seal_tail(out, start, what);
             }
             ((out.len() - start) as u32, crc32fast::hash(&out[start..]))
         });
@@ -1533,6 +1580,7 @@ mod tests {
         let dedup = Dedup {
             identity: Identity::Vectors,
             known: &never,
+            seal: None,
         };
         let cuts = [vs.len()];
         let shape = ChunkShape {

@@ -220,6 +220,9 @@ pub struct SnapshotMetadata {
     /// wherever stored (what a full snapshot would hold); `size_bytes` is what this one adds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logical_bytes: Option<u64>,
+    /// Format 4.0: the keys the snapshot is sealed with (never stored).
+    #[serde(skip)]
+    pub sealed_by: crate::crypto::SealedBy,
 }
 
 impl SnapshotMetadata {
@@ -282,6 +285,7 @@ impl SnapshotMetadata {
             compression: self.compression.clone(),
             include_metadata: self.include_metadata,
             logical_bytes: self.logical_bytes,
+            sealed_by: self.sealed_by.clone(),
         }
     }
 

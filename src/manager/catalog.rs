@@ -1,10 +1,12 @@
 //! Reading the catalog: metadata, listing, chain resolution, lineage, `latest`, diffs.
 
+use super::chunks::unseal_small;
 use super::pipeline::{blob_read_error, decode_error, outside_the_runtime};
 use super::reports::{
     Catalog, CatalogEntry, DamagedSnapshot, DiffEntry, DiffKind, Lineage, SnapshotDiff,
 };
 use super::SnapshotManager;
+use crate::crypto::Chunk;
 use crate::error::{Error, Result};
 use crate::format::blob;
 use crate::format::sidecar::{NamespaceEntry, SnapshotMetadata, MAX_SIDECAR_BYTES};
@@ -83,6 +85,7 @@ impl SnapshotManager {
     /// from a newer format) reported apart instead of failing the listing. Fails only if the
     /// repository cannot be listed or a sidecar cannot be fetched.
     pub async fn list_catalog(&self) -> Result<Catalog> {
+        self.access().await?;
         let objects = self.sink.list_all(&self.layout.snapshots_dir()).await?;
         let listed: Vec<(SnapshotId, ObjectInfo)> = objects
             .into_iter()
@@ -143,11 +146,11 @@ impl SnapshotManager {
         info: &ObjectInfo,
         cached: Option<Vec<u8>>,
     ) -> Result<SnapshotMetadata> {
-        if let Some(meta) = cached.and_then(|b| SnapshotMetadata::from_json(&b, id).ok()) {
+        if let Some(meta) = cached.and_then(|b| self.parse_sidecar(&b, id).ok()) {
             return Ok(meta);
         }
         let bytes = self.fetch_sidecar(id).await?;
-        let meta = SnapshotMetadata::from_json(&bytes, id)?;
+        let meta = self.parse_sidecar(&bytes, id)?;
         if let Some(cache) = self
             .cache
             .as_ref()
@@ -169,7 +172,33 @@ impl SnapshotManager {
     /// A snapshot's sidecar alone: for format 3 without the namespace lists (enough for its
     /// identity, links, sizes and layout).
     pub(super) async fn read_summary(&self, id: &SnapshotId) -> Result<SnapshotMetadata> {
-        SnapshotMetadata::from_json(&self.fetch_sidecar(id).await?, id)
+        let bytes = self.fetch_sidecar(id).await?;
+        self.parse_sidecar(&bytes, id)
+    }
+
+    /// Parses a sidecar read from `id`'s key: opened with the repository's keys when it is
+    /// sealed (format 4.0). A snapshot whose sealing differs from the repository's is
+    /// refused: in an encrypted repository an unencrypted snapshot was not written by a key
+    /// holder (a reader could otherwise be handed forged data).
+    pub(super) fn parse_sidecar(&self, bytes: &[u8], id: &SnapshotId) -> Result<SnapshotMetadata> {
+        let refuse = |why: &str| {
+            Err(Error::corrupt(
+                id.as_str(),
+                None,
+                None,
+                format!("sidecar: {why}"),
+            ))
+        };
+        match (self.opened_keys(), crate::crypto::sidecar::is_sealed(bytes)) {
+            (Some(keys), true) => crate::crypto::sidecar::open(bytes, id, &keys),
+            (None, false) => SnapshotMetadata::from_json(bytes, id),
+            (Some(_), false) => refuse(
+                "an unencrypted snapshot in an encrypted repository, so not written by a holder of its key; check where it came from, then `delete ID --force`",
+            ),
+            (None, true) => refuse(
+                "an encrypted snapshot (format 4.0) in a repository that is not encrypted; it cannot be opened here",
+            ),
+        }
     }
 
     /// Reads a format 3 snapshot's namespace lists from its blob's directory chunk, checked
@@ -194,6 +223,14 @@ impl SnapshotManager {
                 dir.range().end()
             )));
         }
+        let entry = crate::format::sidecar::ChunkEntry {
+            offset: dir.offset,
+            length: dir.length,
+            raw_length: dir.raw_length,
+            vectors: 0,
+            crc32: dir.crc32,
+        };
+        let bytes = unseal_small(meta, Chunk::Directory, &entry, bytes.to_vec())?;
         let (listed, sha) =
             outside_the_runtime(|| blob::decode_directory_chunk(&bytes, dir.raw_length))
                 .map_err(|e| decode_error(id, None, dir.offset, e))?;
@@ -208,6 +245,7 @@ impl SnapshotManager {
 
     /// A sidecar's bytes, refusing one larger than any writer makes.
     async fn fetch_sidecar(&self, id: &SnapshotId) -> Result<Vec<u8>> {
+        self.access().await?;
         let key = self.layout.sidecar_key(id);
         let mut stream = match self.sink.get(&key, None).await {
             Err(e) if e.is_not_found() => {

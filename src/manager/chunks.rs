@@ -6,6 +6,7 @@ use super::catalog::Reading;
 use super::dedup::DedupBase;
 use super::pipeline::{blob_read_error, crc_mismatch, decode_error};
 use super::SnapshotManager;
+use crate::crypto::{Chunk, SealedBy};
 use crate::error::{Error, Result};
 use crate::format::blob::{self, Filter, Identity};
 use crate::format::index::NamespaceIndex;
@@ -38,6 +39,8 @@ pub(crate) struct ChunkTable {
     pub digest: [u8; 32],
     /// Its data chunks, in id order.
     pub chunks: Vec<Located>,
+    /// The keys its chunks are sealed with (format 4.0).
+    pub sealed_by: SealedBy,
 }
 
 impl ChunkTable {
@@ -56,6 +59,75 @@ impl ChunkTable {
     fn corrupt(&self, offset: Option<u64>, why: impl Into<String>) -> Error {
         Error::corrupt(self.holder.as_str(), Some(&self.name), offset, why)
     }
+
+    /// Opens data chunk `c` in place in `buf` (its stored bytes, CRC-checked) and returns
+    /// its gzip members: `buf` itself when the repository is not encrypted.
+    pub fn unseal<'b>(&self, c: &Located, buf: &'b mut [u8]) -> Result<&'b [u8]> {
+        let Some(cipher) = self.sealed_by.cipher(c.snapshot.as_str()) else {
+            return Ok(buf);
+        };
+        let Some(identity) = &c.sha256 else {
+            return Err(self.corrupt(Some(c.chunk.offset), "a sealed chunk without an identity"));
+        };
+        let what = Chunk::Data {
+            namespace: &self.name,
+            identity,
+        };
+        match cipher.open(buf, what) {
+            Ok(plain) => Ok(plain),
+            Err(_) => {
+                let by = (c.snapshot != self.holder).then(|| self.holder.as_str());
+                let range = c.chunk.offset..c.chunk.offset + c.chunk.length;
+                Err(unsealing_failed(c.snapshot.as_str(), &self.name, range, by))
+            }
+        }
+    }
+}
+
+/// The error for a sealed chunk of `snapshot` at `range` that does not open.
+pub(crate) fn unsealing_failed(
+    snapshot: &str,
+    ns: &str,
+    range: std::ops::Range<u64>,
+    referenced_by: Option<&str>,
+) -> Error {
+    let by = referenced_by.map_or(String::new(), |b| format!(", referenced by snapshot {b},"));
+    Error::corrupt(
+        snapshot,
+        (!ns.is_empty()).then_some(ns),
+        Some(range.start),
+        format!(
+            "the chunk at bytes {}..{}{by} fails authentication: it was altered, or moved here from another snapshot or position",
+            range.start, range.end
+        ),
+    )
+}
+
+/// The gzip members of a small sealed chunk (`what`) of `holder`'s blob, from its stored
+/// bytes (CRC-checked); the bytes as they are when the repository is not encrypted.
+pub(crate) fn unseal_small(
+    holder: &SnapshotMetadata,
+    what: Chunk<'_>,
+    c: &ChunkEntry,
+    mut bytes: Vec<u8>,
+) -> Result<Vec<u8>> {
+    let Some(cipher) = holder.sealed_by.cipher(holder.id.as_str()) else {
+        return Ok(bytes);
+    };
+    let ns = match what {
+        Chunk::Data { namespace, .. } | Chunk::Index { namespace } => namespace,
+        _ => "",
+    };
+    let len = match cipher.open(&mut bytes, what) {
+        Ok(plain) => plain.len(),
+        Err(_) => {
+            let range = c.offset..c.offset + c.length;
+            return Err(unsealing_failed(holder.id.as_str(), ns, range, None));
+        }
+    };
+    bytes.truncate(crate::crypto::seal::NONCE_LEN + len);
+    bytes.drain(..crate::crypto::seal::NONCE_LEN);
+    Ok(bytes)
 }
 
 impl SnapshotManager {
@@ -112,6 +184,7 @@ impl SnapshotManager {
             dimension: header.dimension,
             filter: header.filter,
             identity: None,
+            sealed_by: holder.sealed_by.clone(),
             vector_count: count,
             digest,
             chunks: entry.chunks[1..entry.chunks.len() - 1]
@@ -133,7 +206,11 @@ impl SnapshotManager {
         entry: &NamespaceEntry,
         index: &ChunkEntry,
     ) -> Result<ChunkTable> {
-        let bytes = self.read_small_chunk(holder, &entry.name, index).await?;
+        let stored = self.read_small_chunk(holder, &entry.name, index).await?;
+        let what = Chunk::Index {
+            namespace: &entry.name,
+        };
+        let bytes = unseal_small(holder, what, index, stored)?;
         let ix = decode_index(holder, entry, index, &bytes)?;
         let sources = self.reference_sources(holder, &entry.name, &ix).await?;
         table_from_index(holder, entry, index, ix, &sources)
@@ -256,6 +333,7 @@ pub(crate) fn table_from_index(
         dimension: ix.dimension,
         filter: ix.filter,
         identity: Some(ix.identity),
+        sealed_by: holder.sealed_by.clone(),
         vector_count: ix.vector_count,
         digest: ix.digest,
         chunks,

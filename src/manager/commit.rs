@@ -31,6 +31,9 @@ impl SnapshotManager {
         plan: WritePlan,
         options: CreateOptions,
     ) -> Result<SnapshotMetadata> {
+        // Opens the repository: an encrypted one seals everything written (and refuses a
+        // writer without its key) from here on.
+        self.access().await?;
         let (id, created_ms) = self.ids.next_id();
         tracing::info!(snapshot = %id, repo = %self.sink.describe(), namespaces = plan.store.len(), "creating snapshot");
         let blob = self.upload_blob(storage, &id, created_ms, &plan).await?;
@@ -42,7 +45,7 @@ impl SnapshotManager {
             )));
         }
         // The commit point.
-        self.commit_sidecar(&meta.id, Bytes::from(meta.to_json()))
+        self.commit_sidecar(&meta.id, Bytes::from(self.stored_sidecar(&meta)))
             .await?;
         tracing::info!(snapshot = %meta.id, vectors = meta.total_vectors, bytes = meta.size_bytes, "snapshot committed");
         self.retention_after_create().await;
@@ -65,7 +68,10 @@ impl SnapshotManager {
         self.progress.begin(&format!("write {id}"), Some(total));
         let _end = EndProgress(self.progress.as_ref());
         let out = self.sink.put_streaming(&blob_key, PutMode::Create).await?;
-        let mut w = BlobWriter::new(out);
+        let sealing = self
+            .opened_keys()
+            .map(|keys| crate::crypto::Sealing::new(keys, id.as_str()));
+        let mut w = BlobWriter::new(out, sealing);
         let written = self
             .write_body(&mut w, storage, (id, created_ms), plan, &shapes)
             .await;
@@ -170,6 +176,15 @@ impl SnapshotManager {
                 filter: self.config.effective_filter(),
             },
             include_metadata: self.config.include_metadata,
+            sealed_by: crate::crypto::SealedBy(self.opened_keys()),
+        }
+    }
+
+    /// The sidecar of `meta` as stored: sealed in an encrypted repository (format 4.0).
+    pub(super) fn stored_sidecar(&self, meta: &SnapshotMetadata) -> Vec<u8> {
+        match self.opened_keys() {
+            Some(keys) => crate::crypto::sidecar::seal(meta, &keys),
+            None => meta.to_json(),
         }
     }
 

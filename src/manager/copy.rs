@@ -42,6 +42,7 @@ impl SnapshotManager {
     /// the destination lacks.
     pub async fn copy_snapshot(&self, id: &str, to: &SnapshotManager) -> Result<CopyOutcome> {
         let id = SnapshotId::parse(id)?;
+        self.refuse_encrypted_copy(to).await?;
         let sidecar_key = self.layout.sidecar_key(&id);
         let sidecar = match self.sink.get_bytes(&sidecar_key, None).await {
             Err(e) if e.is_not_found() => {
@@ -96,6 +97,24 @@ impl SnapshotManager {
             snapshot_id: id,
             bytes: meta.size_bytes,
         })
+    }
+
+    /// Blobs are copied byte for byte, which is right only between unencrypted
+    /// repositories: a sealed blob opens only under its own repository's keys.
+    async fn refuse_encrypted_copy(&self, to: &SnapshotManager) -> Result<()> {
+        let (from_sealed, to_sealed) = (self.is_encrypted().await?, to.is_encrypted().await?);
+        if from_sealed || to_sealed {
+            let which = match (from_sealed, to_sealed) {
+                (true, true) => "both repositories are encrypted",
+                (true, false) => "the source repository is encrypted",
+                _ => "the destination repository is encrypted",
+            };
+            return Err(Error::invalid(
+                "copy",
+                format!("{which}; copy moves blobs byte for byte and does not re-encrypt yet: restore the snapshot into a store and create it in the destination"),
+            ));
+        }
+        Ok(())
     }
 
     /// `Some(AlreadyPresent)` if this repository has `meta`'s snapshot with the same blob

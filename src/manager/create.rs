@@ -188,6 +188,7 @@ impl SnapshotManager {
             page_size: self.config.scan_page_size,
             parallelism: self.config.effective_parallelism(),
             identity: Identity::Vectors,
+            sealing: None,
         }
     }
 

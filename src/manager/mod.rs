@@ -7,6 +7,7 @@
 //! `lifecycle`, `copy`), pure planners live in `plan` and `chain` (tested without a sink),
 //! report types in `reports`, and the byte pipelines between codec and sink in `pipeline/`.
 
+mod access;
 mod catalog;
 pub(crate) mod chain;
 pub(crate) mod chunks;
@@ -25,6 +26,7 @@ mod restore_groups;
 mod sections;
 mod verify;
 
+pub use access::RepositoryInfo;
 pub use reports::{
     Catalog, CatalogEntry, CopyOutcome, DamagedSnapshot, DiffEntry, DiffKind, ExportReport,
     GcReport, Lineage, RestoreResult, RestoredNamespace, RetentionReport, SnapshotDiff,
@@ -57,6 +59,10 @@ pub struct SnapshotManager {
     ids: IdGenerator,
     progress: Arc<dyn Progress>,
     cache: Option<SidecarCache>,
+    /// The key to open an encrypted repository with.
+    key: Option<crate::crypto::KeySource>,
+    /// The repository as opened (once, on first use).
+    access: Arc<tokio::sync::OnceCell<access::Access>>,
 }
 
 impl SnapshotManager {
@@ -74,6 +80,8 @@ impl SnapshotManager {
             random,
             progress: Arc::new(NoProgress),
             cache: None,
+            key: None,
+            access: Arc::default(),
         })
     }
 

@@ -11,7 +11,7 @@
 //! before the first of them is written to the store.
 
 use super::catalog::ResolvedSnapshot;
-use super::chunks::{decode_index, table_from_index};
+use super::chunks::{decode_index, table_from_index, unseal_small};
 use super::pipeline::{self, crc_mismatch, decode_whole, ChunkBytes, Ordered, Run, Spool};
 use super::reports::{RestoreResult, RestoredNamespace};
 use super::SnapshotManager;
@@ -284,11 +284,15 @@ fn decode_member(
     let Some(index) = &entry.index else {
         return Ok(None);
     };
-    let raw = bytes.spool.read(index.offset - bytes.base, index.length)?;
-    if crc32fast::hash(&raw) != index.crc32 {
+    let stored = bytes.spool.read(index.offset - bytes.base, index.length)?;
+    if crc32fast::hash(&stored) != index.crc32 {
         let range = index.offset..index.offset + index.length;
         return Err(crc_mismatch(holder.id.as_str(), &entry.name, range, None));
     }
+    let what = crate::crypto::Chunk::Index {
+        namespace: &entry.name,
+    };
+    let raw = unseal_small(holder, what, index, stored.to_vec())?;
     let ix = decode_index(holder, entry, index, &raw)?;
     if !ix.sources.is_empty() {
         return Ok(None);

@@ -10,6 +10,7 @@ use super::pipeline::{
 };
 use super::plan::{ParentView, WritePlan};
 use super::SnapshotManager;
+use crate::crypto::{Chunk, Sealing};
 use crate::error::Result;
 use crate::format::blob::{self, Identity};
 use crate::format::directory::DirectoryMember;
@@ -131,14 +132,21 @@ impl SnapshotManager {
             length: c.length,
         };
         let header = range(
-            w.write_raw(blob::encode_header(id.as_str(), created_ms), level)
-                .await?,
+            w.write_raw(
+                blob::encode_header(id.as_str(), created_ms),
+                level,
+                Chunk::Header,
+            )
+            .await?,
         );
         let mut sections = Sections {
             directory: DirectoryMember::member(level),
             found_unchanged: Vec::new(),
         };
-        let mut groups = GroupEncoder::new(self.encode_settings(0, Some(level)));
+        let mut groups = GroupEncoder::new(EncodeSettings {
+            sealing: w.sealing().cloned(),
+            ..self.encode_settings(0, Some(level))
+        });
         for (ns, shape) in plan.store.iter().zip(shapes) {
             let shape = &Shape {
                 token: change_token(storage, ns).await?,
@@ -174,16 +182,21 @@ impl SnapshotManager {
         unchanged.sort();
         let (count, vectors) = (sections.directory.stored, sections.directory.vectors);
         let at = w.offset();
-        let (directory_member, directory) = outside_the_runtime(|| {
+        let (directory_member, mut directory) = outside_the_runtime(|| {
             sections
                 .directory
                 .finish_chunk(&unchanged, &plan.deleted, at)
         });
-        w.append(directory_member.clone(), directory.raw_length)
-            .await?;
+        let stored = Sealing::maybe_seal(w.sealing(), directory_member.clone(), Chunk::Directory);
+        (directory.length, directory.crc32) = (stored.len() as u64, crc32fast::hash(&stored));
+        w.append(stored, directory.raw_length).await?;
         let footer = range(
-            w.write_raw(blob::encode_footer(count as u32, vectors), level)
-                .await?,
+            w.write_raw(
+                blob::encode_footer(count as u32, vectors),
+                level,
+                Chunk::Footer,
+            )
+            .await?,
         );
         Ok(BlobBody {
             header,
@@ -237,7 +250,10 @@ impl SnapshotManager {
     ) -> Result<()> {
         let (start, filter) = (w.offset(), self.config.effective_filter());
         let level = self.config.effective_level();
-        let laid = outside_the_runtime(|| lay_out_group(start, group, plan, filter, level))?;
+        let sealing = w.sealing().cloned();
+        let laid = outside_the_runtime(|| {
+            lay_out_group(start, group, plan, (filter, level), sealing.as_ref())
+        })?;
         w.append(laid.bytes, laid.raw).await?;
         // Entries are compressed into the directory as its frames fill: CPU work.
         outside_the_runtime(|| {
@@ -274,6 +290,7 @@ impl SnapshotManager {
         let section = w.offset();
         let settings = EncodeSettings {
             identity,
+            sealing: w.sealing().cloned(),
             ..self.encode_settings(dim, Some(level))
         };
         let mut encoder = ChunkEncoder::resume(storage, ns, settings, known, scanned);
@@ -296,7 +313,9 @@ impl SnapshotManager {
             return Ok(Written::Unchanged);
         }
         let (ix, frame) = index.finish(digest)?;
-        let index_entry = w.write_raw(frame, level).await?;
+        let index_entry = w
+            .write_raw(frame, level, Chunk::Index { namespace: ns })
+            .await?;
         let sizes = (stored_raw, logical);
         let token = shape.token.clone();
         Ok(Written::Stored(stored_entry(
@@ -345,8 +364,8 @@ fn lay_out_group(
     start: u64,
     group: Vec<EncodedNamespace>,
     plan: &WritePlan,
-    filter: blob::Filter,
-    level: u32,
+    (filter, level): (blob::Filter, u32),
+    sealing: Option<&Sealing>,
 ) -> Result<LaidOut> {
     let mut out = LaidOut {
         bytes: Vec::new(),
@@ -372,7 +391,8 @@ fn lay_out_group(
             continue;
         }
         let (ix, frame) = index.finish(digest)?;
-        let member = index_member(&frame, level);
+        let what = Chunk::Index { namespace: &e.name };
+        let member = Sealing::maybe_seal(sealing, index_member(&frame, level), what);
         let index_entry = ChunkEntry {
             offset: start + out.bytes.len() as u64,
             length: member.len() as u64,

@@ -1,12 +1,14 @@
 //! Verification of one snapshot or of the whole repository.
 
 use super::chain::ChainIndex;
+use super::chunks::unseal_small;
 use super::pipeline::{self, decode_error, Spool};
 use super::reports::{VerifyOutcome, VerifyReport};
 use super::{blob_missing, EndProgress, SnapshotManager};
+use crate::crypto::Chunk;
 use crate::error::{Error, Result};
 use crate::format::blob;
-use crate::format::sidecar::SnapshotMetadata;
+use crate::format::sidecar::{ByteRange, ChunkEntry, SnapshotMetadata};
 use crate::id::SnapshotId;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -160,11 +162,29 @@ impl SnapshotManager {
     }
 }
 
+/// The gzip members of the header or footer chunk at `range` (opened, if sealed).
+fn frame_chunk(
+    meta: &SnapshotMetadata,
+    spool: &Spool,
+    range: ByteRange,
+    what: Chunk<'_>,
+) -> Result<Vec<u8>> {
+    let stored = spool.read(range.offset, range.length)?;
+    let entry = ChunkEntry {
+        offset: range.offset,
+        length: range.length,
+        raw_length: 0,
+        vectors: 0,
+        crc32: 0,
+    };
+    unseal_small(meta, what, &entry, stored.to_vec())
+}
+
 /// The header names this snapshot and its creation time.
 fn check_header(meta: &SnapshotMetadata, spool: &Spool) -> Result<()> {
     let id = meta.id.as_str();
-    let header = blob::decode_header(&spool.read(0, meta.header.length)?[..])
-        .map_err(|e| decode_error(id, None, 0, e))?;
+    let bytes = frame_chunk(meta, spool, meta.header, Chunk::Header)?;
+    let header = blob::decode_header(&bytes[..]).map_err(|e| decode_error(id, None, 0, e))?;
     if header.snapshot_id != id || header.created_at_ms != meta.created_at_ms {
         let why = format!("the blob was written for snapshot {}", header.snapshot_id);
         return Err(Error::corrupt(id, None, Some(0), why));
@@ -175,8 +195,9 @@ fn check_header(meta: &SnapshotMetadata, spool: &Spool) -> Result<()> {
 /// The footer's counts agree with the sidecar.
 fn check_footer(meta: &SnapshotMetadata, spool: &Spool) -> Result<()> {
     let at = meta.footer.offset;
-    let footer = blob::decode_footer(&spool.read(at, meta.footer.length)?[..])
-        .map_err(|e| decode_error(meta.id.as_str(), None, at, e))?;
+    let bytes = frame_chunk(meta, spool, meta.footer, Chunk::Footer)?;
+    let footer =
+        blob::decode_footer(&bytes[..]).map_err(|e| decode_error(meta.id.as_str(), None, at, e))?;
     if footer.namespaces as usize != meta.namespaces.len()
         || footer.total_vectors != meta.total_vectors
     {

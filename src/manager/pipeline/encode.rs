@@ -3,7 +3,7 @@
 use super::{encode_error, Ordered};
 use crate::error::{Error, Result};
 use crate::format::blob::{
-    self, ChunkShape, Dedup, EncodedBatch, Filter, Identity, MantissaChoice,
+    self, ChunkSeal, ChunkShape, Dedup, EncodedBatch, Filter, Identity, MantissaChoice,
 };
 use crate::format::chunker::Chunker;
 use crate::storage::{Vector, VectorStorage};
@@ -26,6 +26,8 @@ pub(crate) struct EncodeSettings {
     pub parallelism: usize,
     /// How chunk identities are computed (the dedup base's way, if any).
     pub identity: Identity,
+    /// In an encrypted repository: how the snapshot's chunks are sealed.
+    pub sealing: Option<crate::crypto::Sealing>,
 }
 
 /// Chunk identities already stored in the chain (chunks with these are referenced, not
@@ -198,6 +200,10 @@ pub(crate) fn encode_cut(
     let dedup = Dedup {
         identity: s.identity,
         known: &known,
+        seal: s.sealing.as_ref().map(|sealing| ChunkSeal {
+            sealing,
+            namespace: ns,
+        }),
     };
     let shape = ChunkShape {
         dimension,

@@ -184,6 +184,9 @@ fn check_crcs<'a>(
         if crc32fast::hash(&buf) != c.chunk.crc32 {
             return Err(chunk_crc_mismatch(table, c));
         }
+        // Sealed: authenticated too, so a deliberate change (which can keep the CRC-32)
+        // is refused before anything changes as well.
+        table.unseal(c, &mut buf)?;
     }
     Ok(())
 }
@@ -215,7 +218,8 @@ fn decode_batch(
     for i in run {
         let c = &table.chunks[i];
         bytes[i].read_into(c, &mut buf)?;
-        let mut d = decode_one(table, c, &buf, hashes)?;
+        let members = table.unseal(c, &mut buf)?;
+        let mut d = decode_one(table, c, members, hashes)?;
         if let (Some(last), Some(first)) = (out.vectors.last(), d.vectors.first()) {
             if first.id.as_bytes() <= last.id.as_bytes() {
                 return Err(Error::corrupt(
@@ -245,7 +249,8 @@ fn decode_one(table: &ChunkTable, c: &Located, bytes: &[u8], hashes: bool) -> Re
     let decoded = blob::decode_chunk_slice(bytes, table.dimension, table.filter, check)
         .map_err(|e| decode_error(id, Some(&table.name), at, e))?;
     if let (true, Some(sha), Some(Identity::Vectors)) = (hashes, &c.sha256, table.identity) {
-        if blob::vector_identity(table.filter, &decoded.vector_hashes) != *sha {
+        let keys = table.sealed_by.keys().map(|k| &**k);
+        if blob::repository_identity(keys, table.filter, &decoded.vector_hashes) != *sha {
             return Err(Error::corrupt(
                 id,
                 Some(&table.name),

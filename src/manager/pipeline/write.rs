@@ -1,6 +1,7 @@
 //! Appending encoded chunks to an upload while hashing the blob.
 
 use super::outside_the_runtime;
+use crate::crypto::{Chunk, Sealing};
 use crate::error::{Error, Result, SinkErrorKind, SinkOp};
 use crate::format::blob;
 use crate::format::sidecar::ChunkEntry;
@@ -17,6 +18,7 @@ type WriterOutcome = (Box<dyn SinkWriter>, Result<[u8; 32]>);
 /// blob and writes to the sink, so the caller goes on scanning while a chunk is written; at
 /// most one chunk waits for it.
 pub(crate) struct BlobWriter {
+    sealing: Option<Sealing>,
     tx: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
     task: Option<JoinHandle<WriterOutcome>>,
     offset: u64,
@@ -24,7 +26,9 @@ pub(crate) struct BlobWriter {
 }
 
 impl BlobWriter {
-    pub fn new(mut out: Box<dyn SinkWriter>) -> Self {
+    /// A writer to `out`; with `sealing`, of an encrypted repository's blob, whose every
+    /// chunk is sealed.
+    pub fn new(mut out: Box<dyn SinkWriter>, sealing: Option<Sealing>) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
         let task = tokio::spawn(async move {
             let mut sha = Sha256::new();
@@ -39,6 +43,7 @@ impl BlobWriter {
             (out, Ok(sha.finalize().into()))
         });
         BlobWriter {
+            sealing,
             tx: Some(tx),
             task: Some(task),
             offset: 0,
@@ -108,9 +113,21 @@ impl BlobWriter {
         }
     }
 
-    /// Compresses and appends a small chunk of raw frames (headers, ends).
-    pub async fn write_raw(&mut self, raw: Vec<u8>, level: u32) -> Result<ChunkEntry> {
-        let bytes = blob::compress_member(&raw, level);
+    /// How this blob's chunks are sealed (encrypted repositories).
+    pub fn sealing(&self) -> Option<&Sealing> {
+        self.sealing.as_ref()
+    }
+
+    /// Compresses (and seals, as `what`) and appends a small chunk of raw frames: the
+    /// header, a chunk index, the footer.
+    pub async fn write_raw(
+        &mut self,
+        raw: Vec<u8>,
+        level: u32,
+        what: Chunk<'_>,
+    ) -> Result<ChunkEntry> {
+        let member = blob::compress_member(&raw, level);
+        let bytes = Sealing::maybe_seal(self.sealing.as_ref(), member, what);
         let crc = crc32fast::hash(&bytes);
         self.write(bytes, crc, raw.len() as u64, 0).await
     }

@@ -2,6 +2,7 @@
 //! repositories from a terminal or from cron. A thin shell over the library: every command
 //! is one or two library calls plus output formatting.
 
+mod keys;
 mod progress;
 mod render;
 
@@ -102,12 +103,30 @@ struct Cli {
     #[arg(long, short, global = true, help_heading = "Global options", action = clap::ArgAction::Count)]
     verbose: u8,
 
+    #[command(flatten)]
+    keys: keys::KeyArgs,
+
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Make a new repository: with --encrypt, an encrypted one (AES-256-GCM, a random master
+    /// key wrapped by your password or key file). Encryption is decided here, once.
+    #[command(
+        after_help = "Examples:\n  dakera-snapshot --repo s3://bucket/dakera init --encrypt            # asks for a password\n  dakera-snapshot --repo ./backups --password-file pw.txt init --encrypt\n  dakera-snapshot key generate repo.key && dakera-snapshot --repo ./backups --key-file repo.key init --encrypt"
+    )]
+    Init {
+        /// Encrypt everything written to the repository.
+        #[arg(long)]
+        encrypt: bool,
+    },
+
+    /// Manage the user keys of an encrypted repository.
+    #[command(subcommand)]
+    Key(keys::KeyCommand),
+
     /// List snapshots, newest first.
     #[command(
         after_help = "Example:\n  dakera-snapshot --repo ./backups list --json | jq '.[0].id'"
@@ -548,6 +567,9 @@ async fn run(cli: Cli) -> CliResult {
         clap_complete::generate(shell, &mut cmd, "dakera-snapshot", &mut out);
         return Ok(());
     }
+    if let Command::Key(keys::KeyCommand::Generate { file }) = &cli.command {
+        return keys::generate(file);
+    }
     let file = match &cli.config {
         Some(path) => ConfigFile::read(path)?,
         None => ConfigFile::default(),
@@ -564,7 +586,7 @@ async fn run(cli: Cli) -> CliResult {
         Command::Import { level: Some(l), .. } => {
             (true, config.with_compression_level((*l).into()))
         }
-        Command::Import { level: None, .. } => (true, config),
+        Command::Import { level: None, .. } | Command::Init { .. } => (true, config),
         _ => (false, config),
     };
     let bars = Arc::new(Bars::new(!cli.quiet && std::io::stderr().is_terminal()));
@@ -583,6 +605,10 @@ async fn run(cli: Cli) -> CliResult {
     if let Some(cache) = sidecar_cache(&cli, &url, &options) {
         manager = manager.with_sidecar_cache(cache);
     }
+    manager = match &cli.command {
+        Command::Init { encrypt } => keys::for_init(manager, &cli.keys, *encrypt)?,
+        _ => keys::with_key(manager, &cli.keys, &url).await?,
+    };
     let ctx = Ctx {
         manager,
         json: cli.json,
@@ -593,6 +619,8 @@ async fn run(cli: Cli) -> CliResult {
         ctx.note(format!("creating a new repository at {}", dir.display()));
     }
     match cli.command {
+        Command::Init { .. } => keys::init(&ctx).await,
+        Command::Key(command) => keys::key(&ctx, &command).await,
         Command::List => list(&ctx).await,
         Command::Show { id } => show(&ctx, &id).await,
         Command::Verify { id, all } => verify(&ctx, id.as_deref(), all).await,

@@ -897,8 +897,10 @@ fn wrong_credentials_fail_in_one_line_without_the_secret() {
     );
     assert!(line.contains("no_such_key"), "{line}");
     let line = cli.fails(Some("s3://bucket/x"), &["--retries", "0", "list"], 1);
+    // The first request of every command reads the repository's config object.
     assert!(
-        line.contains("list of snapshots") && line.contains("Connection refused"),
+        line.contains("get of config.json in s3://bucket/x failed")
+            && line.contains("Connection refused"),
         "{line}"
     );
     // A secret passed as an option, with trace logging: still never printed (run_with checks).
@@ -943,7 +945,7 @@ async fn a_wrong_secret_on_a_signing_server_is_one_line_without_the_secret() {
         // under -v.
         assert_eq!(
             line,
-            format!("error: list of snapshots in {url} failed: authentication failed: check the access key and secret")
+            format!("error: get of config.json in {url} failed: authentication failed: check the access key and secret")
         );
         let out = cli.run_with(Some(&url), &["-v", "--retries", "0", "list"], None);
         assert_eq!(out.code, 1);
@@ -977,6 +979,7 @@ fn every_command_has_help_with_examples() {
         "copy",
         "diff",
         "completions",
+        "init",
     ] {
         assert!(top.stdout.contains(cmd), "top-level help lacks {cmd}");
         let out = cli.run_with(None, &[cmd, "--help"], None);
@@ -1199,4 +1202,98 @@ fn a_config_file_names_the_repository_options_and_settings_and_flags_win() {
         line.contains("reading the config file /no/such/dakera.toml"),
         "{line}"
     );
+}
+
+#[test]
+fn an_encrypted_repository_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let repo = repo.to_str().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, to_jsonl(&records())).unwrap();
+    let pw = dir.path().join("pw.txt");
+    std::fs::write(&pw, "a long passphrase\n").unwrap();
+    let pw = pw.to_str().unwrap();
+    let cli = Cli::local();
+    let made = cli.ok(repo, &["--password-file", pw, "init", "--encrypt"]);
+    assert!(made.contains("initialized encrypted repository"), "{made}");
+    let id = cli
+        .ok(
+            repo,
+            &["--password-file", pw, "import", input.to_str().unwrap()],
+        )
+        .trim()
+        .to_string();
+    // Without a key (and no terminal to ask on): one line that says what to pass.
+    let line = cli.fails(Some(repo), &["list"], 1);
+    assert!(
+        line.contains("is encrypted") && line.contains("--password-file"),
+        "{line}"
+    );
+    let line = cli.fails(Some(repo), &["import", input.to_str().unwrap()], 1);
+    assert!(line.contains("is encrypted"), "{line}");
+    // The password from the environment; verify and export work as on any repository.
+    let env = Cli {
+        env: vec![(
+            "DAKERA_SNAPSHOT_PASSWORD".into(),
+            "a long passphrase".into(),
+        )],
+    };
+    let listed = env.json(repo, &["list"]);
+    assert_eq!(listed[0]["id"], id.as_str());
+    env.ok(repo, &["verify", "--all"]);
+    let out = dir.path().join("out.jsonl");
+    env.ok(
+        repo,
+        &["export", "latest", "--output", out.to_str().unwrap()],
+    );
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap().lines().count(),
+        records().len()
+    );
+    // Rotate: a key file is added, the password key removed with it.
+    let key = dir.path().join("repo.key");
+    let key = key.to_str().unwrap();
+    let wrote = cli.run_with(None, &["key", "generate", key], None);
+    assert_eq!(wrote.code, 0, "{}", wrote.stderr);
+    env.ok(repo, &["key", "add", "--new-key-file", key]);
+    let keys = cli.json(repo, &["--key-file", key, "key", "list"]);
+    let keys = keys.as_array().unwrap();
+    assert_eq!(keys.len(), 2);
+    let old = keys.iter().find(|k| k["kind"] == "password").unwrap();
+    let old = old["id"].as_str().unwrap();
+    cli.ok(repo, &["--key-file", key, "key", "remove", old]);
+    let line = env.fails(Some(repo), &["list"], 1);
+    assert!(line.contains("no key of"), "{line}");
+    let current = keys.iter().find(|k| k["id"] != old).unwrap()["id"]
+        .as_str()
+        .unwrap();
+    let line = cli.fails(
+        Some(repo),
+        &["--key-file", key, "key", "remove", current],
+        2,
+    );
+    assert!(line.contains("opened with"), "{line}");
+    // Copy refuses to move sealed blobs to an unencrypted repository.
+    let other = dir.path().join("other");
+    let line = cli.fails(
+        Some(repo),
+        &[
+            "-q",
+            "--key-file",
+            key,
+            "copy",
+            "--all",
+            "--to",
+            other.to_str().unwrap(),
+        ],
+        2,
+    );
+    assert!(line.contains("encrypted"), "{line}");
+    // A password given to an unencrypted repository is refused, not ignored.
+    let plain = dir.path().join("plain");
+    let plain = plain.to_str().unwrap();
+    cli.ok(plain, &["import", input.to_str().unwrap()]);
+    let line = cli.fails(Some(plain), &["--password-file", pw, "list"], 1);
+    assert!(line.contains("is not encrypted"), "{line}");
 }

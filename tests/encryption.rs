@@ -572,3 +572,46 @@ async fn secrets_stay_out_of_debug_output_and_errors() {
         "{err:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_repository_on_s3_round_trips() {
+    let Some(server) = common::servers::start_seaweedfs().await else {
+        return;
+    };
+    let url = format!(
+        "{}/encrypted-{:016x}",
+        server.url,
+        getrandom::u64().unwrap()
+    );
+    let open = || {
+        SnapshotManager::from_url(&url, &server.options, SnapshotConfig::default())
+            .unwrap()
+            .with_key(password())
+    };
+    open().init(KDF).await.unwrap();
+    let store = secret_store().await;
+    let m = open();
+    let full = m.create_snapshot(&store, options()).await.unwrap();
+    store
+        .upsert(SECRET_NS, vec![Vector::new("another", vec![1.0; 16])])
+        .await
+        .unwrap();
+    let inc = m
+        .create_incremental_snapshot(&store, full.id.as_str(), None, options())
+        .await
+        .unwrap();
+    let m = open();
+    assert_eq!(m.list_snapshots().await.unwrap().len(), 2);
+    m.verify_snapshot(inc.id.as_str()).await.unwrap();
+    assert_eq!(
+        dump(&restore_all(&m, inc.id.as_str()).await).await,
+        dump(&store).await
+    );
+    let nokey =
+        SnapshotManager::from_url(&url, &server.options, SnapshotConfig::default()).unwrap();
+    let err = nokey.create_snapshot(&store, options()).await.unwrap_err();
+    assert!(matches!(err, Error::KeyRequired { .. }), "{err}");
+    println!(
+        "SeaweedFS (S3): an encrypted repository round-trips, and refuses a writer without its key"
+    );
+}

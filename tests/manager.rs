@@ -703,10 +703,11 @@ async fn sidecars_of_another_major_version_or_garbage_are_refused() {
     assert!(text.contains(&written), "{text}");
     let major = snap.format_version.split('.').next().unwrap().to_string();
 
-    std::fs::write(&side, text.replace(&written, "\"format_version\": \"4.0\"")).unwrap();
+    // (4.0 is the encrypted envelope, refused in an unencrypted repository elsewhere.)
+    std::fs::write(&side, text.replace(&written, "\"format_version\": \"5.0\"")).unwrap();
     let err = m.get_snapshot_metadata(snap.id.as_str()).await.unwrap_err();
     assert!(
-        matches!(err, Error::UnsupportedVersion { ref found, .. } if found == "4.0"),
+        matches!(err, Error::UnsupportedVersion { ref found, .. } if found == "5.0"),
         "{err}"
     );
 

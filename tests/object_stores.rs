@@ -203,7 +203,7 @@ async fn missing_bucket_and_unreachable_endpoint_fail_clearly() {
     assert!(matches!(err, Error::Sink { .. }), "{err}");
     assert!(
         err.to_string()
-            .starts_with(&format!("list of snapshots in {} failed", server.url)),
+            .starts_with(&format!("get of config.json in {} failed", server.url)),
         "{err}"
     );
     assert_eq!(err.sink_kind(), Some(SinkErrorKind::Transient), "{err:?}");

@@ -295,3 +295,51 @@ async fn credentials_never_appear_in_errors_debug_output_or_trace_logs() {
         });
     }
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn passwords_never_appear_in_errors_debug_output_or_trace_logs() {
+    const PASSWORD: &str = "never-print-this-passphrase";
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let cheap = dakera_snapshot::KdfParams {
+        memory_kib: 64,
+        iterations: 1,
+        parallelism: 1,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let key = dakera_snapshot::KeySource::password(PASSWORD).unwrap();
+    let m = SnapshotManager::local(dir.path(), SnapshotConfig::default())
+        .unwrap()
+        .with_key(key.clone());
+    let mut texts = vec![format!("{m:?} {key:?}")];
+    m.init(cheap).await.unwrap();
+    let store = store_with(&[("a", 5, 4)]).await;
+    let s = m
+        .create_snapshot(&store, CreateOptions::default())
+        .await
+        .unwrap();
+    m.verify_snapshot(s.id.as_str()).await.unwrap();
+    texts.push(format!("{:?}", m.list_snapshots().await.unwrap()));
+    texts.push(format!("{:?}", m.list_keys().await.unwrap()));
+    let wrong = dakera_snapshot::KeySource::password(format!("{PASSWORD}-wrong")).unwrap();
+    let other = SnapshotManager::local(dir.path(), SnapshotConfig::default())
+        .unwrap()
+        .with_key(wrong);
+    let e = other.list_snapshots().await.unwrap_err();
+    texts.push(format!("{e} {e:?} {other:?}"));
+    let logs = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(
+        logs.contains("repository opened"),
+        "trace logging captured nothing: {logs}"
+    );
+    texts.push(logs);
+    for t in &texts {
+        assert!(!t.contains(PASSWORD), "a password leaked: {t}");
+    }
+}

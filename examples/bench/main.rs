@@ -46,6 +46,7 @@
 //! one full, and the restore of the last against the full's, each checked against the store.
 
 mod callgrind;
+mod encrypted;
 mod incremental;
 mod rounds;
 #[path = "../support/mod.rs"]
@@ -148,7 +149,13 @@ fn parent(args: &[String]) -> Result<(), String> {
         println!("{}", json!({ "raw_bytes": raw, "instructions": counts }));
         return Ok(());
     }
-    let all = rounds::run_rounds(&runner, repeat)?;
+    let encrypt = args.iter().any(|a| a == "--encrypt");
+    let open_secs = if encrypt {
+        runner.run("encrypted-init", &[])?["open_secs"].as_f64()
+    } else {
+        None
+    };
+    let all = rounds::run_rounds(&runner, repeat, encrypt)?;
     let mut summary = rounds::summarize(&all, raw);
     let mb = raw as f64 / 1e6;
     // From the medians `summarize` computed (NaN for a phase that did not run).
@@ -183,6 +190,11 @@ fn parent(args: &[String]) -> Result<(), String> {
         "zstd_mb_s": zstd_bytes.map(|_| mbs("zstd")),
         "zstd_bytes": zstd_bytes,
         "blob_vs_zstd_bytes": zstd_bytes.map(|z| blob as f64 / z as f64),
+        "encrypted_create_mb_s": encrypt.then(|| mbs("encrypted-create")),
+        "encrypted_restore_mb_s": encrypt.then(|| mbs("encrypted-restore")),
+        "encrypted_blob_bytes": rounds::last_of(&all, "encrypted-create", "blob_bytes"),
+        "encrypted_blob_vs_blob": rounds::last_of(&all, "encrypted-create", "blob_bytes").as_u64().map(|e| e as f64 / blob as f64),
+        "encrypted_open_secs": open_secs,
         "create_peak_extra_mib": rounds::max_of(&all, "create", "peak_extra_mib"),
         "restore_peak_extra_mib": rounds::max_of(&all, "restore", "peak_extra_mib"),
         "baseline_create_peak_extra_mib": rounds::max_of(&all, "baseline-create", "peak_extra_mib"),
@@ -256,6 +268,8 @@ fn print_ratios(s: &serde_json::Map<String, Value>) {
         ratio("restore_vs_baseline", ""),
         ratio("create_vs_single_thread", ""),
         ratio("create_vs_zstd", &format!(" ({})", zstd::COMMAND)),
+        ratio("encrypted_create_vs_create", ""),
+        ratio("encrypted_restore_vs_restore", ""),
     ]
     .into_iter()
     .flatten()
@@ -327,9 +341,10 @@ fn phase(name: &str, args: &[String]) -> Result<(), String> {
     };
     let out = rt.block_on(async move {
         match name {
-            "create" | "create-1t" | "baseline-create" => {
+            "create" | "create-1t" | "baseline-create" | "encrypted-create" => {
                 let store = InMemoryStorage::new();
                 support::fill(&store, p.namespaces, per_ns(&p), p.dim, 1).await.map_err(|e| e.to_string())?;
+                let m = open_manager(name, &sink, args, config).await?;
                 let before = status_kib("VmRSS:");
                 reset_peak();
                 let started = Instant::now();
@@ -347,7 +362,7 @@ fn phase(name: &str, args: &[String]) -> Result<(), String> {
                     f.sync_all().map_err(|e| e.to_string())?;
                     (String::new(), std::fs::metadata(&path).map_err(|e| e.to_string())?.len(), 0)
                 } else {
-                    let m = SnapshotManager::from_url(&sink, &sink_options(args)?, config).map_err(|e| e.to_string())?;
+                    let m = m.ok_or("no manager")?;
                     let s = m.create_snapshot(&store, CreateOptions::described(name)).await.map_err(|e| e.to_string())?;
                     (s.id.to_string(), s.size_bytes, s.to_json().len())
                 };
@@ -358,8 +373,9 @@ fn phase(name: &str, args: &[String]) -> Result<(), String> {
                     "peak_extra_mib": peak.saturating_sub(before) as f64 / 1024.0,
                 }))
             }
-            "restore" | "restore-1t" | "baseline-restore" => {
+            "restore" | "restore-1t" | "baseline-restore" | "encrypted-restore" => {
                 let store = InMemoryStorage::new();
+                let m = open_manager(name, &sink, args, config).await?;
                 let before = status_kib("VmRSS:");
                 reset_peak();
                 let started = Instant::now();
@@ -372,7 +388,7 @@ fn phase(name: &str, args: &[String]) -> Result<(), String> {
                     }
                 } else {
                     let id = support::flag(args, "--id", String::new())?;
-                    let m = SnapshotManager::from_url(&sink, &sink_options(args)?, config).map_err(|e| e.to_string())?;
+                    let m = m.ok_or("no manager")?;
                     m.restore_snapshot(&store, &id, &RestoreOptions::new()).await.map_err(|e| e.to_string())?;
                 }
                 let secs = started.elapsed().as_secs_f64();
@@ -393,6 +409,7 @@ fn phase(name: &str, args: &[String]) -> Result<(), String> {
                 Ok(json!({ "secs": secs, "peak_extra_mib": peak.saturating_sub(before.max(after)) as f64 / 1024.0 }))
             }
             "zstd" => zstd::phase(p.namespaces, per_ns(&p), p.dim, &work),
+            "encrypted-init" => encrypted::init(&sink, &sink_options(args)?).await,
             // What the measured phases do before their timer starts, for `--callgrind`.
             "setup-create" => {
                 let store = InMemoryStorage::new();
@@ -409,6 +426,26 @@ fn phase(name: &str, args: &[String]) -> Result<(), String> {
     })?;
     println!("{out}");
     Ok(())
+}
+
+/// The manager a create or restore phase measures (none for the JSON baseline): for the
+/// encrypted phases, of the encrypted repository and already opened.
+async fn open_manager(
+    name: &str,
+    sink: &str,
+    args: &[String],
+    config: SnapshotConfig,
+) -> Result<Option<SnapshotManager>, String> {
+    let options = sink_options(args)?;
+    match name {
+        n if n.starts_with("baseline-") => Ok(None),
+        n if n.starts_with("encrypted-") => {
+            encrypted::opened(sink, &options, config).await.map(Some)
+        }
+        _ => SnapshotManager::from_url(sink, &options, config)
+            .map(Some)
+            .map_err(|e| e.to_string()),
+    }
 }
 
 fn store_params(p: &Params) -> (usize, usize, usize) {

@@ -83,7 +83,7 @@ type Round = BTreeMap<&'static str, Value>;
 
 /// Runs one round: create and restore, the JSON module's create and restore, the same
 /// pipeline on one thread, and zstd when it is installed.
-pub fn run_round(r: &Runner, with_zstd: bool) -> Result<Round, String> {
+pub fn run_round(r: &Runner, with_zstd: bool, encrypt: bool) -> Result<Round, String> {
     let mut round = Round::new();
     let create = r.run("create", &[])?;
     let id = snapshot_id(&create, "create")?;
@@ -97,6 +97,15 @@ pub fn run_round(r: &Runner, with_zstd: bool) -> Result<Round, String> {
     round.insert("create-1t", create1);
     if with_zstd {
         round.insert("zstd", r.run("zstd", &[])?);
+    }
+    if encrypt {
+        let create = r.run("encrypted-create", &[])?;
+        let id = snapshot_id(&create, "encrypted-create")?;
+        round.insert(
+            "encrypted-restore",
+            r.run("encrypted-restore", &["--id".into(), id])?,
+        );
+        round.insert("encrypted-create", create);
     }
     Ok(round)
 }
@@ -117,15 +126,21 @@ fn secs(round: &Round, phase: &str) -> f64 {
 
 /// The ratios within one round: what each is, and the phases whose times it divides
 /// (numerator's time over the denominator's: how many times faster the second is).
-const RATIOS: [(&str, &str, &str); 4] = [
+const RATIOS: [(&str, &str, &str); 6] = [
     ("create_vs_baseline", "baseline-create", "create"),
     ("restore_vs_baseline", "baseline-restore", "restore"),
     ("create_vs_single_thread", "create-1t", "create"),
     ("create_vs_zstd", "zstd", "create"),
+    ("encrypted_create_vs_create", "create", "encrypted-create"),
+    (
+        "encrypted_restore_vs_restore",
+        "restore",
+        "encrypted-restore",
+    ),
 ];
 
 /// Phases in the order they are reported.
-const PHASES: [&str; 7] = [
+const PHASES: [&str; 9] = [
     "create",
     "restore",
     "create-1t",
@@ -133,6 +148,8 @@ const PHASES: [&str; 7] = [
     "baseline-create",
     "baseline-restore",
     "zstd",
+    "encrypted-create",
+    "encrypted-restore",
 ];
 
 /// Prints one round's times and ratios on one line.
@@ -220,14 +237,14 @@ pub fn last_of(rounds: &[Round], phase: &str, field: &str) -> Value {
 }
 
 /// Runs `n` rounds, printing each, and returns them.
-pub fn run_rounds(r: &Runner, n: usize) -> Result<Vec<Round>, String> {
+pub fn run_rounds(r: &Runner, n: usize, encrypt: bool) -> Result<Vec<Round>, String> {
     let with_zstd = zstd::available();
     if !with_zstd {
         println!("  note: zstd is not installed; zstd_mb_s and zstd_bytes are null (apt-get install zstd)");
     }
     let mut rounds = Vec::with_capacity(n);
     for i in 0..n {
-        let round = run_round(r, with_zstd)?;
+        let round = run_round(r, with_zstd, encrypt)?;
         print_round(i + 1, n, &round);
         rounds.push(round);
     }

@@ -187,6 +187,9 @@ impl RepoKeys {
     /// The cipher of snapshot `id`'s blob (derived once per process and snapshot).
     pub fn snapshot(&self, id: &str) -> Arc<SnapshotCipher> {
         let mut known = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(cipher) = known.get(id) {
+            return cipher.clone();
+        }
         known
             .entry(id.to_string())
             .or_insert_with(|| {

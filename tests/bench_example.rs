@@ -113,6 +113,43 @@ fn bench_prints_every_required_figure_as_its_last_line() {
 }
 
 #[test]
+fn bench_encrypt_adds_the_encrypted_phases_and_figures() {
+    let v = last_line(&[
+        "--vectors",
+        "600",
+        "--dim",
+        "16",
+        "--repeat",
+        "2",
+        "--encrypt",
+    ]);
+    let last = v.to_string();
+    for key in [
+        "encrypted_create_mb_s",
+        "encrypted_restore_mb_s",
+        "encrypted_blob_bytes",
+        "encrypted_blob_vs_blob",
+        "encrypted_open_secs",
+        "encrypted_create_vs_create",
+        "encrypted_restore_vs_restore",
+    ] {
+        let x = v[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} missing in {last}"));
+        assert!(x > 0.0 && x.is_finite(), "{key} = {x}");
+    }
+    // Sealing adds 28 bytes per chunk: a little more than the plain blob, never less.
+    let ratio = v["encrypted_blob_vs_blob"].as_f64().unwrap();
+    assert!(
+        ratio > 1.0 && ratio < 1.2,
+        "encrypted blob {ratio}x the plain one"
+    );
+    // Without the flag the fields are there and null.
+    let plain = last_line(&["--vectors", "300", "--dim", "8", "--repeat", "1"]);
+    assert!(plain["encrypted_create_mb_s"].is_null(), "{plain}");
+}
+
+#[test]
 fn callgrind_counts_instructions_of_each_single_threaded_path() {
     if !installed("valgrind") {
         eprintln!("not run: valgrind is not installed (apt-get install valgrind)");

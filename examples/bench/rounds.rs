@@ -81,33 +81,47 @@ pub fn phase_output(cmd: &mut Command, phase: &str) -> Result<Value, String> {
 /// One round's results, by phase.
 type Round = BTreeMap<&'static str, Value>;
 
-/// Runs one round: create and restore, the JSON module's create and restore, the same
-/// pipeline on one thread, and zstd when it is installed.
-pub fn run_round(r: &Runner, with_zstd: bool, encrypt: bool) -> Result<Round, String> {
+/// Runs one round: create and restore (with `encrypt`, both also into the encrypted
+/// repository, in turns first and second, so neither always meets the page cache's
+/// writeback of the other's blob), the JSON module's create and restore, the same pipeline
+/// on one thread, and zstd when it is installed.
+pub fn run_round(r: &Runner, n: usize, with_zstd: bool, encrypt: bool) -> Result<Round, String> {
     let mut round = Round::new();
-    let create = r.run("create", &[])?;
-    let id = snapshot_id(&create, "create")?;
-    round.insert("restore", r.run("restore", &["--id".into(), id])?);
-    round.insert("create", create);
+    let pairs: &[(&'static str, &'static str)] = match (encrypt, n % 2) {
+        (false, _) => &[("create", "restore")],
+        (true, 0) => &[
+            ("create", "restore"),
+            ("encrypted-create", "encrypted-restore"),
+        ],
+        (true, _) => &[
+            ("encrypted-create", "encrypted-restore"),
+            ("create", "restore"),
+        ],
+    };
+    for &(create, restore) in pairs {
+        create_and_restore(r, &mut round, create, restore)?;
+    }
     round.insert("baseline-create", r.run("baseline-create", &[])?);
     round.insert("baseline-restore", r.run("baseline-restore", &[])?);
-    let create1 = r.run("create-1t", &[])?;
-    let id1 = snapshot_id(&create1, "create-1t")?;
-    round.insert("restore-1t", r.run("restore-1t", &["--id".into(), id1])?);
-    round.insert("create-1t", create1);
+    create_and_restore(r, &mut round, "create-1t", "restore-1t")?;
     if with_zstd {
         round.insert("zstd", r.run("zstd", &[])?);
     }
-    if encrypt {
-        let create = r.run("encrypted-create", &[])?;
-        let id = snapshot_id(&create, "encrypted-create")?;
-        round.insert(
-            "encrypted-restore",
-            r.run("encrypted-restore", &["--id".into(), id])?,
-        );
-        round.insert("encrypted-create", create);
-    }
     Ok(round)
+}
+
+/// Runs phase `create`, then `restore` of the snapshot it made, into `round`.
+fn create_and_restore(
+    r: &Runner,
+    round: &mut Round,
+    create: &'static str,
+    restore: &'static str,
+) -> Result<(), String> {
+    let made = r.run(create, &[])?;
+    let id = snapshot_id(&made, create)?;
+    round.insert(restore, r.run(restore, &["--id".into(), id])?);
+    round.insert(create, made);
+    Ok(())
 }
 
 fn snapshot_id(v: &Value, phase: &str) -> Result<String, String> {
@@ -244,7 +258,7 @@ pub fn run_rounds(r: &Runner, n: usize, encrypt: bool) -> Result<Vec<Round>, Str
     }
     let mut rounds = Vec::with_capacity(n);
     for i in 0..n {
-        let round = run_round(r, with_zstd, encrypt)?;
+        let round = run_round(r, i, with_zstd, encrypt)?;
         print_round(i + 1, n, &round);
         rounds.push(round);
     }

@@ -1251,6 +1251,21 @@ fn an_encrypted_repository_from_the_command_line() {
         std::fs::read_to_string(&out).unwrap().lines().count(),
         records().len()
     );
+    // Every other command, on the encrypted repository.
+    let inc = env
+        .ok(repo, &["import", input.to_str().unwrap(), "--parent", "latest"])
+        .trim()
+        .to_string();
+    let shown = env.ok(repo, &["show", "latest"]);
+    assert!(shown.contains(&inc) && shown.contains("docs"), "{shown}");
+    let diff = env.ok(repo, &["diff", &id, "latest"]);
+    assert!(diff.contains("unchanged"), "{diff}");
+    env.ok(repo, &["prune", "--keep-last", "5", "--dry-run"]);
+    env.ok(repo, &["gc", "--grace", "0s"]);
+    env.ok(repo, &["delete", &inc]);
+    assert_eq!(env.json(repo, &["list"]).as_array().unwrap().len(), 1);
+    let line = cli.fails(Some(repo), &["gc"], 1);
+    assert!(line.contains("is encrypted"), "gc needs the key too: {line}");
     // Rotate: a key file is added, the password key removed with it.
     let key = dir.path().join("repo.key");
     let key = key.to_str().unwrap();

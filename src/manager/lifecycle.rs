@@ -134,6 +134,9 @@ impl SnapshotManager {
     /// Right before each delete the sidecar is looked up again: a blob is removed only when
     /// the repository says its sidecar is absent; any other answer stops the run.
     pub async fn collect_garbage(&self, grace: Duration, dry_run: bool) -> Result<GcReport> {
+        // Like every command, it needs the key of an encrypted repository (it reads no
+        // sealed data, but who cleans a repository up must be one of its key holders).
+        self.access().await?;
         let cutoff = self.clock.now_ms().saturating_sub(grace.as_millis() as u64);
         let objects = self.sink.list_all(&self.layout.snapshots_dir()).await?;
         let mut report = GcReport::default();

@@ -1253,7 +1253,10 @@ fn an_encrypted_repository_from_the_command_line() {
     );
     // Every other command, on the encrypted repository.
     let inc = env
-        .ok(repo, &["import", input.to_str().unwrap(), "--parent", "latest"])
+        .ok(
+            repo,
+            &["import", input.to_str().unwrap(), "--parent", "latest"],
+        )
         .trim()
         .to_string();
     let shown = env.ok(repo, &["show", "latest"]);
@@ -1265,7 +1268,10 @@ fn an_encrypted_repository_from_the_command_line() {
     env.ok(repo, &["delete", &inc]);
     assert_eq!(env.json(repo, &["list"]).as_array().unwrap().len(), 1);
     let line = cli.fails(Some(repo), &["gc"], 1);
-    assert!(line.contains("is encrypted"), "gc needs the key too: {line}");
+    assert!(
+        line.contains("is encrypted"),
+        "gc needs the key too: {line}"
+    );
     // Rotate: a key file is added, the password key removed with it.
     let key = dir.path().join("repo.key");
     let key = key.to_str().unwrap();
@@ -1289,22 +1295,16 @@ fn an_encrypted_repository_from_the_command_line() {
         2,
     );
     assert!(line.contains("opened with"), "{line}");
-    // Copy refuses to move sealed blobs to an unencrypted repository.
+    // Copy out to an unencrypted repository re-encodes the snapshots in the clear there.
     let other = dir.path().join("other");
-    let line = cli.fails(
-        Some(repo),
-        &[
-            "-q",
-            "--key-file",
-            key,
-            "copy",
-            "--all",
-            "--to",
-            other.to_str().unwrap(),
-        ],
-        2,
+    let other = other.to_str().unwrap();
+    cli.ok(
+        repo,
+        &["-q", "--key-file", key, "copy", "--all", "--to", other],
     );
-    assert!(line.contains("encrypted"), "{line}");
+    let copied = cli.json(other, &["list"]);
+    assert_eq!(copied[0]["id"], id.as_str());
+    cli.ok(other, &["verify", "--all"]);
     // A password given to an unencrypted repository is refused, not ignored.
     let plain = dir.path().join("plain");
     let plain = plain.to_str().unwrap();

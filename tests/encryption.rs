@@ -615,3 +615,91 @@ async fn an_encrypted_repository_on_s3_round_trips() {
         "SeaweedFS (S3): an encrypted repository round-trips, and refuses a writer without its key"
     );
 }
+
+/// Copies every snapshot of `from` into `to`, ancestors first; returns the outcomes.
+async fn copy_all(
+    from: &SnapshotManager,
+    to: &SnapshotManager,
+) -> Vec<dakera_snapshot::CopyOutcome> {
+    let ids: Vec<_> = from
+        .list_snapshots()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    let mut out = Vec::new();
+    for id in from.copy_plan(&ids).await.unwrap() {
+        out.push(from.copy_snapshot(id.as_str(), to).await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn copy_re_encrypts_between_repositories_with_different_keys() {
+    let store = secret_store().await;
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain = manager(plain_dir.path(), None);
+    let full = plain.create_snapshot(&store, options()).await.unwrap();
+    store
+        .upsert("alpha", vec![Vector::new("alpha-00007", vec![3.0; 16])])
+        .await
+        .unwrap();
+    let inc = plain
+        .create_incremental_snapshot(&store, full.id.as_str(), None, options())
+        .await
+        .unwrap();
+    let want = dump(&store).await;
+
+    // Plain into encrypted: same ids, times, chain, description; sealed; deduplicated.
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = encrypted_repo(a_dir.path()).await;
+    let copied = copy_all(&plain, &a).await;
+    assert_eq!(copied.len(), 2);
+    let got = a.get_snapshot_metadata(inc.id.as_str()).await.unwrap();
+    assert_eq!(got.parent_id, inc.parent_id);
+    assert_eq!(got.created_at_ms, inc.created_at_ms);
+    assert_eq!(got.description.as_deref(), Some(SECRET_DESCRIPTION));
+    assert_eq!(got.unchanged_namespaces, inc.unchanged_namespaces);
+    assert!(
+        got.size_bytes < full.size_bytes,
+        "the copy of the incremental deduplicates"
+    );
+    assert_eq!(dump(&restore_all(&a, inc.id.as_str()).await).await, want);
+    for s in a.list_snapshots().await.unwrap() {
+        a.verify_snapshot(s.id.as_str()).await.unwrap();
+    }
+    for path in files(a_dir.path()) {
+        let bytes = std::fs::read(&path).unwrap();
+        for s in [SECRET_ID, SECRET_NS, SECRET_DESCRIPTION] {
+            assert!(
+                !bytes.windows(s.len()).any(|w| w == s.as_bytes()),
+                "{s} in {}",
+                path.display()
+            );
+        }
+    }
+    // Again: nothing to do.
+    assert!(copy_all(&plain, &a)
+        .await
+        .iter()
+        .all(|o| matches!(o, dakera_snapshot::CopyOutcome::AlreadyPresent { .. })));
+
+    // Encrypted into another encrypted repository, under another password.
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = manager(
+        b_dir.path(),
+        Some(KeySource::password("another one").unwrap()),
+    );
+    b.init(KDF).await.unwrap();
+    copy_all(&a, &b).await;
+    assert_eq!(dump(&restore_all(&b, inc.id.as_str()).await).await, want);
+    b.verify_snapshot(inc.id.as_str()).await.unwrap();
+
+    // And back out to an unencrypted repository.
+    let c_dir = tempfile::tempdir().unwrap();
+    let c = manager(c_dir.path(), None);
+    copy_all(&b, &c).await;
+    assert_eq!(dump(&restore_all(&c, inc.id.as_str()).await).await, want);
+    assert!(!c.is_encrypted().await.unwrap());
+}

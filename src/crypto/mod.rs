@@ -2,12 +2,12 @@
 //!
 //! A repository is encrypted when it is created ([`crate::SnapshotManager::init`] with a key):
 //! a random 256-bit master key is made, stored only wrapped by user keys under `keys/`
-//! ([`keyfile`]), and a repository config object records that the repository is encrypted
-//! ([`repository`]). Everything else is derived from the master key with HKDF-SHA256:
+//! (`keyfile.rs`), and a repository config object records that the repository is encrypted
+//! (`repository.rs`). Everything else is derived from the master key with HKDF-SHA256:
 //!
 //! - a data key per snapshot, which seals each chunk of its blob with AES-256-GCM (a random
 //!   nonce per chunk; associated data binding the chunk to the snapshot, the namespace, its
-//!   kind and its identity, see [`Chunk`]);
+//!   kind and its identity; see docs/FORMAT.md);
 //! - a metadata key, which seals the private part of each sidecar and checks the config;
 //! - an identity key: chunk identities are HMAC-SHA256s under it, so equal content in two
 //!   repositories, or guessed content, cannot be confirmed from the outside.

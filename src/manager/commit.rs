@@ -31,10 +31,25 @@ impl SnapshotManager {
         plan: WritePlan,
         options: CreateOptions,
     ) -> Result<SnapshotMetadata> {
+        let meta = self
+            .write_and_commit_as(storage, plan, options, self.ids.next_id())
+            .await?;
+        self.retention_after_create().await;
+        Ok(meta)
+    }
+
+    /// Writes the blob and commits the sidecar of a snapshot with the given id and
+    /// creation time (a new one's, or, for a copy, the original's).
+    pub(super) async fn write_and_commit_as(
+        &self,
+        storage: &dyn VectorStorage,
+        plan: WritePlan,
+        options: CreateOptions,
+        (id, created_ms): (SnapshotId, u64),
+    ) -> Result<SnapshotMetadata> {
         // Opens the repository: an encrypted one seals everything written (and refuses a
         // writer without its key) from here on.
         self.access().await?;
-        let (id, created_ms) = self.ids.next_id();
         tracing::info!(snapshot = %id, repo = %self.sink.describe(), namespaces = plan.store.len(), "creating snapshot");
         let blob = self.upload_blob(storage, &id, created_ms, &plan).await?;
         let meta = self.new_metadata(id, created_ms, plan, options, blob);
@@ -48,7 +63,6 @@ impl SnapshotManager {
         self.commit_sidecar(&meta.id, Bytes::from(self.stored_sidecar(&meta)))
             .await?;
         tracing::info!(snapshot = %meta.id, vectors = meta.total_vectors, bytes = meta.size_bytes, "snapshot committed");
-        self.retention_after_create().await;
         Ok(meta)
     }
 

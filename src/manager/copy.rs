@@ -42,7 +42,7 @@ impl SnapshotManager {
     /// the destination lacks.
     pub async fn copy_snapshot(&self, id: &str, to: &SnapshotManager) -> Result<CopyOutcome> {
         let id = SnapshotId::parse(id)?;
-        self.refuse_encrypted_copy(to).await?;
+        let verbatim = self.copies_verbatim(to).await?;
         let sidecar_key = self.layout.sidecar_key(&id);
         let sidecar = match self.sink.get_bytes(&sidecar_key, None).await {
             Err(e) if e.is_not_found() => {
@@ -50,18 +50,14 @@ impl SnapshotManager {
             }
             other => other?,
         };
-        let meta = SnapshotMetadata::from_json(&sidecar, &id)?;
+        let meta = self.parse_sidecar(&sidecar, &id)?;
+        if !verbatim {
+            return self.copy_reencrypting(&meta, to).await;
+        }
         if let Some(present) = to.present_copy(&meta).await? {
             return Ok(present);
         }
-        if let Some(parent) = &meta.parent_id {
-            if !to.snapshot_exists(parent.as_str()).await? {
-                return Err(Error::BrokenChain {
-                    id: format!("{id} (in {})", to.sink.describe()),
-                    missing: parent.to_string(),
-                });
-            }
-        }
+        to.require_parent(&meta).await?;
         let blob_key = self.layout.blob_key(&id);
         self.progress
             .begin(&format!("copy {id}"), Some(meta.size_bytes));
@@ -99,22 +95,24 @@ impl SnapshotManager {
         })
     }
 
-    /// Blobs are copied byte for byte, which is right only between unencrypted
-    /// repositories: a sealed blob opens only under its own repository's keys.
-    async fn refuse_encrypted_copy(&self, to: &SnapshotManager) -> Result<()> {
-        let (from_sealed, to_sealed) = (self.is_encrypted().await?, to.is_encrypted().await?);
-        if from_sealed || to_sealed {
-            let which = match (from_sealed, to_sealed) {
-                (true, true) => "both repositories are encrypted",
-                (true, false) => "the source repository is encrypted",
-                _ => "the destination repository is encrypted",
-            };
-            return Err(Error::invalid(
-                "copy",
-                format!("{which}; copy moves blobs byte for byte and does not re-encrypt yet: restore the snapshot into a store and create it in the destination"),
-            ));
+    /// Refuses to copy `meta` here unless its parent is here already.
+    pub(super) async fn require_parent(&self, meta: &SnapshotMetadata) -> Result<()> {
+        if let Some(parent) = &meta.parent_id {
+            if !self.snapshot_exists(parent.as_str()).await? {
+                return Err(Error::BrokenChain {
+                    id: format!("{} (in {})", meta.id, self.sink.describe()),
+                    missing: parent.to_string(),
+                });
+            }
         }
         Ok(())
+    }
+
+    /// True if blobs can be copied byte for byte: between unencrypted repositories. A
+    /// sealed blob opens only under its own repository's keys, so anything else is
+    /// re-encoded ([`Self::copy_reencrypting`]).
+    async fn copies_verbatim(&self, to: &SnapshotManager) -> Result<bool> {
+        Ok(!self.is_encrypted().await? && !to.is_encrypted().await?)
     }
 
     /// `Some(AlreadyPresent)` if this repository has `meta`'s snapshot with the same blob
@@ -140,7 +138,7 @@ impl SnapshotManager {
 
     /// Removes a copied blob that failed its check, unless a sidecar for it is committed
     /// here (a concurrent copy of the same snapshot finished first: the blob is its too).
-    async fn discard_uncommitted_copy(&self, id: &SnapshotId, blob_key: &Key) {
+    pub(super) async fn discard_uncommitted_copy(&self, id: &SnapshotId, blob_key: &Key) {
         match self.sink.head(&self.layout.sidecar_key(id)).await {
             Err(e) if e.is_not_found() => self.discard_blob(blob_key).await,
             Ok(_) => {

@@ -50,7 +50,7 @@ impl SnapshotManager {
         let pin = self.layout.pin_key(&parent_id, self.random.next_u64());
         self.sink.put(&pin, Bytes::new(), PutMode::Create).await?;
         let made = self
-            .create_incremental_pinned(storage, &parent_id, changed, options)
+            .create_incremental_pinned(storage, &parent_id, changed, options, None)
             .await;
         let made = match made {
             Ok(meta) => self.check_parent_survived(meta, &parent_id).await,
@@ -89,12 +89,13 @@ impl SnapshotManager {
         }
     }
 
-    async fn create_incremental_pinned(
+    pub(super) async fn create_incremental_pinned(
         &self,
         storage: &dyn VectorStorage,
         parent_id: &SnapshotId,
         changed: Option<&[String]>,
         options: CreateOptions,
+        identity: Option<(SnapshotId, u64)>,
     ) -> Result<SnapshotMetadata> {
         let parent = self.resolve(parent_id).await?;
         let parent_names: BTreeSet<String> = parent.namespaces.keys().cloned().collect();
@@ -126,7 +127,13 @@ impl SnapshotManager {
         plan.compare = compare;
         self.add_dedup_bases(&mut plan, &parent).await?;
         tracing::info!(parent = %parent_id, changed_or_compared = plan.store.len(), unchanged = plan.unchanged.len(), deleted = plan.deleted.len(), "incremental snapshot plan");
-        self.write_and_commit(storage, plan, options).await
+        match identity {
+            Some(identity) => {
+                self.write_and_commit_as(storage, plan, options, identity)
+                    .await
+            }
+            None => self.write_and_commit(storage, plan, options).await,
+        }
     }
 
     /// The namespaces of `compared` (all held by the parent) whose content digest and

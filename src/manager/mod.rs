@@ -20,10 +20,12 @@ mod forged_references;
 mod lifecycle;
 pub(crate) mod pipeline;
 mod plan;
+mod reencrypt;
 mod reports;
 mod restore;
 mod restore_groups;
 mod sections;
+mod snapshot_view;
 mod verify;
 
 pub use access::RepositoryInfo;

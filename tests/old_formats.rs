@@ -20,6 +20,11 @@ const V21_PLAIN: &str = "20261203T084229274Z-f482066a37e19411";
 const V30_FULL: &str = "20261203T124217682Z-a8dd712f0ac0032f";
 const V30_INCREMENTAL: &str = "20261203T124217698Z-60d90a8531256e54";
 const V30_PLAIN: &str = "20261203T124217710Z-1eb12512df4fae45";
+const V40_FULL: &str = "20261203T151043748Z-c7f3b8176afba3ea";
+const V40_INCREMENTAL: &str = "20261203T151043991Z-6972cbf98f87edd7";
+const V40_PLAIN: &str = "20261203T151044103Z-87514021567eb7cb";
+/// The password of the format 4.0 fixture (default Argon2id parameters).
+const V40_PASSWORD: &str = "dakera fixture 4.0";
 
 /// A writable copy of a committed fixture repository (tests never change the original).
 fn fixture_copy(name: &str) -> (tempfile::TempDir, PathBuf) {
@@ -216,4 +221,53 @@ async fn a_format_3_0_repository_lists_verifies_and_restores() {
 #[tokio::test]
 async fn a_new_incremental_dedups_against_a_format_3_0_parent() {
     new_incremental_dedups_on("format-3.0", V30_INCREMENTAL).await;
+}
+
+#[tokio::test]
+async fn a_format_4_0_encrypted_repository_opens_lists_verifies_restores_and_dedups() {
+    let (_tmp, dir) = fixture_copy("format-4.0");
+    let key = dakera_snapshot::KeySource::password(V40_PASSWORD).unwrap();
+    let err = manager(&dir).list_snapshots().await.unwrap_err();
+    assert!(
+        matches!(err, dakera_snapshot::Error::KeyRequired { .. }),
+        "{err}"
+    );
+    let m = manager(&dir).with_key(key.clone());
+    let listed = m.list_snapshots().await.unwrap();
+    let ids: Vec<&str> = listed.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, [V40_PLAIN, V40_INCREMENTAL, V40_FULL]);
+    assert!(listed.iter().all(|s| s.sealed_by.is_sealed()));
+    assert_eq!(listed[2].description.as_deref(), Some("fixture full"));
+    verifies_and_restores(
+        &m,
+        [V40_FULL, V40_INCREMENTAL, V40_PLAIN],
+        v2_states().await,
+    )
+    .await;
+    // A new incremental on it deduplicates against its sealed chunks (keyed identities).
+    let config = SnapshotConfig::new()
+        .with_max_snapshots(0)
+        .with_chunk_size(4096)
+        .with_dedup_chunk_size(1024);
+    let m = SnapshotManager::local(&dir, config).unwrap().with_key(key);
+    let [_, store, _] = v2_states().await;
+    let mut one = make_vectors("alpha", 65, 8).remove(50);
+    one.values[1] += 1.0;
+    store.upsert("alpha", vec![one]).await.unwrap();
+    let child = m
+        .create_incremental_snapshot(&store, V40_INCREMENTAL, None, CreateOptions::default())
+        .await
+        .unwrap();
+    let alpha = &child.namespaces[0];
+    let data = alpha.length - alpha.index.as_ref().unwrap().length;
+    assert!(
+        data * 2 < alpha.logical_bytes.unwrap(),
+        "{data} of {:?}",
+        alpha.logical_bytes
+    );
+    m.verify_snapshot(child.id.as_str()).await.unwrap();
+    assert_eq!(
+        dump(&restore_all(&m, child.id.as_str()).await).await,
+        dump(&store).await
+    );
 }

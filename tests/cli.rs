@@ -1241,6 +1241,7 @@ fn an_encrypted_repository_from_the_command_line() {
     };
     let listed = env.json(repo, &["list"]);
     assert_eq!(listed[0]["id"], id.as_str());
+    assert_eq!(listed[0]["encrypted"], true);
     env.ok(repo, &["verify", "--all"]);
     let out = dir.path().join("out.jsonl");
     env.ok(

@@ -75,6 +75,7 @@ pub fn summary(m: &SnapshotMetadata) -> Value {
         "raw_bytes": m.raw_bytes,
         "description": m.description,
         "labels": m.labels,
+        "encrypted": m.sealed_by.is_sealed(),
         "damaged": false,
     })
 }
@@ -248,9 +249,15 @@ fn show_fields(m: &SnapshotMetadata) -> String {
         ),
     );
     field("blob sha256", m.blob_sha256.clone());
+    let version = if m.sealed_by.is_sealed() {
+        // The sealed content's version, inside the 4.0 envelope.
+        format!("4.0 (encrypted: AES-256-GCM, content {})", m.format_version)
+    } else {
+        m.format_version.clone()
+    };
     field(
         "format",
-        format!("{} {}, written by {}", m.format, m.format_version, m.writer),
+        format!("{} {version}, written by {}", m.format, m.writer),
     );
     out
 }

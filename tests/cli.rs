@@ -1313,3 +1313,84 @@ fn an_encrypted_repository_from_the_command_line() {
     let line = cli.fails(Some(plain), &["--password-file", pw, "list"], 1);
     assert!(line.contains("is not encrypted"), "{line}");
 }
+
+/// Runs the CLI on a terminal (a pty from util-linux `script`), typing each of `answers`
+/// after the prompt before it appears; returns what the terminal showed and the exit code.
+fn on_a_terminal(args: &[&str], answers: &[(&str, &str)]) -> (String, i32) {
+    use std::io::{Read, Write};
+    let command = std::iter::once(BIN)
+        .chain(args.iter().copied())
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env_remove("DAKERA_SNAPSHOT_PASSWORD")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = String::new();
+    for (prompt, answer) in answers {
+        let mut buf = [0u8; 256];
+        while !seen.contains(prompt) {
+            let n = stdout.read(&mut buf).unwrap();
+            assert!(n > 0, "no prompt {prompt:?}; the terminal showed {seen:?}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        seen = seen.replacen(prompt, "<asked>", 1);
+        stdin.write_all(format!("{answer}\n").as_bytes()).unwrap();
+    }
+    drop(stdin);
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let code = child.wait().unwrap().code().unwrap_or(-1);
+    (seen + &rest, code)
+}
+
+#[test]
+fn on_a_terminal_the_password_is_asked_for_and_never_echoed() {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("not run: util-linux `script` (a pty for the prompt) is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let repo = repo.to_str().unwrap();
+    let (shown, code) = on_a_terminal(
+        &["--repo", repo, "init", "--encrypt"],
+        &[
+            ("new password: ", "typed secret"),
+            ("new password again: ", "typed secret"),
+        ],
+    );
+    assert_eq!(code, 0, "{shown}");
+    assert!(
+        shown.contains("initialized encrypted repository"),
+        "{shown}"
+    );
+    let (shown, code) = on_a_terminal(
+        &["--repo", repo, "list"],
+        &[("password for ", "typed secret")],
+    );
+    assert_eq!(code, 0, "{shown}");
+    assert!(
+        shown.contains("no snapshots in") && !shown.contains("typed secret"),
+        "{shown}"
+    );
+    let (shown, code) = on_a_terminal(&["--repo", repo, "list"], &[("password for ", "wrong")]);
+    assert_eq!(code, 1, "{shown}");
+    assert!(shown.contains("no key of"), "{shown}");
+    let (shown, code) = on_a_terminal(
+        &["--repo", &format!("{repo}-2"), "init", "--encrypt"],
+        &[("new password: ", "one"), ("new password again: ", "two")],
+    );
+    assert_eq!(code, 2, "{shown}");
+    assert!(shown.contains("differ"), "{shown}");
+}

@@ -1306,6 +1306,33 @@ fn an_encrypted_repository_from_the_command_line() {
     let copied = cli.json(other, &["list"]);
     assert_eq!(copied[0]["id"], id.as_str());
     cli.ok(other, &["verify", "--all"]);
+    // Into another encrypted repository with its own password (re-encrypted there), and
+    // into one that the same key file opens.
+    let pw2 = dir.path().join("pw2.txt");
+    std::fs::write(&pw2, "the other passphrase\n").unwrap();
+    let pw2 = pw2.to_str().unwrap();
+    let sealed = dir.path().join("sealed");
+    let sealed = sealed.to_str().unwrap();
+    cli.ok(sealed, &["--password-file", pw2, "init", "--encrypt"]);
+    let to = ["--to", sealed, "--to-password-file", pw2];
+    let args: Vec<&str> = ["-q", "--key-file", key, "copy", "--all"]
+        .iter()
+        .chain(&to)
+        .copied()
+        .collect();
+    cli.ok(repo, &args);
+    cli.ok(sealed, &["--password-file", pw2, "verify", "--all"]);
+    let same = dir.path().join("same-key");
+    let same = same.to_str().unwrap();
+    cli.ok(same, &["--key-file", key, "init", "--encrypt"]);
+    cli.ok(
+        repo,
+        &["-q", "--key-file", key, "copy", "--all", "--to", same],
+    );
+    assert_eq!(
+        cli.json(same, &["--key-file", key, "list"])[0]["id"],
+        id.as_str()
+    );
     // A password given to an unencrypted repository is refused, not ignored.
     let plain = dir.path().join("plain");
     let plain = plain.to_str().unwrap();

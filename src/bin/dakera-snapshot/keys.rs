@@ -72,6 +72,46 @@ pub async fn with_key(
     }
 }
 
+/// The key of a `copy` destination (at most one).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ToKey {
+    /// The destination's password, from the first line of FILE (an encrypted destination
+    /// whose key differs from the source's).
+    #[arg(long, value_name = "FILE", conflicts_with = "to_key_file")]
+    pub to_password_file: Option<PathBuf>,
+    /// The destination's 256-bit key file.
+    #[arg(long, value_name = "FILE")]
+    pub to_key_file: Option<PathBuf>,
+}
+
+/// Opens a `copy` destination: with `--to-password-file` / `--to-key-file` if given; else,
+/// if it is encrypted, with the source's key (the same password may open both), or a
+/// password asked for on a terminal.
+pub async fn destination(
+    manager: SnapshotManager,
+    to: &ToKey,
+    source: &KeyArgs,
+    url: &str,
+) -> CliResult<SnapshotManager> {
+    if let Some(path) = &to.to_key_file {
+        return Ok(manager.with_key(KeySource::key_file(path)?));
+    }
+    if let Some(path) = &to.to_password_file {
+        return Ok(manager.with_key(KeySource::password_file(path)?));
+    }
+    match manager.is_encrypted().await {
+        Err(Error::KeyRequired { .. }) => match source.given()? {
+            Some(key) => Ok(manager.with_key(key)),
+            None if std::io::stdin().is_terminal() => {
+                let password = ask(&format!("password for {url}: "))?;
+                Ok(manager.with_key(password))
+            }
+            None => Ok(manager),
+        },
+        _ => Ok(manager),
+    }
+}
+
 fn ask(prompt: &str) -> CliResult<KeySource> {
     let line = rpassword::prompt_password(prompt)
         .map_err(|e| Failure::Failed(Error::io("reading the password from the terminal", e)))?;

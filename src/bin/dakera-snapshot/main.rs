@@ -272,6 +272,8 @@ enum Command {
         /// A backend option for the destination, KEY=VALUE (repeatable).
         #[arg(long = "to-option", value_name = "KEY=VALUE", value_parser = key_value)]
         to_options: Vec<(String, String)>,
+        #[command(flatten)]
+        to_key: keys::ToKey,
     },
 
     /// Compare two snapshots namespace by namespace: added, removed, changed (with vector
@@ -663,7 +665,11 @@ async fn run(cli: Cli) -> CliResult {
             all,
             to,
             to_options,
-        } => copy(&ctx, &ids, all, &to, &sink_options(retry, &to_options)).await,
+            to_key,
+        } => {
+            let dest = (to.as_str(), &sink_options(retry, &to_options));
+            copy(&ctx, &ids, all, dest, (&to_key, &cli.keys)).await
+        }
         Command::Diff { from, to } => diff(&ctx, &from, &to).await,
         Command::Completions { .. } => unreachable!("handled before the repository is opened"),
     }
@@ -930,8 +936,8 @@ async fn copy(
     ctx: &Ctx,
     ids: &[String],
     all: bool,
-    to: &str,
-    to_options: &SinkOptions,
+    (to, to_options): (&str, &SinkOptions),
+    (to_key, source_key): (&keys::ToKey, &keys::KeyArgs),
 ) -> CliResult {
     let mut skipped_damaged = Vec::new();
     let wanted: Vec<SnapshotId> = if all {
@@ -949,6 +955,7 @@ async fn copy(
         ctx.note(format!("creating a new repository at {}", dir.display()));
     }
     let dest = open(to, to_options, false, ctx.manager.config().clone())?;
+    let dest = keys::destination(dest, to_key, source_key, to).await?;
     let plan = if all {
         copy_plan_around_damage(ctx, &wanted, &mut skipped_damaged).await?
     } else {

@@ -162,6 +162,9 @@ impl std::fmt::Debug for RepoKeys {
     }
 }
 
+/// Snapshot ciphers kept per process.
+const MAX_CACHED_CIPHERS: usize = 1024;
+
 /// Prefix of every HKDF purpose and associated data of format 4.0.
 const DOMAIN: &[u8] = b"dakera-snapshot 4.0 ";
 
@@ -189,6 +192,11 @@ impl RepoKeys {
         let mut known = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(cipher) = known.get(id) {
             return cipher.clone();
+        }
+        // A long-lived process may read thousands of snapshots: keep the table small (a
+        // cipher is derived again in microseconds).
+        if known.len() >= MAX_CACHED_CIPHERS {
+            known.clear();
         }
         known
             .entry(id.to_string())

@@ -1287,6 +1287,8 @@ fn an_encrypted_repository_from_the_command_line() {
     cli.ok(repo, &["--key-file", key, "key", "remove", old]);
     let line = env.fails(Some(repo), &["list"], 1);
     assert!(line.contains("no key of"), "{line}");
+    // A flag wins over the environment's password (it does not conflict with it).
+    env.ok(repo, &["--key-file", key, "list"]);
     let current = keys.iter().find(|k| k["id"] != old).unwrap()["id"]
         .as_str()
         .unwrap();

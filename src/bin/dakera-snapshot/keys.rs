@@ -11,11 +11,10 @@ use std::path::{Path, PathBuf};
 #[derive(Args, Debug, Clone, Default)]
 pub struct KeyArgs {
     /// The repository's password, read from the first line of FILE (encrypted
-    /// repositories). The password itself can come from DAKERA_SNAPSHOT_PASSWORD; on a
-    /// terminal, it is asked for.
+    /// repositories). Else from $DAKERA_SNAPSHOT_KEY_FILE, $DAKERA_SNAPSHOT_PASSWORD_FILE or
+    /// $DAKERA_SNAPSHOT_PASSWORD (in that order); else, on a terminal, it is asked for.
     #[arg(
         long,
-        env = "DAKERA_SNAPSHOT_PASSWORD_FILE",
         global = true,
         help_heading = "Encryption",
         value_name = "FILE",
@@ -27,7 +26,6 @@ pub struct KeyArgs {
     /// `key generate FILE`).
     #[arg(
         long,
-        env = "DAKERA_SNAPSHOT_KEY_FILE",
         global = true,
         help_heading = "Encryption",
         value_name = "FILE"
@@ -36,9 +34,17 @@ pub struct KeyArgs {
 }
 
 const PASSWORD_VAR: &str = "DAKERA_SNAPSHOT_PASSWORD";
+const PASSWORD_FILE_VAR: &str = "DAKERA_SNAPSHOT_PASSWORD_FILE";
+const KEY_FILE_VAR: &str = "DAKERA_SNAPSHOT_KEY_FILE";
+
+/// A non-empty environment variable.
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
 
 impl KeyArgs {
-    /// The key given by a flag or the environment, if any.
+    /// The key given by a flag, else by the environment, if any. (The variables are read
+    /// here, not by clap, so a flag wins over a variable instead of conflicting with it.)
     pub fn given(&self) -> CliResult<Option<KeySource>> {
         if let Some(path) = &self.key_file {
             return Ok(Some(KeySource::key_file(path)?));
@@ -46,9 +52,15 @@ impl KeyArgs {
         if let Some(path) = &self.password_file {
             return Ok(Some(KeySource::password_file(path)?));
         }
-        match std::env::var(PASSWORD_VAR) {
-            Ok(p) if !p.is_empty() => Ok(Some(KeySource::password(p)?)),
-            _ => Ok(None),
+        if let Some(path) = var(KEY_FILE_VAR) {
+            return Ok(Some(KeySource::key_file(path)?));
+        }
+        if let Some(path) = var(PASSWORD_FILE_VAR) {
+            return Ok(Some(KeySource::password_file(path)?));
+        }
+        match var(PASSWORD_VAR) {
+            Some(p) => Ok(Some(KeySource::password(p)?)),
+            None => Ok(None),
         }
     }
 }

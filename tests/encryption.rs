@@ -703,3 +703,41 @@ async fn copy_re_encrypts_between_repositories_with_different_keys() {
     assert_eq!(dump(&restore_all(&c, inc.id.as_str()).await).await, want);
     assert!(!c.is_encrypted().await.unwrap());
 }
+
+#[tokio::test]
+async fn a_truncated_encrypted_blob_is_caught_at_every_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = encrypted_repo(dir.path()).await;
+    let store = store_with(&[("a", 6, 4), ("b", 2, 4)]).await;
+    let snap = m
+        .create_snapshot(&store, CreateOptions::default())
+        .await
+        .unwrap();
+    let path = blob_path(dir.path(), snap.id.as_str());
+    let original = std::fs::read(&path).unwrap();
+    for len in (0..original.len()).step_by(3) {
+        std::fs::write(&path, &original[..len]).unwrap();
+        let err = m.verify_snapshot(snap.id.as_str()).await.unwrap_err();
+        assert!(err.is_corrupt(), "cut at {len}: {err}");
+        let target = InMemoryStorage::new();
+        match m
+            .restore_snapshot(&target, snap.id.as_str(), &RestoreOptions::new())
+            .await
+        {
+            Err(err) => {
+                assert!(err.is_corrupt(), "cut at {len}: {err}");
+                assert!(
+                    target.list_namespaces().await.unwrap().is_empty(),
+                    "cut at {len}"
+                );
+            }
+            // Only the footer, which a restore does not read, was cut.
+            Ok(_) => {
+                assert!(len as u64 >= snap.footer.offset, "cut at {len} restored");
+                assert_eq!(dump(&target).await, dump(&store).await, "cut at {len}");
+            }
+        }
+    }
+    std::fs::write(&path, &original).unwrap();
+    m.verify_snapshot(snap.id.as_str()).await.unwrap();
+}

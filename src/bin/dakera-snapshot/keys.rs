@@ -24,12 +24,7 @@ pub struct KeyArgs {
 
     /// The repository's 256-bit key file (32 bytes, or 64 hex digits; make one with
     /// `key generate FILE`).
-    #[arg(
-        long,
-        global = true,
-        help_heading = "Encryption",
-        value_name = "FILE"
-    )]
+    #[arg(long, global = true, help_heading = "Encryption", value_name = "FILE")]
     pub key_file: Option<PathBuf>,
 }
 

@@ -280,20 +280,8 @@ async fn a_flipped_byte_anywhere_in_an_encrypted_blob_is_caught() {
         // Restore reads chunk by chunk, each authenticated, and not the blob's header or
         // footer: it refuses the damage before changing anything, or (a byte it does not
         // read) restores exactly what was stored.
-        let target = InMemoryStorage::new();
-        match m
-            .restore_snapshot(&target, snap.id.as_str(), &RestoreOptions::new())
-            .await
-        {
-            Err(err) => {
-                assert!(err.is_corrupt(), "byte {i}: {err}");
-                assert!(
-                    target.list_namespaces().await.unwrap().is_empty(),
-                    "byte {i}"
-                );
-                refused += 1;
-            }
-            Ok(_) => assert_eq!(dump(&target).await, dump(&store).await, "byte {i}"),
+        if refuses_or_restores_exactly(&m, snap.id.as_str(), &store, &format!("byte {i}")).await {
+            refused += 1;
         }
     }
     let unread = (snap.header.length + snap.footer.length) as usize;
@@ -311,6 +299,35 @@ async fn a_flipped_byte_anywhere_in_an_encrypted_blob_is_caught() {
         original.len()
     );
     assert!(!blob_sha.is_empty());
+}
+
+/// Restores snapshot `id` into a fresh store: true if the restore was refused as corrupt
+/// with the store left empty, false if it restored exactly `want`'s content; `context`
+/// names the case in a failure.
+async fn refuses_or_restores_exactly(
+    m: &SnapshotManager,
+    id: &str,
+    want: &InMemoryStorage,
+    context: &str,
+) -> bool {
+    let target = InMemoryStorage::new();
+    match m
+        .restore_snapshot(&target, id, &RestoreOptions::new())
+        .await
+    {
+        Err(err) => {
+            assert!(err.is_corrupt(), "{context}: {err}");
+            assert!(
+                target.list_namespaces().await.unwrap().is_empty(),
+                "{context}"
+            );
+            true
+        }
+        Ok(_) => {
+            assert_eq!(dump(&target).await, dump(want).await, "{context}");
+            false
+        }
+    }
 }
 
 /// Copies `range` of one blob over the same range of another.
@@ -719,23 +736,10 @@ async fn a_truncated_encrypted_blob_is_caught_at_every_length() {
         std::fs::write(&path, &original[..len]).unwrap();
         let err = m.verify_snapshot(snap.id.as_str()).await.unwrap_err();
         assert!(err.is_corrupt(), "cut at {len}: {err}");
-        let target = InMemoryStorage::new();
-        match m
-            .restore_snapshot(&target, snap.id.as_str(), &RestoreOptions::new())
-            .await
-        {
-            Err(err) => {
-                assert!(err.is_corrupt(), "cut at {len}: {err}");
-                assert!(
-                    target.list_namespaces().await.unwrap().is_empty(),
-                    "cut at {len}"
-                );
-            }
+        let context = format!("cut at {len}");
+        if !refuses_or_restores_exactly(&m, snap.id.as_str(), &store, &context).await {
             // Only the footer, which a restore does not read, was cut.
-            Ok(_) => {
-                assert!(len as u64 >= snap.footer.offset, "cut at {len} restored");
-                assert_eq!(dump(&target).await, dump(&store).await, "cut at {len}");
-            }
+            assert!(len as u64 >= snap.footer.offset, "cut at {len} restored");
         }
     }
     std::fs::write(&path, &original).unwrap();

@@ -236,6 +236,24 @@ fn url_dot_segments_stay_inside_the_bucket() {
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
 
+impl Captured {
+    /// Captures this thread's logs at trace level until the guard is dropped.
+    fn trace_logs() -> (Captured, tracing::subscriber::DefaultGuard) {
+        let logs = Captured::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
 impl std::io::Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.0.lock().unwrap().extend_from_slice(buf);
@@ -251,14 +269,7 @@ async fn credentials_never_appear_in_errors_debug_output_or_trace_logs() {
     let Some(server) = servers::start_seaweedfs().await else {
         return;
     };
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = Captured::trace_logs();
 
     let wrong = format!("{SECRET_KEY}-but-wrong");
     let mut texts = Vec::new();
@@ -282,7 +293,7 @@ async fn credentials_never_appear_in_errors_debug_output_or_trace_logs() {
             }
         }
     }
-    let logs = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let logs = logs.text();
     assert!(
         logs.len() > 1000,
         "trace logging captured too little to mean anything"
@@ -299,14 +310,7 @@ async fn credentials_never_appear_in_errors_debug_output_or_trace_logs() {
 #[tokio::test(flavor = "current_thread")]
 async fn passwords_never_appear_in_errors_debug_output_or_trace_logs() {
     const PASSWORD: &str = "never-print-this-passphrase";
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = Captured::trace_logs();
     let cheap = dakera_snapshot::KdfParams {
         memory_kib: 64,
         iterations: 1,
@@ -333,7 +337,7 @@ async fn passwords_never_appear_in_errors_debug_output_or_trace_logs() {
         .with_key(wrong);
     let e = other.list_snapshots().await.unwrap_err();
     texts.push(format!("{e} {e:?} {other:?}"));
-    let logs = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let logs = logs.text();
     assert!(
         logs.contains("repository opened"),
         "trace logging captured nothing: {logs}"

@@ -76,15 +76,17 @@ impl KdfParams {
     }
 }
 
+/// Parameters cheap enough for unit tests (never for a real key).
+#[cfg(test)]
+pub(crate) const CHEAP: KdfParams = KdfParams {
+    memory_kib: 64,
+    iterations: 1,
+    parallelism: 1,
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const CHEAP: KdfParams = KdfParams {
-        memory_kib: 64,
-        iterations: 1,
-        parallelism: 1,
-    };
 
     #[test]
     fn derivation_depends_on_passphrase_salt_and_parameters() {

@@ -195,13 +195,8 @@ impl KeyRecord {
 
 #[cfg(test)]
 mod tests {
+    use super::super::kdf::CHEAP;
     use super::*;
-
-    const CHEAP: KdfParams = KdfParams {
-        memory_kib: 64,
-        iterations: 1,
-        parallelism: 1,
-    };
 
     #[test]
     fn a_key_opens_with_its_secret_in_its_repository_only() {

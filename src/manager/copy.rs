@@ -118,12 +118,22 @@ impl SnapshotManager {
     /// `Some(AlreadyPresent)` if this repository has `meta`'s snapshot with the same blob
     /// checksum, `None` if it does not have it, a conflict if it has a different one.
     async fn present_copy(&self, meta: &SnapshotMetadata) -> Result<Option<CopyOutcome>> {
+        self.present_as(meta, |have| have.blob_sha256 == meta.blob_sha256)
+            .await
+    }
+
+    /// `Some(AlreadyPresent)` if this repository has a snapshot with `meta`'s id that
+    /// `same` accepts as the same snapshot, `None` if it has none, a conflict if it has
+    /// another.
+    pub(super) async fn present_as(
+        &self,
+        meta: &SnapshotMetadata,
+        same: impl Fn(&SnapshotMetadata) -> bool,
+    ) -> Result<Option<CopyOutcome>> {
         match self.read_summary(&meta.id).await {
-            Ok(have) if have.blob_sha256 == meta.blob_sha256 => {
-                Ok(Some(CopyOutcome::AlreadyPresent {
-                    snapshot_id: meta.id.clone(),
-                }))
-            }
+            Ok(have) if same(&have) => Ok(Some(CopyOutcome::AlreadyPresent {
+                snapshot_id: meta.id.clone(),
+            })),
             Ok(_) => Err(Error::Conflict {
                 key: meta.id.to_string(),
                 reason: format!(

@@ -8,7 +8,7 @@ use super::reports::CopyOutcome;
 use super::snapshot_view::SnapshotView;
 use super::SnapshotManager;
 use crate::config::CreateOptions;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::format::sidecar::{SnapshotMetadata, SnapshotType};
 use crate::paths::validate_namespace;
 use crate::sink::PutMode;
@@ -80,26 +80,12 @@ impl SnapshotManager {
     /// type and parent (a re-encrypted copy's blob differs from the original's, so its
     /// checksum cannot tell), a conflict if it has another under that id.
     async fn present_reencrypted(&self, meta: &SnapshotMetadata) -> Result<Option<CopyOutcome>> {
-        match self.read_summary(&meta.id).await {
-            Ok(have)
-                if have.created_at_ms == meta.created_at_ms
-                    && have.snapshot_type == meta.snapshot_type
-                    && have.parent_id == meta.parent_id =>
-            {
-                Ok(Some(CopyOutcome::AlreadyPresent {
-                    snapshot_id: meta.id.clone(),
-                }))
-            }
-            Ok(_) => Err(Error::Conflict {
-                key: meta.id.to_string(),
-                reason: format!(
-                    "{} already has a different snapshot under this id",
-                    self.sink.describe()
-                ),
-            }),
-            Err(Error::SnapshotNotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.present_as(meta, |have| {
+            have.created_at_ms == meta.created_at_ms
+                && have.snapshot_type == meta.snapshot_type
+                && have.parent_id == meta.parent_id
+        })
+        .await
     }
 }
 

@@ -104,6 +104,16 @@ pub struct NamespaceEntry {
     pub store_token: Option<String>,
 }
 
+impl ChunkEntry {
+    /// The chunk's byte range in the blob.
+    pub fn range(&self) -> ByteRange {
+        ByteRange {
+            offset: self.offset,
+            length: self.length,
+        }
+    }
+}
+
 impl NamespaceEntry {
     /// The namespace's byte range in the blob.
     pub fn range(&self) -> ByteRange {

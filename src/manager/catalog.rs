@@ -223,14 +223,7 @@ impl SnapshotManager {
                 dir.range().end()
             )));
         }
-        let entry = crate::format::sidecar::ChunkEntry {
-            offset: dir.offset,
-            length: dir.length,
-            raw_length: dir.raw_length,
-            vectors: 0,
-            crc32: dir.crc32,
-        };
-        let bytes = unseal_small(meta, Chunk::Directory, &entry, bytes.to_vec())?;
+        let bytes = unseal_small(meta, Chunk::Directory, dir.range(), bytes.to_vec())?;
         let (listed, sha) =
             outside_the_runtime(|| blob::decode_directory_chunk(&bytes, dir.raw_length))
                 .map_err(|e| decode_error(id, None, dir.offset, e))?;

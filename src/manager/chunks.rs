@@ -10,7 +10,9 @@ use crate::crypto::{Chunk, SealedBy};
 use crate::error::{Error, Result};
 use crate::format::blob::{self, Filter, Identity};
 use crate::format::index::NamespaceIndex;
-use crate::format::sidecar::{ChunkEntry, NamespaceEntry, SnapshotMetadata, MAX_CHUNK_RAW};
+use crate::format::sidecar::{
+    ByteRange, ChunkEntry, NamespaceEntry, SnapshotMetadata, MAX_CHUNK_RAW,
+};
 use crate::id::SnapshotId;
 use crate::sink::SinkExt;
 
@@ -103,12 +105,12 @@ pub(crate) fn unsealing_failed(
     )
 }
 
-/// The gzip members of a small sealed chunk (`what`) of `holder`'s blob, from its stored
-/// bytes (CRC-checked); the bytes as they are when the repository is not encrypted.
+/// The gzip members of a small sealed chunk (`what`, at `at` of `holder`'s blob), from
+/// its stored bytes; the bytes as they are when the repository is not encrypted.
 pub(crate) fn unseal_small(
     holder: &SnapshotMetadata,
     what: Chunk<'_>,
-    c: &ChunkEntry,
+    at: ByteRange,
     mut bytes: Vec<u8>,
 ) -> Result<Vec<u8>> {
     let Some(cipher) = holder.sealed_by.cipher(holder.id.as_str()) else {
@@ -121,8 +123,7 @@ pub(crate) fn unseal_small(
     let len = match cipher.open(&mut bytes, what) {
         Ok(plain) => plain.len(),
         Err(_) => {
-            let range = c.offset..c.offset + c.length;
-            return Err(unsealing_failed(holder.id.as_str(), ns, range, None));
+            return Err(unsealing_failed(holder.id.as_str(), ns, at.range(), None));
         }
     };
     bytes.truncate(crate::crypto::seal::NONCE_LEN + len);
@@ -210,7 +211,7 @@ impl SnapshotManager {
         let what = Chunk::Index {
             namespace: &entry.name,
         };
-        let bytes = unseal_small(holder, what, index, stored)?;
+        let bytes = unseal_small(holder, what, index.range(), stored)?;
         let ix = decode_index(holder, entry, index, &bytes)?;
         let sources = self.reference_sources(holder, &entry.name, &ix).await?;
         table_from_index(holder, entry, index, ix, &sources)

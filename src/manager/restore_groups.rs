@@ -292,7 +292,7 @@ fn decode_member(
     let what = crate::crypto::Chunk::Index {
         namespace: &entry.name,
     };
-    let raw = unseal_small(holder, what, index, stored.to_vec())?;
+    let raw = unseal_small(holder, what, index.range(), stored.to_vec())?;
     let ix = decode_index(holder, entry, index, &raw)?;
     if !ix.sources.is_empty() {
         return Ok(None);

@@ -8,7 +8,7 @@ use super::{blob_missing, EndProgress, SnapshotManager};
 use crate::crypto::Chunk;
 use crate::error::{Error, Result};
 use crate::format::blob;
-use crate::format::sidecar::{ByteRange, ChunkEntry, SnapshotMetadata};
+use crate::format::sidecar::{ByteRange, SnapshotMetadata};
 use crate::id::SnapshotId;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -170,14 +170,7 @@ fn frame_chunk(
     what: Chunk<'_>,
 ) -> Result<Vec<u8>> {
     let stored = spool.read(range.offset, range.length)?;
-    let entry = ChunkEntry {
-        offset: range.offset,
-        length: range.length,
-        raw_length: 0,
-        vectors: 0,
-        crc32: 0,
-    };
-    unseal_small(meta, what, &entry, stored.to_vec())
+    unseal_small(meta, what, range, stored.to_vec())
 }
 
 /// The header names this snapshot and its creation time.

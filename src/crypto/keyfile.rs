@@ -152,10 +152,10 @@ impl KeyRecord {
             return Ok(None);
         };
         let plain = Zeroizing::new(plain);
-        let mut master = Zeroizing::new([0u8; 32]);
         if plain.len() != 32 {
             return Ok(None);
         }
+        let mut master = Zeroizing::new([0u8; 32]);
         master.copy_from_slice(&plain);
         Ok(Some(master))
     }

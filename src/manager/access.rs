@@ -81,10 +81,7 @@ impl SnapshotManager {
                     repository: self.sink.describe(),
                 });
             }
-            return Ok(Access {
-                config: None,
-                ..Access::default()
-            });
+            return Ok(Access::default());
         };
         let Some(source) = &self.key else {
             return Err(Error::KeyRequired {

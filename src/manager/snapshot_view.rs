@@ -67,11 +67,9 @@ impl<'a> SnapshotView<'a> {
     }
 
     /// Reads until `cursor` holds `limit` vectors after `after`, or the namespace ends (its
-    /// count and content digest are then checked).
+    /// count and content digest are then checked). What `cursor` already holds is after
+    /// `after`: it is a fresh cursor, or one that goes on from `after`.
     async fn fill(cursor: &mut Cursor, after: Option<&str>, limit: usize) -> Result<()> {
-        cursor
-            .ahead
-            .retain(|v| after.is_none_or(|a| v.id.as_str() > a));
         while cursor.ahead.len() < limit {
             let Some(reader) = cursor.reader.as_mut() else {
                 break;

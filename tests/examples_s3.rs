@@ -1,8 +1,10 @@
-//! The S3 example binaries, run end to end against moto and SeaweedFS, configured only
+//! The S3 example binaries, run end to end against moto and SeaweedFS processes and
+//! LocalStack and SeaweedFS containers, configured only
 //! through the standard AWS_* environment variables.
 
 mod common;
 
+use common::containers;
 use common::servers::{self, announce, Server, ACCESS_KEY, SECRET_KEY};
 use std::path::PathBuf;
 use std::process::Command;
@@ -115,6 +117,26 @@ async fn examples_against_moto() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn examples_against_seaweedfs() {
     let Some(server) = servers::start_seaweedfs().await else {
+        return;
+    };
+    tokio::task::spawn_blocking(move || backup_then_restore(&server))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn examples_against_localstack_in_a_container() {
+    let Some(server) = containers::start_localstack().await else {
+        return;
+    };
+    tokio::task::spawn_blocking(move || backup_then_restore(&server))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn examples_against_seaweedfs_in_a_container() {
+    let Some(server) = containers::start_seaweedfs().await else {
         return;
     };
     tokio::task::spawn_blocking(move || backup_then_restore(&server))

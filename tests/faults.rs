@@ -768,14 +768,35 @@ async fn a_create_abandoned_at_any_hung_call_leaves_nothing_half_made() {
 
 // ----- the same on an S3 server, through the object-store sink -----------------------------
 
+/// Create, restore and delete, each with a fault at every sink call, against `server`.
+async fn exhaust_on_s3(server: &common::servers::Server) {
+    let fresh = || Repo::at(&server.url, &server.options);
+    let runs = exhaust::<CreateFull>(&WRITE_FAULTS, &server.name, &fresh).await
+        + exhaust::<Restore>(&[Fault::Fail, Fault::Truncate], &server.name, &fresh).await
+        + exhaust::<Delete>(&[Fault::Fail, Fault::FailAfter], &server.name, &fresh).await;
+    assert!(runs > 40);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_restore_and_delete_on_s3_survive_a_fault_at_every_call() {
     let Some(server) = common::servers::start_moto().await else {
         return;
     };
-    let fresh = || Repo::at(&server.url, &server.options);
-    let runs = exhaust::<CreateFull>(&WRITE_FAULTS, server.name, &fresh).await
-        + exhaust::<Restore>(&[Fault::Fail, Fault::Truncate], server.name, &fresh).await
-        + exhaust::<Delete>(&[Fault::Fail, Fault::FailAfter], server.name, &fresh).await;
-    assert!(runs > 40);
+    exhaust_on_s3(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_on_localstack_in_a_container() {
+    let Some(server) = common::containers::start_localstack().await else {
+        return;
+    };
+    exhaust_on_s3(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_on_seaweedfs_in_a_container() {
+    let Some(server) = common::containers::start_seaweedfs().await else {
+        return;
+    };
+    exhaust_on_s3(&server).await;
 }

@@ -1,12 +1,13 @@
 //! The conformance suite against real object-storage servers started by the test (moto,
-//! SeaweedFS, Azurite; MinIO/LocalStack containers when a Docker engine is reachable) and
+//! SeaweedFS, LocalStack and Azurite as processes; LocalStack, SeaweedFS and MinIO in
+//! containers through testcontainers) and
 //! against object_store's in-memory store. Each run works under a fresh random prefix and
 //! deletes only that prefix.
 
 mod common;
 
-use common::conformance;
 use common::servers::{self, announce, Server, SECRET_KEY};
+use common::{conformance, containers};
 use dakera_snapshot::error::SinkErrorKind;
 use dakera_snapshot::paths::Key;
 use dakera_snapshot::{
@@ -348,22 +349,66 @@ async fn real_gcs_when_configured() {
     }
 }
 
-/// MinIO and LocalStack containers run the suite when a Docker engine is reachable. Without
-/// one (as on our machines and in CI), this says so; S3 is then covered by the moto and
-/// SeaweedFS process servers above, which never skip.
+// ----- the same suite against servers in containers (tests/common/containers.rs) ----------
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn docker_containers_when_an_engine_is_reachable() {
-    match common::containers::start_minio().await {
-        Ok(c) => run_suite("MinIO (Docker)", &c.url, &c.options).await,
-        Err(e) => {
-            announce(&format!("Docker: MinIO container not run ({e}); S3 is covered by the moto and SeaweedFS process servers"));
-            return;
-        }
-    }
-    match common::containers::start_localstack().await {
-        Ok(c) => run_suite("LocalStack (Docker)", &c.url, &c.options).await,
-        Err(e) => panic!("Docker works (MinIO ran) but LocalStack did not start: {e}"),
-    }
+async fn localstack_s3_in_a_container() {
+    let Some(server) = containers::start_localstack().await else {
+        return;
+    };
+    run_suite(&server.name, &server.url, &server.options).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seaweedfs_s3_in_a_container() {
+    let Some(server) = containers::start_seaweedfs().await else {
+        return;
+    };
+    run_suite(&server.name, &server.url, &server.options).await;
+    wrong_secret_is_an_authentication_error(&server).await;
+}
+
+/// Without an engine, a container test says it did not run, and fails when
+/// `DAKERA_REQUIRE_CONTAINERS=1` demands containers (as CI does). Runs this binary's
+/// LocalStack container test in a child, pointed at a socket nothing listens on.
+#[test]
+fn a_missing_engine_is_reported_and_fails_when_containers_are_required() {
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = format!("unix://{}", dir.path().join("no-engine.sock").display());
+    let run = |require: &str| {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["localstack_s3_in_a_container", "--exact", "--nocapture"])
+            .env("DOCKER_HOST", &nowhere)
+            .env("DAKERA_REQUIRE_CONTAINERS", require)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (passed, text) = run("0");
+    assert!(passed, "{text}");
+    assert!(
+        text.contains("LocalStack 4.5 in a container: not run: no container engine answers"),
+        "{text}"
+    );
+    let (passed, text) = run("1");
+    assert!(!passed, "{text}");
+    assert!(
+        text.contains("DAKERA_REQUIRE_CONTAINERS=1 requires it"),
+        "{text}"
+    );
+}
+
+/// Runs where the engine has or can pull `minio/minio`; elsewhere it reports that the image
+/// is not available (it cannot be built here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minio_s3_in_a_container() {
+    let Some(server) = containers::start_minio().await else {
+        return;
+    };
+    run_suite(&server.name, &server.url, &server.options).await;
+    wrong_secret_is_an_authentication_error(&server).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

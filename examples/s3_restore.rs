@@ -23,6 +23,8 @@ use std::time::Instant;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // As the CLI does: large uploads' buffers must not fragment glibc's heap.
+    dakera_snapshot::allocator::pin_mmap_threshold();
     match run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -170,6 +170,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod allocator;
 mod cache;
 pub mod config;
 pub mod crypto;

@@ -67,6 +67,8 @@ fn bench_prints_every_required_figure_as_its_last_line() {
         assert!(x >= 0.0 && x.is_finite(), "{key} = {x}");
     }
     assert!(v["create_mb_s"].as_f64().unwrap() > 0.0);
+    // A local directory: glibc's mmap threshold is left alone (pinned for object storage).
+    assert_eq!(v["mmap_threshold_pinned"], false, "{v}");
     // The figures are consistent with each other (sizes, not speeds).
     let (raw, blob, json) = (
         v["raw_bytes"].as_f64().unwrap(),

@@ -33,7 +33,9 @@
 //! JSON object with every figure (speeds and ratios are the medians).
 //!
 //! `--part-mib M` and `--uploads N` set an object storage sink's multipart part size and
-//! parts in flight (memory against throughput; the defaults otherwise).
+//! parts in flight (memory against throughput; the defaults otherwise). On object storage every
+//! process pins glibc's mmap threshold as the CLI does (`dakera_snapshot::allocator`);
+//! `--dynamic-mmap-threshold` leaves it as glibc has it, to measure the difference.
 //!
 //! `--callgrind` counts instructions instead (valgrind's callgrind; use a small size such as
 //! `--vectors 5000`): the single-threaded create and restore and the JSON module's, each
@@ -65,6 +67,11 @@ use std::time::Instant;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // As the CLI runs (dakera_snapshot::allocator), unless asked to measure glibc's default.
+    if !dynamic_threshold(&args) {
+        let sink = support::flag(&args, "--sink", String::new()).unwrap_or_default();
+        dakera_snapshot::allocator::pin_mmap_threshold_for(&sink);
+    }
     let result = match args.iter().position(|a| a == "--phase") {
         Some(i) => phase(&args[i + 1], &args),
         None => parent(&args),
@@ -172,6 +179,7 @@ fn parent(args: &[String]) -> Result<(), String> {
         "vectors": p.vectors,
         "dim": p.dim,
         "namespaces": p.namespaces,
+        "mmap_threshold_pinned": !dynamic_threshold(args) && dakera_snapshot::allocator::wanted_for(&sink),
         "sink": sink,
         "repeat": repeat,
         "raw_bytes": raw,
@@ -249,7 +257,16 @@ fn common_args(
         support::flag(args, "--part-mib", 0usize)?.to_string(),
         "--uploads".into(),
         support::flag(args, "--uploads", 0usize)?.to_string(),
-    ])
+    ]
+    .into_iter()
+    .chain(dynamic_threshold(args).then(|| "--dynamic-mmap-threshold".to_string()))
+    .collect())
+}
+
+/// `--dynamic-mmap-threshold`: leave glibc's mmap threshold dynamic in every phase, to
+/// measure what pinning it (as the CLI does) saves.
+fn dynamic_threshold(args: &[String]) -> bool {
+    args.iter().any(|a| a == "--dynamic-mmap-threshold")
 }
 
 /// The one-line verdict: medians of the rounds' ratios, with their ranges.

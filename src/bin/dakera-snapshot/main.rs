@@ -582,6 +582,8 @@ async fn run(cli: Cli) -> CliResult {
                 .into(),
         ));
     };
+    // Uploads to object storage: keep their buffers from fragmenting glibc's heap.
+    dakera_snapshot::allocator::pin_mmap_threshold_for(&url);
     let config = file.snapshot_config()?;
     // Only an import writes snapshots (and may create the repository).
     let (creates, config) = match &cli.command {
@@ -939,6 +941,7 @@ async fn copy(
     (to, to_options): (&str, &SinkOptions),
     (to_key, source_key): (&keys::ToKey, &keys::KeyArgs),
 ) -> CliResult {
+    dakera_snapshot::allocator::pin_mmap_threshold_for(to);
     let mut skipped_damaged = Vec::new();
     let wanted: Vec<SnapshotId> = if all {
         let catalog = ctx.manager.list_catalog().await?;

@@ -95,6 +95,34 @@ fn blob_path(dir: &Path, id: &str) -> PathBuf {
     dir.join("snapshots").join(format!("{id}.snap.gz"))
 }
 
+/// A full snapshot of a store of `namespaces` in a new encrypted repository at `dir`: the
+/// manager, the store, the snapshot, its blob's path and the blob's bytes as written.
+struct Sealed {
+    m: SnapshotManager,
+    store: InMemoryStorage,
+    snap: dakera_snapshot::SnapshotMetadata,
+    path: PathBuf,
+    original: Vec<u8>,
+}
+
+async fn sealed_snapshot(dir: &Path, namespaces: &[(&str, usize, usize)]) -> Sealed {
+    let m = encrypted_repo(dir).await;
+    let store = store_with(namespaces).await;
+    let snap = m
+        .create_snapshot(&store, CreateOptions::default())
+        .await
+        .unwrap();
+    let path = blob_path(dir, snap.id.as_str());
+    let original = std::fs::read(&path).unwrap();
+    Sealed {
+        m,
+        store,
+        snap,
+        path,
+        original,
+    }
+}
+
 #[tokio::test]
 async fn an_encrypted_repository_round_trips_full_and_incremental_snapshots() {
     let dir = tempfile::tempdir().unwrap();
@@ -261,14 +289,13 @@ async fn keys_can_be_added_listed_and_removed_but_never_the_last_or_current_one(
 #[tokio::test]
 async fn a_flipped_byte_anywhere_in_an_encrypted_blob_is_caught() {
     let dir = tempfile::tempdir().unwrap();
-    let m = encrypted_repo(dir.path()).await;
-    let store = store_with(&[("a", 3, 4), ("b", 2, 4)]).await;
-    let snap = m
-        .create_snapshot(&store, CreateOptions::default())
-        .await
-        .unwrap();
-    let path = blob_path(dir.path(), snap.id.as_str());
-    let original = std::fs::read(&path).unwrap();
+    let Sealed {
+        m,
+        store,
+        snap,
+        path,
+        original,
+    } = sealed_snapshot(dir.path(), &[("a", 3, 4), ("b", 2, 4)]).await;
     let blob_sha = snap.blob_sha256.clone();
     let mut refused = 0;
     for i in 0..original.len() {
@@ -724,14 +751,13 @@ async fn copy_re_encrypts_between_repositories_with_different_keys() {
 #[tokio::test]
 async fn a_truncated_encrypted_blob_is_caught_at_every_length() {
     let dir = tempfile::tempdir().unwrap();
-    let m = encrypted_repo(dir.path()).await;
-    let store = store_with(&[("a", 6, 4), ("b", 2, 4)]).await;
-    let snap = m
-        .create_snapshot(&store, CreateOptions::default())
-        .await
-        .unwrap();
-    let path = blob_path(dir.path(), snap.id.as_str());
-    let original = std::fs::read(&path).unwrap();
+    let Sealed {
+        m,
+        store,
+        snap,
+        path,
+        original,
+    } = sealed_snapshot(dir.path(), &[("a", 6, 4), ("b", 2, 4)]).await;
     for len in (0..original.len()).step_by(3) {
         std::fs::write(&path, &original[..len]).unwrap();
         let err = m.verify_snapshot(snap.id.as_str()).await.unwrap_err();

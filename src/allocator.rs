@@ -7,7 +7,7 @@
 //! of an upload come from the heap arenas of whichever threads made them. Freed from other
 //! threads, they fragment there and are not returned: a 200,000 × 768 create to S3 peaked
 //! at +92 MiB with the threshold dynamic, and at +59 MiB with it pinned
-//! (docs/PERFORMANCE.md). Pinning it costs nothing measurable on this workload.
+//! (docs/PERFORMANCE.md), in about the same time.
 //!
 //! On the local sink a batch is written and freed by the threads that made it, and the create
 //! peak stays near +31 MiB either way; there, fresh mappings for every batch buffer cost about
@@ -25,7 +25,13 @@ pub const MMAP_THRESHOLD: usize = 1 << 20;
 /// it. Returns whether the setting was made: false on other C libraries and systems, where
 /// it does not apply, or if glibc refused it.
 pub fn pin_mmap_threshold() -> bool {
-    pin()
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes the allocator's parameters; glibc takes its own lock.
+    let pinned =
+        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int) == 1 };
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let pinned = false;
+    pinned
 }
 
 /// Pins the threshold if `url` names object storage (anything but a local directory or a
@@ -35,19 +41,8 @@ pub fn pin_mmap_threshold_for(url: &str) -> bool {
 }
 
 /// Whether [`pin_mmap_threshold_for`] pins the threshold for repository `url`.
-pub fn wanted_for(url: &str) -> bool {
+fn wanted_for(url: &str) -> bool {
     url.contains("://") && !url.starts_with("file://")
-}
-
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn pin() -> bool {
-    // SAFETY: mallopt only changes the allocator's parameters; glibc takes its own lock.
-    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD as libc::c_int) == 1 }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn pin() -> bool {
-    false
 }
 
 #[cfg(test)]

@@ -68,13 +68,12 @@ use std::time::Instant;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // As the CLI runs (dakera_snapshot::allocator), unless asked to measure glibc's default.
-    if !dynamic_threshold(&args) {
-        let sink = support::flag(&args, "--sink", String::new()).unwrap_or_default();
-        dakera_snapshot::allocator::pin_mmap_threshold_for(&sink);
-    }
+    let sink = support::flag(&args, "--sink", String::new()).unwrap_or_default();
+    let pinned =
+        !dynamic_threshold(&args) && dakera_snapshot::allocator::pin_mmap_threshold_for(&sink);
     let result = match args.iter().position(|a| a == "--phase") {
         Some(i) => phase(&args[i + 1], &args),
-        None => parent(&args),
+        None => parent(&args, pinned),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -120,7 +119,8 @@ fn raw_bytes(p: &Params) -> u64 {
         .sum()
 }
 
-fn parent(args: &[String]) -> Result<(), String> {
+/// `pinned`: whether this process (and so each phase's child) pinned glibc's mmap threshold.
+fn parent(args: &[String], pinned: bool) -> Result<(), String> {
     let p = params(args)?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let work = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -179,7 +179,7 @@ fn parent(args: &[String]) -> Result<(), String> {
         "vectors": p.vectors,
         "dim": p.dim,
         "namespaces": p.namespaces,
-        "mmap_threshold_pinned": !dynamic_threshold(args) && dakera_snapshot::allocator::wanted_for(&sink),
+        "mmap_threshold_pinned": pinned,
         "sink": sink,
         "repeat": repeat,
         "raw_bytes": raw,

@@ -179,14 +179,7 @@ pub async fn start_localstack() -> Option<Server> {
     let request = LocalStack::default().with_env_var("SERVICES", "s3");
     let (engine, container, port) = start(WHAT, request, 4566, true).await?;
     let endpoint = format!("http://127.0.0.1:{port}");
-    let made = reqwest::Client::new()
-        .put(format!("{endpoint}/{BUCKET}"))
-        .send()
-        .await;
-    match made {
-        Ok(r) if r.status().is_success() => {}
-        other => panic!("{WHAT} started but did not create the bucket: {other:?}"),
-    }
+    servers::put_bucket(&endpoint, WHAT, Duration::from_secs(60)).await;
     Some(Server::container(
         described(WHAT, &engine),
         endpoint,

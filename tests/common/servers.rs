@@ -251,18 +251,7 @@ pub async fn start_moto() -> Option<Server> {
         tempfile::tempdir().unwrap(),
     )?;
     let endpoint = format!("http://127.0.0.1:{port}");
-    // moto creates buckets on an unsigned PUT.
-    let client = reqwest::Client::new();
-    let resp = client
-        .put(format!("{endpoint}/{BUCKET}"))
-        .send()
-        .await
-        .expect("create bucket on moto");
-    assert!(
-        resp.status().is_success(),
-        "moto bucket creation: {}",
-        resp.status()
-    );
+    put_bucket(&endpoint, "moto", Duration::from_secs(10)).await;
     Some(Server::process("moto", endpoint, child, dir))
 }
 
@@ -428,16 +417,25 @@ pub async fn start_localstack_host() -> Option<Server> {
         dir,
     )?;
     let endpoint = format!("http://127.0.0.1:{port}");
+    put_bucket(&endpoint, "LocalStack", Duration::from_secs(60)).await;
+    Some(Server::process("localstack", endpoint, child, dir))
+}
+
+/// Creates the test bucket with an unsigned PUT, which moto and LocalStack accept, retrying
+/// while the server finishes starting; panics, naming `what` and the last answer, if it has
+/// not succeeded after `limit`.
+pub async fn put_bucket(endpoint: &str, what: &str, limit: Duration) {
     let client = reqwest::Client::new();
     let start = Instant::now();
     loop {
-        match client.put(format!("{endpoint}/{BUCKET}")).send().await {
-            Ok(r) if r.status().is_success() => break,
-            _ if start.elapsed() > Duration::from_secs(60) => {
-                panic!("LocalStack never accepted the bucket")
-            }
-            _ => tokio::time::sleep(Duration::from_millis(300)).await,
+        let answer = match client.put(format!("{endpoint}/{BUCKET}")).send().await {
+            Ok(r) if r.status().is_success() => return,
+            Ok(r) => format!("HTTP {}", r.status()),
+            Err(e) => e.to_string(),
+        };
+        if start.elapsed() > limit {
+            panic!("{what} never created the bucket: {answer}");
         }
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    Some(Server::process("localstack", endpoint, child, dir))
 }

@@ -8,9 +8,12 @@
 //!
 //! The repository is built with the library: `--snapshots` snapshots of a store of
 //! `--namespaces` namespaces (default 1) of one vector each, one vector changed between two
-//! snapshots, are created in a local folder, then their objects are uploaded to `--sink` as they are (32 at a time), so
+//! snapshots, are created in a local folder (a new repository: blobs under `data/`), then its
+//! objects are uploaded to `--sink` as they are (32 at a time), so
 //! building 10,000 costs uploads, not 10,000 creates against the server. An existing
-//! repository at `--sink` that already holds that many snapshots is reused.
+//! repository at `--sink` that already holds that many snapshots is reused. `--layout beside`
+//! uploads the same objects as a repository made before config version 2 holds them (blobs
+//! beside the sidecars under `snapshots/`, no config), to compare the two layouts.
 //!
 //! Each of `--rounds` rounds (default 3) lists three ways, one after the other: without a
 //! cache (one GET per sidecar, 16 at a time), with an empty cache (the first list on a new
@@ -51,6 +54,7 @@ async fn run(args: &[String]) -> Result<(), String> {
     let n = support::flag(args, "--snapshots", 1000usize)?;
     let namespaces = support::flag(args, "--namespaces", 1usize)?.max(1);
     let rounds = support::flag(args, "--rounds", 3usize)?.max(1);
+    let layout: Layout = support::flag(args, "--layout", Layout::Data)?;
     let config = SnapshotConfig::default().with_max_snapshots(0);
     let sink = sink_from_url(&url, &SinkOptions::new()).map_err(|e| e.to_string())?;
     let plain = SnapshotManager::new(sink.clone(), config.clone()).map_err(|e| e.to_string())?;
@@ -65,7 +69,7 @@ async fn run(args: &[String]) -> Result<(), String> {
                 "{url} holds {have} snapshots, not {n}: use an empty prefix"
             ));
         }
-        build(sink.clone(), n, namespaces).await?;
+        build(sink.clone(), n, namespaces, layout).await?;
     }
     let work = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut times: [Vec<f64>; 3] = Default::default();
@@ -98,7 +102,7 @@ async fn run(args: &[String]) -> Result<(), String> {
     println!(
         "{}",
         json!({
-            "snapshots": n, "namespaces": namespaces, "sink": url, "rounds": rounds,
+            "snapshots": n, "namespaces": namespaces, "sink": url, "rounds": rounds, "layout": format!("{layout:?}").to_lowercase(),
             "list_uncached_s": uncached.0, "list_cold_cache_s": cold.0, "list_warm_cache_s": warm.0,
             "warm_vs_uncached": warm.0 / uncached.0,
         })
@@ -115,9 +119,46 @@ fn summary(times: &[f64]) -> (f64, String) {
     (median, text)
 }
 
+/// Where the built repository keeps its blobs (`--layout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// `data` (default): as this version makes a repository, blobs under `data/`.
+    Data,
+    /// `beside`: as repositories made before config version 2, blobs beside the sidecars
+    /// under `snapshots/` and no config (the same objects, uploaded under those keys).
+    Beside,
+}
+
+impl std::str::FromStr for Layout {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "data" => Ok(Layout::Data),
+            "beside" => Ok(Layout::Beside),
+            _ => Err(()),
+        }
+    }
+}
+
+impl Layout {
+    /// The key an object of the locally built (new-layout) repository gets in `--sink`.
+    fn upload_key(self, key: &str) -> Option<String> {
+        match (self, key.strip_prefix("data/")) {
+            (Layout::Beside, _) if key == "config.json" => None,
+            (Layout::Beside, Some(blob)) => Some(format!("snapshots/{blob}")),
+            _ => Some(key.to_string()),
+        }
+    }
+}
+
 /// Creates `n` snapshots of a store of `namespaces` one-vector namespaces in a local folder,
-/// one vector changed before each, then uploads every object of it.
-async fn build(sink: Arc<dyn SnapshotSink>, n: usize, namespaces: usize) -> Result<(), String> {
+/// one vector changed before each, then uploads every object of it, laid out as `layout`.
+async fn build(
+    sink: Arc<dyn SnapshotSink>,
+    n: usize,
+    namespaces: usize,
+    layout: Layout,
+) -> Result<(), String> {
     let started = Instant::now();
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let local = SnapshotManager::local(dir.path(), SnapshotConfig::default().with_max_snapshots(0))
@@ -146,18 +187,28 @@ async fn build(sink: Arc<dyn SnapshotSink>, n: usize, namespaces: usize) -> Resu
             .await
             .map_err(|e| e.to_string())?;
     }
-    let objects = local
-        .sink()
-        .list_all(&dakera_snapshot::paths::Key::parse("snapshots").map_err(|e| e.to_string())?)
-        .await
-        .map_err(|e| e.to_string())?;
+    let key = |k: &str| dakera_snapshot::paths::Key::parse(k).map_err(|e| e.to_string());
+    let mut keys = vec![key("config.json")?];
+    for dir in ["snapshots", "data"] {
+        let listed = local
+            .sink()
+            .list_all(&key(dir)?)
+            .await
+            .map_err(|e| e.to_string())?;
+        keys.extend(listed.into_iter().map(|o| o.key));
+    }
     let from = local.sink().clone();
-    futures::stream::iter(objects)
-        .map(|o| {
+    let moves: Vec<_> = keys
+        .into_iter()
+        .filter_map(|k| Some((layout.upload_key(k.as_str())?, k)))
+        .map(|(to, from)| Ok((from, key(&to)?)))
+        .collect::<Result<_, String>>()?;
+    futures::stream::iter(moves)
+        .map(|(from_key, to_key)| {
             let (from, to) = (from.clone(), sink.clone());
             async move {
-                let bytes = from.get_bytes(&o.key, None).await?;
-                to.put(&o.key, bytes, PutMode::Overwrite).await
+                let bytes = from.get_bytes(&from_key, None).await?;
+                to.put(&to_key, bytes, PutMode::Overwrite).await
             }
         })
         .buffer_unordered(32)

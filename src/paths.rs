@@ -93,20 +93,51 @@ fn validate_key(s: &str) -> Result<()> {
     Ok(())
 }
 
-/// The kind of object found in the snapshots folder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ObjectKind {
-    /// `<id>.snap.gz`, the data.
-    Blob,
-    /// `<id>.meta.json`, the commit record.
-    Sidecar,
+/// Where a repository keeps its blobs; its `config.json` version says which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum BlobPlace {
+    /// `snapshots/<id>.snap.gz`, beside the sidecars: every repository without a config, or
+    /// with a version 1 config.
+    #[default]
+    BesideSidecars,
+    /// `data/<id>.snap.gz` (config version 2): a listing of `snapshots/` holds sidecars only,
+    /// half the keys, so `list` pages through half as much.
+    Data,
+}
+
+impl BlobPlace {
+    /// The folder the blobs are in.
+    pub fn dir(self) -> Key {
+        Key(self.folder().to_string())
+    }
+
+    /// The blob key of a snapshot.
+    pub fn key(self, id: &SnapshotId) -> Key {
+        Key(format!("{}/{id}{BLOB_SUFFIX}", self.folder()))
+    }
+
+    /// The snapshot a listed key is the blob of, if it is one in this place.
+    pub fn parse(self, key: &Key) -> Option<SnapshotId> {
+        let rest = key
+            .as_str()
+            .strip_prefix(self.folder())?
+            .strip_prefix('/')?;
+        SnapshotId::parse(rest.strip_suffix(BLOB_SUFFIX)?).ok()
+    }
+
+    fn folder(self) -> &'static str {
+        match self {
+            BlobPlace::BesideSidecars => SNAPSHOTS,
+            BlobPlace::Data => DATA,
+        }
+    }
 }
 
 /// Where snapshot objects live inside a sink.
 ///
 /// ```text
-/// snapshots/<id>.snap.gz     the gzip blob
 /// snapshots/<id>.meta.json   the sidecar; its presence is what makes the snapshot exist
+/// data/<id>.snap.gz          the gzip blob (or snapshots/<id>.snap.gz: see BlobPlace)
 /// pins/<parent id>.<16 hex>.pin
 ///                            an incremental snapshot being written on top of <parent id>:
 ///                            retention and delete leave that parent alone while it exists
@@ -115,6 +146,7 @@ pub(crate) enum ObjectKind {
 pub(crate) struct RepoLayout;
 
 const SNAPSHOTS: &str = "snapshots";
+const DATA: &str = "data";
 const BLOB_SUFFIX: &str = ".snap.gz";
 const SIDECAR_SUFFIX: &str = ".meta.json";
 const PINS: &str = "pins";
@@ -127,11 +159,6 @@ impl RepoLayout {
     /// The folder every snapshot object lives in.
     pub fn snapshots_dir(&self) -> Key {
         Key(SNAPSHOTS.to_string())
-    }
-
-    /// The blob key of a snapshot.
-    pub fn blob_key(&self, id: &SnapshotId) -> Key {
-        Key(format!("{SNAPSHOTS}/{id}{BLOB_SUFFIX}"))
     }
 
     /// The sidecar key of a snapshot.
@@ -186,18 +213,11 @@ impl RepoLayout {
         SnapshotId::parse(id).ok()
     }
 
-    /// Recognises a listed key as a blob or sidecar of a valid snapshot id; anything else
-    /// (foreign files, temporary files) yields `None`.
-    pub fn parse(&self, key: &Key) -> Option<(SnapshotId, ObjectKind)> {
+    /// The snapshot a listed key is the sidecar of, if it is one; anything else (blobs,
+    /// foreign files, temporary files) yields `None`.
+    pub fn parse_sidecar(&self, key: &Key) -> Option<SnapshotId> {
         let rest = key.as_str().strip_prefix(SNAPSHOTS)?.strip_prefix('/')?;
-        let (stem, kind) = if let Some(stem) = rest.strip_suffix(BLOB_SUFFIX) {
-            (stem, ObjectKind::Blob)
-        } else if let Some(stem) = rest.strip_suffix(SIDECAR_SUFFIX) {
-            (stem, ObjectKind::Sidecar)
-        } else {
-            return None;
-        };
-        SnapshotId::parse(stem).ok().map(|id| (id, kind))
+        SnapshotId::parse(rest.strip_suffix(SIDECAR_SUFFIX)?).ok()
     }
 }
 
@@ -263,20 +283,35 @@ mod tests {
     fn layout_round_trip_and_foreign_files() {
         let l = RepoLayout;
         let id = SnapshotId::parse("20261125T115859123Z-0123456789abcdef").unwrap();
+        assert_eq!(l.parse_sidecar(&l.sidecar_key(&id)), Some(id.clone()));
+        for place in [BlobPlace::BesideSidecars, BlobPlace::Data] {
+            let blob = place.key(&id);
+            assert!(blob.is_under(&place.dir()));
+            assert_eq!(place.parse(&blob), Some(id.clone()));
+            assert_eq!(l.parse_sidecar(&blob), None);
+        }
         assert_eq!(
-            l.parse(&l.blob_key(&id)),
-            Some((id.clone(), ObjectKind::Blob))
+            BlobPlace::Data.key(&id).as_str(),
+            "data/20261125T115859123Z-0123456789abcdef.snap.gz"
         );
         assert_eq!(
-            l.parse(&l.sidecar_key(&id)),
-            Some((id, ObjectKind::Sidecar))
+            BlobPlace::Data.parse(&BlobPlace::BesideSidecars.key(&id)),
+            None
+        );
+        assert_eq!(
+            BlobPlace::BesideSidecars.parse(&BlobPlace::Data.key(&id)),
+            None
         );
         for foreign in [
             "snapshots/readme.txt",
             "other/x.snap.gz",
             "snapshots/a b.meta.json",
+            "data/a b.snap.gz",
         ] {
-            assert_eq!(l.parse(&Key::parse(foreign).unwrap()), None, "{foreign}");
+            let key = Key::parse(foreign).unwrap();
+            assert_eq!(l.parse_sidecar(&key), None, "{foreign}");
+            assert_eq!(BlobPlace::Data.parse(&key), None, "{foreign}");
+            assert_eq!(BlobPlace::BesideSidecars.parse(&key), None, "{foreign}");
         }
     }
 

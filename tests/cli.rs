@@ -316,7 +316,7 @@ fn workflow(cli: &Cli, repo: &str, dest: &str, options: &SinkOptions, work: &Pat
 
     // gc: an orphan blob (a writer that died before committing) goes, the snapshot stays
     let sink = sink_from_url(repo, options).unwrap();
-    let orphan = "snapshots/20200101T000000000Z-00000000000000aa.snap.gz";
+    let orphan = "data/20200101T000000000Z-00000000000000aa.snap.gz";
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -649,7 +649,7 @@ async fn chains_show_diff_copy_delete_and_corruption() {
         assert_eq!(ids(&cli.json(dest, &["list"])), vec![full.clone()]);
 
         // corrupt one byte in the middle of the full snapshot's blob
-        let blob = repo_dir.join(format!("snapshots/{full}.snap.gz"));
+        let blob = dakera_snapshot::testing::blob_path(&repo_dir, &full);
         let mut bytes = std::fs::read(&blob).unwrap();
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0x40;

@@ -36,7 +36,7 @@ async fn fixture() -> Fixture {
         .create_snapshot(&store, CreateOptions::default())
         .await
         .unwrap();
-    let blob = dir.path().join(format!("snapshots/{}.snap.gz", meta.id));
+    let blob = dakera_snapshot::testing::blob_path(dir.path(), meta.id.as_str());
     let sidecar = dir.path().join(format!("snapshots/{}.meta.json", meta.id));
     let original = std::fs::read(&blob).unwrap();
     Fixture {
@@ -375,7 +375,7 @@ async fn damage_in_a_referenced_chunk_is_caught_through_the_incremental() {
         .await
         .unwrap();
     let data = dump(&store).await;
-    let blob = dir.path().join(format!("snapshots/{}.snap.gz", full.id));
+    let blob = dakera_snapshot::testing::blob_path(dir.path(), full.id.as_str());
     let original = std::fs::read(&blob).unwrap();
     let ns = &full.namespaces[0];
     let section = ns.offset..ns.index.as_ref().unwrap().offset;

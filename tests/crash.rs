@@ -28,14 +28,13 @@ fn import(repo: &Path, input: &Path) -> std::process::Child {
         .unwrap()
 }
 
-/// Files in the repository's snapshots folder.
+/// Files in the repository's snapshots and blob folders.
 fn files(repo: &Path) -> Vec<String> {
-    match std::fs::read_dir(repo.join("snapshots")) {
-        Ok(rd) => rd
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect(),
-        Err(_) => Vec::new(),
-    }
+    ["snapshots", "data"]
+        .iter()
+        .filter_map(|folder| std::fs::read_dir(repo.join(folder)).ok())
+        .flat_map(|rd| rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

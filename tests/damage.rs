@@ -25,8 +25,9 @@ fn sidecar_key(id: &str) -> Key {
     Key::parse(format!("snapshots/{id}.meta.json")).unwrap()
 }
 
+/// The blob of a snapshot in a repository made by this version (blobs under `data/`).
 fn blob_key(id: &str) -> Key {
-    Key::parse(format!("snapshots/{id}.snap.gz")).unwrap()
+    Key::parse(format!("data/{id}.snap.gz")).unwrap()
 }
 
 fn sidecar_path(dir: &Path, id: &str) -> PathBuf {
@@ -180,10 +181,7 @@ async fn a_damaged_sidecar_is_reported_and_removable_not_fatal() {
     let deleted = m.delete_snapshot(full.id.as_str(), true).await.unwrap();
     assert_eq!(deleted, [inc.id.clone(), full.id.clone()]);
     assert_eq!(m.list_snapshots().await.unwrap(), [other.summary()]);
-    assert!(!dir
-        .path()
-        .join(format!("snapshots/{}.snap.gz", full.id))
-        .exists());
+    assert!(!dakera_snapshot::testing::blob_path(dir.path(), full.id.as_str()).exists());
     m.apply_retention(&RetentionPolicy::keep_last(1), false)
         .await
         .unwrap();

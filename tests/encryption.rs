@@ -92,7 +92,7 @@ fn snapshot_of(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 }
 
 fn blob_path(dir: &Path, id: &str) -> PathBuf {
-    dir.join("snapshots").join(format!("{id}.snap.gz"))
+    dakera_snapshot::testing::blob_path(dir, id)
 }
 
 /// A full snapshot of a store of `namespaces` in a new encrypted repository at `dir`: the
@@ -535,13 +535,15 @@ async fn a_plaintext_snapshot_planted_in_an_encrypted_repository_is_refused() {
         .create_snapshot(&store, CreateOptions::default())
         .await
         .unwrap();
-    for suffix in [".snap.gz", ".meta.json"] {
-        let name = format!("{}{suffix}", forged.id);
-        std::fs::copy(
-            plain.path().join("snapshots").join(&name),
-            dir.path().join("snapshots").join(&name),
-        )
-        .unwrap();
+    let (id, sidecar) = (forged.id.as_str(), format!("{}.meta.json", forged.id));
+    for (from, to) in [
+        (blob_path(plain.path(), id), blob_path(dir.path(), id)),
+        (
+            plain.path().join("snapshots").join(&sidecar),
+            dir.path().join("snapshots").join(&sidecar),
+        ),
+    ] {
+        std::fs::copy(from, to).unwrap();
     }
     let m = manager(dir.path(), Some(password()));
     let catalog = m.list_catalog().await.unwrap();
@@ -586,13 +588,27 @@ async fn an_unencrypted_repository_refuses_a_key_and_init_refuses_to_encrypt_a_u
         err.to_string().contains("holds unencrypted snapshots"),
         "{err}"
     );
-    // A declared unencrypted repository works as one without a config.
-    manager(dir.path(), None).init(KDF).await.unwrap();
+    // The first snapshot declared the repository unencrypted (config.json version 2).
     let m = manager(dir.path(), None);
     assert_eq!(m.list_snapshots().await.unwrap().len(), 1);
     assert!(!m.is_encrypted().await.unwrap());
     let err = m.init(KDF).await.unwrap_err();
     assert!(err.to_string().contains("initialized already"), "{err}");
+}
+
+#[tokio::test]
+async fn init_with_a_key_on_an_empty_unencrypted_repository_says_how_to_start_over() {
+    let dir = tempfile::tempdir().unwrap();
+    manager(dir.path(), None).init(KDF).await.unwrap();
+    let err = manager(dir.path(), Some(password()))
+        .init(KDF)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("delete its config.json"), "{err}");
+    std::fs::remove_file(dir.path().join("config.json")).unwrap();
+    let m = manager(dir.path(), Some(password()));
+    m.init(KDF).await.unwrap();
+    assert!(m.is_encrypted().await.unwrap());
 }
 
 #[tokio::test]

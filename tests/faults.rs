@@ -666,14 +666,14 @@ impl Scenario for Gc {
             .await
             .unwrap();
         let dir = repo.dir();
-        let blob = dir.join(format!("snapshots/{}.snap.gz", base.id));
+        let blob = dakera_snapshot::testing::blob_path(dir, base.id.as_str());
         let orphans: Vec<_> = [
             "20200101T000000000Z-00000000000000aa",
             "20200101T000000000Z-00000000000000bb",
         ]
         .iter()
         .map(|id| {
-            let p = dir.join(format!("snapshots/{id}.snap.gz"));
+            let p = dakera_snapshot::testing::blob_path(dir, id);
             std::fs::copy(&blob, &p).unwrap();
             // Left by a writer that died a minute ago.
             let past = std::time::SystemTime::now() - Duration::from_secs(60);

@@ -207,7 +207,7 @@ async fn a_damaged_namespace_in_a_group_is_named_and_its_group_is_not_written() 
         .unwrap();
     let victim = &snap.namespaces[30];
     let index = victim.index.clone().unwrap();
-    let blob = dir.path().join(format!("snapshots/{}.snap.gz", snap.id));
+    let blob = dakera_snapshot::testing::blob_path(dir.path(), snap.id.as_str());
     let mut bytes = std::fs::read(&blob).unwrap();
     // A byte inside the victim's data chunk (its section before its index).
     let at = (victim.offset + (index.offset - victim.offset) / 2) as usize;

@@ -59,10 +59,14 @@ async fn run_suite(name: &str, url: &str, options: &SinkOptions) {
 
 /// Deletes everything under the run's prefix (only that prefix).
 async fn cleanup(sink: &dyn SnapshotSink) {
-    for top in ["conf", "snapshots"] {
+    for top in ["conf", "snapshots", "data"] {
         for o in sink.list_all(&Key::parse(top).unwrap()).await.unwrap() {
             sink.delete(&o.key).await.unwrap();
         }
+    }
+    match sink.delete(&Key::parse("config.json").unwrap()).await {
+        Err(e) if !e.is_not_found() => panic!("{e}"),
+        _ => {}
     }
 }
 

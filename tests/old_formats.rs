@@ -2,11 +2,14 @@
 //! verifiable, and new snapshots can build on them. The fixtures under tests/fixtures were
 //! written by the code of their time (see tests/fixtures/README.md) and are never rewritten.
 
+mod common;
+
+use common::fixtures::fixture_copy;
 use dakera_snapshot::testing::{dump, make_vectors, restore_all, store_with};
 use dakera_snapshot::{
     CreateOptions, InMemoryStorage, SnapshotConfig, SnapshotManager, Vector, VectorStorage,
 };
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const V1_FULL: &str = "20261202T075849828Z-e82b9485b1f90f4d";
 const V1_INCREMENTAL: &str = "20261202T075849848Z-40d6b5ddb3491548";
@@ -25,30 +28,6 @@ const V40_INCREMENTAL: &str = "20261203T151043991Z-6972cbf98f87edd7";
 const V40_PLAIN: &str = "20261203T151044103Z-87514021567eb7cb";
 /// The password of the format 4.0 fixture (default Argon2id parameters).
 const V40_PASSWORD: &str = "dakera fixture 4.0";
-
-/// A writable copy of a committed fixture repository (tests never change the original).
-fn fixture_copy(name: &str) -> (tempfile::TempDir, PathBuf) {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
-    let tmp = tempfile::tempdir().unwrap();
-    let dst = tmp.path().join("repo");
-    copy_dir(&src, &dst);
-    (tmp, dst)
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for entry in std::fs::read_dir(src).unwrap() {
-        let entry = entry.unwrap();
-        let to = dst.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &to);
-        } else {
-            std::fs::copy(entry.path(), &to).unwrap();
-        }
-    }
-}
 
 /// The store's three states when a fixture was written (the steps of its generators, which
 /// differ only in how `alpha` is updated): the full, the incremental, the plain incremental.
@@ -135,6 +114,10 @@ async fn a_new_incremental_builds_on_a_format_1_0_parent() {
     m.verify_snapshot(child.id.as_str()).await.unwrap();
     let got = restore_all(&m, child.id.as_str()).await;
     assert_eq!(dump(&got).await, dump(&store).await);
+    // Its blob lies beside the sidecars, where this repository's code put them.
+    let blob = dir.join(format!("snapshots/{}.snap.gz", child.id));
+    assert!(blob.exists(), "{}", blob.display());
+    assert!(!dir.join("config.json").exists() && !dir.join("data").exists());
 }
 
 /// A fixture of format 2 or later (`ids`: full, incremental, plain) lists in order with its version,
@@ -183,6 +166,10 @@ async fn new_incremental_dedups_on(fixture: &str, parent: &str) {
     m.verify_snapshot(child.id.as_str()).await.unwrap();
     let got = restore_all(&m, child.id.as_str()).await;
     assert_eq!(dump(&got).await, dump(&store).await);
+    // Its blob lies beside the sidecars, where this repository's code put them.
+    let blob = dir.join(format!("snapshots/{}.snap.gz", child.id));
+    assert!(blob.exists(), "{}", blob.display());
+    assert!(!dir.join("config.json").exists() && !dir.join("data").exists());
 }
 
 #[tokio::test]

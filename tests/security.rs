@@ -187,13 +187,15 @@ async fn namespace_names_never_become_paths_and_bad_rename_targets_change_nothin
         s.m.create_snapshot(&store, CreateOptions::default())
             .await
             .unwrap();
-    // Only snapshot objects were written, all inside the repository's snapshots folder.
+    // Only the repository's config and snapshot objects were written, all inside it.
     for p in tree(s.outer.path()) {
         assert!(
             p == "canary"
                 || p == "repo"
-                || p == "repo/snapshots"
-                || p.starts_with("repo/snapshots/"),
+                || p == "repo/config.json"
+                || ["repo/snapshots", "repo/data"]
+                    .iter()
+                    .any(|dir| p == *dir || p.starts_with(&format!("{dir}/"))),
             "{p}"
         );
     }

@@ -23,7 +23,7 @@ fn manager(dir: &Path, seed: u64) -> SnapshotManager {
 }
 
 fn blob(dir: &Path, id: &str) -> std::path::PathBuf {
-    dir.join(format!("snapshots/{id}.snap.gz"))
+    dakera_snapshot::testing::blob_path(dir, id)
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! The repository config object (`config.json` at the repository's root): the repository's
-//! id and whether, and how, it is encrypted. Written once by `init`; a repository without
-//! one is an unencrypted repository of any format.
+//! id, where its blobs live (the config's version) and whether, and how, it is encrypted.
+//! Written once, by `init` or by the first snapshot of an empty repository; a repository
+//! without one is an unencrypted repository of any format with its blobs beside the sidecars.
 //!
 //! An encrypted repository's config carries a check sealed under the master key over every
 //! field, so a config altered by someone without the key is refused once a key opens it. A
@@ -9,12 +10,17 @@
 use super::kdf::KdfParams;
 use super::RepoKeys;
 use crate::error::{Error, Result};
+use crate::paths::BlobPlace;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 const FORMAT: &str = "dakera-snapshot-repository";
-const VERSION: u32 = 1;
+/// Version 1: blobs beside the sidecars under `snapshots/`. Version 2: blobs under `data/`,
+/// so that listing `snapshots/` lists sidecars only. Code that knows only version 1 refuses
+/// a version 2 config, so it never looks for blobs in the wrong place.
+const VERSION_BESIDE_SIDECARS: u32 = 1;
+const VERSION_DATA: u32 = 2;
 /// The one cipher format 4.0 defines.
 pub const CIPHER: &str = "aes-256-gcm";
 /// Largest config read.
@@ -47,15 +53,19 @@ pub(crate) struct Encryption {
 }
 
 impl RepositoryConfig {
-    /// A new repository's config; with `keys`, encrypted.
+    /// A new repository's config, its blobs in `blobs`; with `keys`, encrypted.
     pub fn new(
         repository_id: String,
         created_at_ms: u64,
+        blobs: BlobPlace,
         keys: Option<(&RepoKeys, KdfParams)>,
     ) -> Self {
         let mut config = RepositoryConfig {
             format: FORMAT.into(),
-            version: VERSION,
+            version: match blobs {
+                BlobPlace::BesideSidecars => VERSION_BESIDE_SIDECARS,
+                BlobPlace::Data => VERSION_DATA,
+            },
             repository_id,
             created_at_ms,
             encryption: None,
@@ -90,11 +100,11 @@ impl RepositoryConfig {
         if config.format != FORMAT {
             return Err(bad(format!("format {:?}", config.format)));
         }
-        if config.version != VERSION {
+        if ![VERSION_BESIDE_SIDECARS, VERSION_DATA].contains(&config.version) {
             return Err(Error::UnsupportedVersion {
                 what: "repository config".into(),
                 found: config.version.to_string(),
-                supported: VERSION as u16,
+                supported: VERSION_DATA as u16,
             });
         }
         if config.repository_id.len() != 32
@@ -109,6 +119,15 @@ impl RepositoryConfig {
             e.kdf.validate()?;
         }
         Ok(config)
+    }
+
+    /// Where the repository's blobs live.
+    pub fn blobs(&self) -> BlobPlace {
+        if self.version == VERSION_DATA {
+            BlobPlace::Data
+        } else {
+            BlobPlace::BesideSidecars
+        }
     }
 
     /// Checks, with the master key a user key gave, that no field was altered.
@@ -137,8 +156,8 @@ impl RepositoryConfig {
             )
         });
         format!(
-            "config {FORMAT} {VERSION}\nrepository {}\ncreated {}\ncipher {cipher}\nkdf {kdf}",
-            self.repository_id, self.created_at_ms
+            "config {FORMAT} {}\nrepository {}\ncreated {}\ncipher {cipher}\nkdf {kdf}",
+            self.version, self.repository_id, self.created_at_ms
         )
         .into_bytes()
     }
@@ -150,10 +169,27 @@ mod tests {
     use zeroize::Zeroizing;
 
     #[test]
+    fn the_version_says_where_blobs_live() {
+        let id = || "0123456789abcdef0123456789abcdef".to_string();
+        for place in [BlobPlace::BesideSidecars, BlobPlace::Data] {
+            let config = RepositoryConfig::new(id(), 7, place, None);
+            let back = RepositoryConfig::from_json(&config.to_json()).unwrap();
+            assert_eq!(back.blobs(), place);
+        }
+        let text =
+            String::from_utf8(RepositoryConfig::new(id(), 7, BlobPlace::Data, None).to_json())
+                .unwrap();
+        let newer = text.replace("\"version\": 2", "\"version\": 3");
+        let err = RepositoryConfig::from_json(newer.as_bytes()).unwrap_err();
+        assert!(matches!(err, Error::UnsupportedVersion { .. }), "{err}");
+    }
+
+    #[test]
     fn an_encrypted_config_is_checked_under_its_key() {
         let keys = RepoKeys::new(Zeroizing::new([1; 32]));
         let id = "0123456789abcdef0123456789abcdef".to_string();
-        let config = RepositoryConfig::new(id, 7, Some((&keys, KdfParams::default())));
+        let config =
+            RepositoryConfig::new(id, 7, BlobPlace::Data, Some((&keys, KdfParams::default())));
         let back = RepositoryConfig::from_json(&config.to_json()).unwrap();
         back.check(&keys).unwrap();
         let other = RepoKeys::new(Zeroizing::new([2; 32]));
@@ -163,10 +199,17 @@ mod tests {
         let forged = RepositoryConfig::from_json(weaker.as_bytes()).unwrap();
         let err = forged.check(&keys).unwrap_err().to_string();
         assert!(err.contains("altered or replaced"), "{err}");
+        let moved = text.replace("\"version\": 2", "\"version\": 1");
+        let moved = RepositoryConfig::from_json(moved.as_bytes()).unwrap();
+        assert_eq!(moved.blobs(), BlobPlace::BesideSidecars);
+        assert!(
+            moved.check(&keys).is_err(),
+            "the blob place is covered by the check"
+        );
         for bad in [
             text.replace(CIPHER, "rot13"),
             text.replace("0123456789abcdef0123456789abcdef", "x"),
-            text.replace("\"version\": 1", "\"version\": 2"),
+            text.replace("\"version\": 2", "\"version\": 3"),
             "{".to_string(),
         ] {
             assert!(

@@ -6,9 +6,11 @@ use crate::crypto::keyfile::{KeyKind, KeyRecord};
 use crate::crypto::repository::RepositoryConfig;
 use crate::crypto::{random, KdfParams, KeyInfo, KeySource, RepoKeys};
 use crate::error::{Error, Result};
-use crate::paths::Key;
+use crate::id::SnapshotId;
+use crate::paths::{BlobPlace, Key};
 use crate::sink::{PutMode, SinkExt};
-use std::sync::Arc;
+use futures::StreamExt;
+use std::sync::{Arc, OnceLock};
 use zeroize::Zeroizing;
 
 /// What opening the repository found.
@@ -19,6 +21,10 @@ pub(crate) struct Access {
     pub config: Option<RepositoryConfig>,
     /// The user key that opened it.
     pub key_id: Option<String>,
+    /// Where the blobs are: set from the config; unset while a repository without a config
+    /// has not been written to by this manager (it keeps its blobs beside the sidecars, or
+    /// is empty and gets a config with its first snapshot).
+    blobs: OnceLock<BlobPlace>,
 }
 
 /// What `init` made.
@@ -60,6 +66,9 @@ impl SnapshotManager {
 
     async fn open_repository(&self) -> Result<Access> {
         let config = self.read_config().await?;
+        let blobs = config
+            .as_ref()
+            .map_or_else(OnceLock::new, |c| OnceLock::from(c.blobs()));
         let keys = self.list_key_ids().await?;
         let encrypted = config.as_ref().is_some_and(|c| c.encryption.is_some());
         if !encrypted && !keys.is_empty() {
@@ -81,7 +90,10 @@ impl SnapshotManager {
                     repository: self.sink.describe(),
                 });
             }
-            return Ok(Access::default());
+            return Ok(Access {
+                blobs,
+                ..Access::default()
+            });
         };
         let Some(source) = &self.key else {
             return Err(Error::KeyRequired {
@@ -96,7 +108,76 @@ impl SnapshotManager {
             keys: Some(Arc::new(repo_keys)),
             config: Some(config),
             key_id: Some(key_id),
+            blobs,
         })
+    }
+
+    /// The key of a snapshot's blob (opening the repository on first use).
+    pub(crate) async fn blob_key(&self, id: &SnapshotId) -> Result<Key> {
+        Ok(self.blob_place().await?.key(id))
+    }
+
+    /// Where the blobs are, for reading. A repository that had no config when this manager
+    /// opened it may have got one since (another writer's first snapshot): the config is
+    /// read again, once; still none means the blobs lie beside the sidecars, for good (a
+    /// writer only writes a config into a repository with nothing under `snapshots/`).
+    pub(crate) async fn blob_place(&self) -> Result<BlobPlace> {
+        let access = self.access().await?;
+        if let Some(place) = access.blobs.get() {
+            return Ok(*place);
+        }
+        let place = match self.read_config().await? {
+            Some(config) if config.encryption.is_some() => {
+                return Err(Error::RepositoryConfig {
+                    reason: "config.json appeared after this command opened the repository and makes it encrypted; run the command again with the repository's key".into(),
+                })
+            }
+            Some(config) => config.blobs(),
+            None => BlobPlace::BesideSidecars,
+        };
+        Ok(*access.blobs.get_or_init(|| place))
+    }
+
+    /// Where this manager writes new blobs. A repository without a config that holds nothing
+    /// under `snapshots/` gets one now, with create-if-absent: version 2, blobs under
+    /// `data/`. One that holds snapshots keeps its blobs beside the sidecars, as the code
+    /// that wrote them expects.
+    pub(crate) async fn blob_place_for_writing(&self) -> Result<BlobPlace> {
+        let access = self.access().await?;
+        if let Some(place) = access.blobs.get() {
+            return Ok(*place);
+        }
+        let place = self.settle_blob_place().await?;
+        Ok(*access.blobs.get_or_init(|| place))
+    }
+
+    async fn settle_blob_place(&self) -> Result<BlobPlace> {
+        if self
+            .holds_objects_under(&self.layout.snapshots_dir())
+            .await?
+        {
+            return Ok(BlobPlace::BesideSidecars);
+        }
+        let config = RepositoryConfig::new(
+            new_repository_id(),
+            self.clock.now_ms(),
+            BlobPlace::Data,
+            None,
+        );
+        match self.put_new(&self.layout.config_key(), config.to_json()).await {
+            Ok(()) => {
+                tracing::info!(repo = %self.sink.describe(), "new repository: blobs under data/ (config.json version 2)");
+                Ok(BlobPlace::Data)
+            }
+            // Another writer's first snapshot made it meanwhile.
+            Err(Error::Conflict { .. }) => match self.read_config().await? {
+                Some(c) if c.encryption.is_none() => Ok(c.blobs()),
+                _ => Err(Error::RepositoryConfig {
+                    reason: "config.json appeared while this snapshot was being written and makes the repository encrypted; nothing was written (run the command again with the repository's key)".into(),
+                }),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     async fn read_config(&self) -> Result<Option<RepositoryConfig>> {
@@ -162,25 +243,36 @@ impl SnapshotManager {
             key: self.layout.config_key().to_string(),
             reason: why.to_string(),
         };
-        if self.read_config().await?.is_some() {
-            return Err(already("the repository is initialized already"));
+        let config = self.read_config().await?;
+        let holds_snapshots = self
+            .holds_objects_under(&self.layout.snapshots_dir())
+            .await?
+            || self.holds_objects_under(&BlobPlace::Data.dir()).await?;
+        if let Some(config) = config {
+            return Err(already(init_refusal(
+                &config,
+                self.key.is_some(),
+                holds_snapshots,
+            )));
         }
         if !self.list_key_ids().await?.is_empty() {
             return Err(already(
                 "keys/ holds keys but there is no config.json (an interrupted init?): remove keys/ and run init again",
             ));
         }
-        if self.key.is_some() && self.holds_snapshot_objects().await? {
-            return Err(already(
-                "the repository holds unencrypted snapshots; encryption is decided when a repository is made: init an empty one and `copy` the snapshots into it",
-            ));
+        if self.key.is_some() && holds_snapshots {
+            return Err(already(UNENCRYPTED_SNAPSHOTS));
         }
-        let mut id = [0u8; 16];
-        random(&mut id);
-        let repository_id = hex::encode(id);
+        let repository_id = new_repository_id();
         let now = self.clock.now_ms();
         let Some(source) = &self.key else {
-            let config = RepositoryConfig::new(repository_id.clone(), now, None);
+            // Snapshots written before stay where the code that wrote them put their blobs.
+            let blobs = if holds_snapshots {
+                BlobPlace::BesideSidecars
+            } else {
+                BlobPlace::Data
+            };
+            let config = RepositoryConfig::new(repository_id.clone(), now, blobs, None);
             self.put_new(&self.layout.config_key(), config.to_json())
                 .await?;
             return Ok(RepositoryInfo {
@@ -193,7 +285,12 @@ impl SnapshotManager {
         random(&mut master[..]);
         let keys = RepoKeys::new(master.clone());
         let key = self.write_key(source, kdf, &master, &repository_id).await?;
-        let config = RepositoryConfig::new(repository_id.clone(), now, Some((&keys, kdf)));
+        let config = RepositoryConfig::new(
+            repository_id.clone(),
+            now,
+            BlobPlace::Data,
+            Some((&keys, kdf)),
+        );
         self.put_new(&self.layout.config_key(), config.to_json())
             .await?;
         Ok(RepositoryInfo {
@@ -203,13 +300,12 @@ impl SnapshotManager {
         })
     }
 
-    /// True if anything lies under `snapshots/` (a committed snapshot or an orphan blob).
-    async fn holds_snapshot_objects(&self) -> Result<bool> {
-        Ok(!self
-            .sink
-            .list_all(&self.layout.snapshots_dir())
-            .await?
-            .is_empty())
+    /// True if anything lies under `prefix` (reads the first listed object only).
+    async fn holds_objects_under(&self, prefix: &Key) -> Result<bool> {
+        match self.sink.list(prefix).next().await {
+            None => Ok(false),
+            Some(listed) => listed.map(|_| true),
+        }
     }
 
     async fn put_new(&self, key: &Key, bytes: Vec<u8>) -> Result<()> {
@@ -290,5 +386,27 @@ impl SnapshotManager {
             return Err(Error::invalid("key", "the last key cannot be removed"));
         }
         self.sink.delete(&self.layout.key_key(id)).await
+    }
+}
+
+/// A new repository's id: 32 random hex digits.
+fn new_repository_id() -> String {
+    let mut id = [0u8; 16];
+    random(&mut id);
+    hex::encode(id)
+}
+
+const UNENCRYPTED_SNAPSHOTS: &str = "the repository holds unencrypted snapshots; encryption is decided when a repository is made: init an empty one and `copy` the snapshots into it";
+
+/// Why `init` refuses a repository that has a config already.
+fn init_refusal(
+    config: &RepositoryConfig,
+    to_encrypt: bool,
+    holds_snapshots: bool,
+) -> &'static str {
+    match (config.encryption.is_some(), to_encrypt, holds_snapshots) {
+        (false, true, true) => UNENCRYPTED_SNAPSHOTS,
+        (false, true, false) => "the repository is initialized already, unencrypted (by `init` without a key or by its first snapshot), and holds no snapshots: delete its config.json and run init again",
+        _ => "the repository is initialized already",
     }
 }

@@ -11,7 +11,6 @@ use crate::error::{Error, Result};
 use crate::format::blob;
 use crate::format::sidecar::{NamespaceEntry, SnapshotMetadata, MAX_SIDECAR_BYTES};
 use crate::id::SnapshotId;
-use crate::paths::ObjectKind;
 use crate::sink::{ObjectInfo, SinkExt};
 use futures::StreamExt;
 use std::collections::{BTreeMap, BTreeSet};
@@ -89,10 +88,7 @@ impl SnapshotManager {
         let objects = self.sink.list_all(&self.layout.snapshots_dir()).await?;
         let listed: Vec<(SnapshotId, ObjectInfo)> = objects
             .into_iter()
-            .filter_map(|o| match self.layout.parse(&o.key) {
-                Some((id, ObjectKind::Sidecar)) => Some((id, o)),
-                _ => None,
-            })
+            .filter_map(|o| self.layout.parse_sidecar(&o.key).map(|id| (id, o)))
             .collect();
         let cached = self.cached_sidecars(&listed);
         let read: Vec<(SnapshotId, Result<SnapshotMetadata>)> =
@@ -213,7 +209,7 @@ impl SnapshotManager {
         let corrupt = |why: String| Error::corrupt(id, None, Some(dir.offset), why);
         let bytes = self
             .sink
-            .get_bytes(&self.layout.blob_key(&meta.id), Some(dir.range().range()))
+            .get_bytes(&self.blob_key(&meta.id).await?, Some(dir.range().range()))
             .await
             .map_err(|e| blob_read_error(e, id, "(directory)", dir.offset))?;
         if bytes.len() as u64 != dir.length || crc32fast::hash(&bytes) != dir.crc32 {

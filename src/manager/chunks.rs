@@ -153,7 +153,7 @@ impl SnapshotManager {
         ns: &str,
         c: &ChunkEntry,
     ) -> Result<Vec<u8>> {
-        let key = self.layout.blob_key(&holder.id);
+        let key = self.blob_key(&holder.id).await?;
         let id = holder.id.as_str();
         let bytes = self
             .sink

@@ -54,7 +54,7 @@ impl SnapshotManager {
         let blob = self.upload_blob(storage, &id, created_ms, &plan).await?;
         let meta = self.new_metadata(id, created_ms, plan, options, blob);
         if let Err(e) = meta.check_layout() {
-            self.discard_blob(&self.layout.blob_key(&meta.id)).await;
+            self.discard_blob(&self.blob_key(&meta.id).await?).await;
             return Err(Error::Internal(format!(
                 "the written layout is inconsistent: {e}"
             )));
@@ -76,7 +76,7 @@ impl SnapshotManager {
         created_ms: u64,
         plan: &WritePlan,
     ) -> Result<UploadedBlob> {
-        let blob_key = self.layout.blob_key(id);
+        let blob_key = self.blob_place_for_writing().await?.key(id);
         let shapes = namespace_shapes(storage, &plan.store).await?;
         let total = shapes.iter().map(|s| s.value_bytes).sum();
         self.progress.begin(&format!("write {id}"), Some(total));
@@ -227,7 +227,7 @@ impl SnapshotManager {
     /// is given up; and a put reported as done is read back too, so a damaged sidecar never
     /// stays committed.
     async fn commit_sidecar(&self, id: &SnapshotId, bytes: Bytes) -> Result<()> {
-        let (sidecar_key, blob_key) = (self.layout.sidecar_key(id), self.layout.blob_key(id));
+        let (sidecar_key, blob_key) = (self.layout.sidecar_key(id), self.blob_key(id).await?);
         let put = self
             .sink
             .put(&sidecar_key, bytes.clone(), PutMode::Create)

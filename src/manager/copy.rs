@@ -58,16 +58,17 @@ impl SnapshotManager {
             return Ok(present);
         }
         to.require_parent(&meta).await?;
-        let blob_key = self.layout.blob_key(&id);
+        let from_key = self.blob_key(&id).await?;
+        let to_key = to.blob_place_for_writing().await?.key(&id);
         self.progress
             .begin(&format!("copy {id}"), Some(meta.size_bytes));
         {
             let _end = EndProgress(self.progress.as_ref());
             // A failed upload is aborted: nothing of this copy is left to remove.
-            self.send_blob(&meta, &blob_key, to).await?;
+            self.send_blob(&meta, (&from_key, &to_key), to).await?;
         }
-        if let Err(e) = to.check_arrived(&meta, &blob_key).await {
-            to.discard_uncommitted_copy(&id, &blob_key).await;
+        if let Err(e) = to.check_arrived(&meta, &to_key).await {
+            to.discard_uncommitted_copy(&id, &to_key).await;
             return Err(e);
         }
         match to
@@ -160,21 +161,21 @@ impl SnapshotManager {
         }
     }
 
-    /// Streams the blob to `to`, checking size and hash on the way; a failure aborts the
-    /// upload.
+    /// Streams the blob at `from` to `to`'s key `at`, checking size and hash on the way; a
+    /// failure aborts the upload.
     async fn send_blob(
         &self,
         meta: &SnapshotMetadata,
-        key: &Key,
+        (from, at): (&Key, &Key),
         to: &SnapshotManager,
     ) -> Result<()> {
-        let mut source = match self.sink.get(key, None).await {
+        let mut source = match self.sink.get(from, None).await {
             Err(e) if e.is_not_found() => return Err(blob_missing(meta.id.as_str())),
             other => other?,
         };
         // Overwrite: a blob without a sidecar at the destination is an orphan of an earlier
         // failed copy; the sidecar, written last, is what commits.
-        let mut out = to.sink.put_streaming(key, PutMode::Overwrite).await?;
+        let mut out = to.sink.put_streaming(at, PutMode::Overwrite).await?;
         let mut sha = Sha256::new();
         let mut sent = 0u64;
         let streamed: Result<()> = async {

@@ -62,7 +62,7 @@ async fn repo_and_store(dir: &Path) -> (SnapshotManager, [SnapshotMetadata; 3], 
 /// Rewrites `snap`'s chunk index of [`NS`] (the last namespace of its blob) with `forge`,
 /// and its directory and sidecar to match.
 fn forge_index(dir: &Path, snap: &SnapshotMetadata, forge: impl FnOnce(&mut NamespaceIndex)) {
-    let blob_path = dir.join(format!("snapshots/{}.snap.gz", snap.id));
+    let blob_path = crate::testing::blob_path(dir, snap.id.as_str());
     let blob = std::fs::read(&blob_path).unwrap();
     let mut meta = snap.clone();
     let entry = meta.namespaces.iter_mut().find(|n| n.name == NS).unwrap();

@@ -6,6 +6,7 @@ use super::reports::{Catalog, GcReport, RetentionReport};
 use super::SnapshotManager;
 use crate::error::{Error, Result};
 use crate::id::SnapshotId;
+use crate::paths::BlobPlace;
 use crate::retention::{self, RetentionPolicy};
 use crate::sink::SinkExt;
 use std::collections::BTreeSet;
@@ -63,8 +64,9 @@ impl SnapshotManager {
     /// Removes one snapshot: the sidecar first (the snapshot stops existing atomically), then
     /// the blob (if that fails, the orphan is left for `gc`).
     pub(super) async fn remove(&self, id: &SnapshotId) -> Result<()> {
+        let blob = self.blob_key(id).await?;
         self.sink.delete(&self.layout.sidecar_key(id)).await?;
-        if let Err(e) = self.sink.delete(&self.layout.blob_key(id)).await {
+        if let Err(e) = self.sink.delete(&blob).await {
             tracing::warn!(snapshot = %id, error = %e, "sidecar deleted but blob not; `gc` will remove it");
         }
         tracing::info!(snapshot = %id, "snapshot deleted");
@@ -136,11 +138,15 @@ impl SnapshotManager {
     pub async fn collect_garbage(&self, grace: Duration, dry_run: bool) -> Result<GcReport> {
         // Like every command, it needs the key of an encrypted repository (it reads no
         // sealed data, but who cleans a repository up must be one of its key holders).
-        self.access().await?;
+        let place = self.blob_place().await?;
         let cutoff = self.clock.now_ms().saturating_sub(grace.as_millis() as u64);
-        let objects = self.sink.list_all(&self.layout.snapshots_dir()).await?;
+        let blobs = self.sink.list_all(&place.dir()).await?;
+        let sidecars = match place {
+            BlobPlace::BesideSidecars => blobs.clone(),
+            BlobPlace::Data => self.sink.list_all(&self.layout.snapshots_dir()).await?,
+        };
         let mut report = GcReport::default();
-        for (id, key) in plan::orphan_blobs(&self.layout, &objects, cutoff) {
+        for (id, key) in plan::orphan_blobs((&self.layout, place), &blobs, &sidecars, cutoff) {
             report.orphan_blobs.push(key.to_string());
             if dry_run {
                 continue;

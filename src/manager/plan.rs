@@ -6,7 +6,7 @@ use super::dedup::DedupBase;
 use crate::error::{Error, Result};
 use crate::format::sidecar::SnapshotType;
 use crate::id::SnapshotId;
-use crate::paths::{validate_namespace, Key, ObjectKind, RepoLayout};
+use crate::paths::{validate_namespace, BlobPlace, Key, RepoLayout};
 use crate::retention::RetentionPlan;
 use crate::sink::ObjectInfo;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -139,26 +139,25 @@ pub(crate) fn restore_targets(
     Ok(targets)
 }
 
-/// Blobs among `objects` (one listing of the snapshots folder) without a sidecar in the
-/// same listing and last modified before `cutoff_ms`: candidates for gc, which re-checks
-/// each right before deleting it.
+/// Blobs in `place` among `blobs` (a listing of the blob folder) without a sidecar among
+/// `sidecars` (a listing of the snapshots folder, made after the blobs' listing; the same one
+/// when blobs live beside the sidecars) and last modified before `cutoff_ms`: candidates for
+/// gc, which re-checks each right before deleting it.
 pub(crate) fn orphan_blobs(
-    layout: &RepoLayout,
-    objects: &[ObjectInfo],
+    (layout, place): (&RepoLayout, BlobPlace),
+    blobs: &[ObjectInfo],
+    sidecars: &[ObjectInfo],
     cutoff_ms: u64,
 ) -> Vec<(SnapshotId, Key)> {
-    let sidecars: BTreeSet<SnapshotId> = objects
+    let sidecars: BTreeSet<SnapshotId> = sidecars
         .iter()
-        .filter_map(|o| match layout.parse(&o.key) {
-            Some((id, ObjectKind::Sidecar)) => Some(id),
-            _ => None,
-        })
+        .filter_map(|o| layout.parse_sidecar(&o.key))
         .collect();
-    objects
+    blobs
         .iter()
         .filter(|o| o.last_modified_ms < cutoff_ms)
-        .filter_map(|o| match layout.parse(&o.key) {
-            Some((id, ObjectKind::Blob)) if !sidecars.contains(&id) => Some((id, o.key.clone())),
+        .filter_map(|o| match place.parse(&o.key) {
+            Some(id) if !sidecars.contains(&id) => Some((id, o.key.clone())),
             _ => None,
         })
         .collect()
@@ -263,15 +262,33 @@ mod tests {
             size: 1,
             last_modified_ms: t,
         };
+        let beside = BlobPlace::BesideSidecars;
         let objects = vec![
-            obj(layout.blob_key(&a), 10),
+            obj(beside.key(&a), 10),
             obj(layout.sidecar_key(&a), 10),
-            obj(layout.blob_key(&b), 10),
+            obj(beside.key(&b), 10),
         ];
+        let orphans = |place, blobs: &[ObjectInfo], sidecars: &[ObjectInfo], cutoff| {
+            orphan_blobs((&layout, place), blobs, sidecars, cutoff)
+        };
         assert_eq!(
-            orphan_blobs(&layout, &objects, 11),
-            [(b.clone(), layout.blob_key(&b))]
+            orphans(beside, &objects, &objects, 11),
+            [(b.clone(), beside.key(&b))]
         );
-        assert!(orphan_blobs(&layout, &objects, 10).is_empty(), "too young");
+        assert!(
+            orphans(beside, &objects, &objects, 10).is_empty(),
+            "too young"
+        );
+        let data = BlobPlace::Data;
+        let blobs = vec![obj(data.key(&a), 10), obj(data.key(&b), 10)];
+        let sidecars = vec![obj(layout.sidecar_key(&a), 10)];
+        assert_eq!(
+            orphans(data, &blobs, &sidecars, 11),
+            [(b.clone(), data.key(&b))]
+        );
+        assert!(
+            orphans(data, &objects, &sidecars, 11).is_empty(),
+            "blobs beside the sidecars are not this repository's blobs"
+        );
     }
 }

@@ -34,7 +34,7 @@ impl SnapshotManager {
             labels: meta.labels.clone(),
         };
         let identity = (meta.id.clone(), meta.created_at_ms);
-        to.discard_uncommitted_copy(&meta.id, &to.layout.blob_key(&meta.id))
+        to.discard_uncommitted_copy(&meta.id, &to.blob_key(&meta.id).await?)
             .await;
         let made = match (meta.snapshot_type, &meta.parent_id) {
             (SnapshotType::Incremental, Some(parent)) => {

@@ -10,7 +10,7 @@ use crate::config::{RestoreMode, RestoreOptions};
 use crate::error::{Error, Result};
 use crate::format::sidecar::{NamespaceEntry, SnapshotMetadata};
 use crate::id::SnapshotId;
-use crate::paths::RepoLayout;
+use crate::paths::BlobPlace;
 use crate::storage::{Vector, VectorStorage};
 use std::sync::Arc;
 
@@ -191,7 +191,8 @@ impl SnapshotManager {
     ) -> Result<Vec<ChunkBytes>> {
         let in_own = |c: &Located| own.is_some() && c.snapshot == table.holder;
         let to_fetch = table.chunks.iter().filter(|c| !in_own(c));
-        let (runs, firsts, run_of) = group_runs(&self.layout, to_fetch);
+        let place = self.blob_place().await?;
+        let (runs, firsts, run_of) = group_runs(place, to_fetch);
         let on_error = |i: usize, e: Error| {
             let first = firsts[i];
             let id = first.snapshot.as_str();
@@ -261,7 +262,7 @@ impl SnapshotManager {
 /// Groups consecutive chunks of one blob into runs (one ranged read each): the runs, the
 /// first chunk of each (errors name it), and for each chunk the index of its run.
 fn group_runs<'a>(
-    layout: &RepoLayout,
+    place: BlobPlace,
     chunks: impl Iterator<Item = &'a Located>,
 ) -> (Vec<Run>, Vec<&'a Located>, Vec<usize>) {
     let (mut runs, mut firsts, mut run_of): (Vec<Run>, Vec<&Located>, Vec<usize>) =
@@ -273,7 +274,7 @@ fn group_runs<'a>(
         match extends {
             Some(r) => r.range.end += c.chunk.length,
             None => {
-                let key = layout.blob_key(&c.snapshot);
+                let key = place.key(&c.snapshot);
                 runs.push(Run {
                     key,
                     range: c.chunk.offset..c.chunk.offset + c.chunk.length,

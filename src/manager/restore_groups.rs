@@ -141,7 +141,7 @@ impl SnapshotManager {
     /// Reads a group's sections with one ranged read (in place, for a local file).
     async fn read_group(&self, holder: &SnapshotMetadata, group: &Group) -> Result<Arc<Spool>> {
         let run = Run {
-            key: self.layout.blob_key(&holder.id),
+            key: self.blob_key(&holder.id).await?,
             range: group.range.clone(),
         };
         let first = &group.members[0].entry.name;

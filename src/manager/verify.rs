@@ -57,7 +57,7 @@ impl SnapshotManager {
     /// The blob exists and has the size the sidecar records.
     async fn check_blob_size(&self, meta: &SnapshotMetadata) -> Result<()> {
         let id = meta.id.as_str();
-        let info = match self.sink.head(&self.layout.blob_key(&meta.id)).await {
+        let info = match self.sink.head(&self.blob_key(&meta.id).await?).await {
             Err(e) if e.is_not_found() => return Err(blob_missing(id)),
             other => other?,
         };
@@ -83,7 +83,7 @@ impl SnapshotManager {
         let _end = EndProgress(self.progress.as_ref());
         let spool = pipeline::download(
             self.sink.as_ref(),
-            &self.layout.blob_key(&meta.id),
+            &self.blob_key(&meta.id).await?,
             None,
             meta.size_bytes,
             Some(&mut sha),

@@ -35,6 +35,22 @@ pub mod codec {
 
 pub use crate::id::SeededRandom;
 
+/// The file of snapshot `id`'s blob in the local repository at `repo` (whether or not it
+/// exists): under `data/` where the repository's config is version 2 (every repository
+/// made since that layout), else beside the sidecar under `snapshots/`.
+pub fn blob_path(repo: &std::path::Path, id: &str) -> std::path::PathBuf {
+    let config: serde_json::Value = std::fs::read(repo.join("config.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    let folder = if config["version"] == 2 {
+        "data"
+    } else {
+        "snapshots"
+    };
+    repo.join(folder).join(format!("{id}.snap.gz"))
+}
+
 use crate::{InMemoryStorage, Vector, VectorStorage};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -111,10 +127,9 @@ pub fn forge_directory(
 ) {
     use crate::format::{blob, directory};
     use sha2::{Digest, Sha256};
-    let snapshots = repo.join("snapshots");
     let (blob_path, sidecar_path) = (
-        snapshots.join(format!("{id}.snap.gz")),
-        snapshots.join(format!("{id}.meta.json")),
+        blob_path(repo, id),
+        repo.join("snapshots").join(format!("{id}.meta.json")),
     );
     let id = crate::SnapshotId::parse(id).unwrap();
     let mut meta =

@@ -7,6 +7,7 @@ pub use dakera_snapshot::testing::{
 };
 
 pub mod containers;
+pub mod fixtures;
 pub mod hiding;
 pub mod servers;
 

@@ -45,6 +45,13 @@ fn blob_name(id: &impl std::fmt::Display) -> String {
     format!("{id}.snap.gz")
 }
 
+/// Asserts that `data/` holds exactly the blobs of `ids`.
+#[track_caller]
+fn assert_data_holds(dir: &Path, ids: &[&str]) {
+    let want: BTreeSet<String> = ids.iter().map(blob_name).collect();
+    assert_eq!(files(dir, "data"), want);
+}
+
 fn only_sidecars(names: &BTreeSet<String>) -> bool {
     names
         .iter()
@@ -72,10 +79,7 @@ async fn a_new_repository_keeps_blobs_under_data_and_only_sidecars_under_snapsho
         .await
         .unwrap();
     assert_eq!(config_version(dir.path()), Some(2));
-    assert_eq!(
-        files(dir.path(), "data"),
-        BTreeSet::from([blob_name(&full.id), blob_name(&inc.id)])
-    );
+    assert_data_holds(dir.path(), &[full.id.as_str(), inc.id.as_str()]);
     let sidecars = files(dir.path(), "snapshots");
     assert!(only_sidecars(&sidecars), "{sidecars:?}");
     assert_eq!(m.list_snapshots().await.unwrap().len(), 2);
@@ -87,10 +91,7 @@ async fn a_new_repository_keeps_blobs_under_data_and_only_sidecars_under_snapsho
     let gc = m.collect_garbage(Duration::ZERO, false).await.unwrap();
     assert!(gc.orphan_blobs.is_empty(), "{gc:?}");
     m.delete_snapshot(inc.id.as_str(), false).await.unwrap();
-    assert_eq!(
-        files(dir.path(), "data"),
-        BTreeSet::from([blob_name(&full.id)])
-    );
+    assert_data_holds(dir.path(), &[full.id.as_str()]);
 }
 
 #[tokio::test]
@@ -114,10 +115,7 @@ async fn gc_finds_an_orphan_under_data_and_leaves_committed_blobs() {
     .unwrap();
     let gc = m.collect_garbage(Duration::ZERO, false).await.unwrap();
     assert_eq!(gc.removed, [format!("data/{}", blob_name(&doomed.id))]);
-    assert_eq!(
-        files(dir.path(), "data"),
-        BTreeSet::from([blob_name(&kept.id)])
-    );
+    assert_data_holds(dir.path(), &[kept.id.as_str()]);
     m.verify_snapshot(kept.id.as_str()).await.unwrap();
 }
 
@@ -172,10 +170,7 @@ async fn two_first_snapshots_at_once_agree_on_one_layout() {
     );
     let (x, y) = (x.unwrap(), y.unwrap());
     assert_eq!(config_version(dir.path()), Some(2));
-    assert_eq!(
-        files(dir.path(), "data"),
-        BTreeSet::from([blob_name(&x.id), blob_name(&y.id)])
-    );
+    assert_data_holds(dir.path(), &[x.id.as_str(), y.id.as_str()]);
     for m in [&a, &b] {
         m.verify_snapshot(x.id.as_str()).await.unwrap();
         m.verify_snapshot(y.id.as_str()).await.unwrap();
@@ -227,10 +222,7 @@ async fn first_snapshot_with_failing_config_put(fault: Fault) {
         .await
         .unwrap();
     assert_eq!(config_version(dir.path()), Some(2));
-    assert_eq!(
-        files(dir.path(), "data"),
-        BTreeSet::from([blob_name(&snap.id)])
-    );
+    assert_data_holds(dir.path(), &[snap.id.as_str()]);
     again.verify_snapshot(snap.id.as_str()).await.unwrap();
 }
 
@@ -251,10 +243,7 @@ async fn copy_puts_blobs_where_the_destination_keeps_them() {
     let new_dir = tempfile::tempdir().unwrap();
     let new_m = manager(new_dir.path());
     old_m.copy_snapshot(V30_FULL, &new_m).await.unwrap();
-    assert_eq!(
-        files(new_dir.path(), "data"),
-        BTreeSet::from([blob_name(&V30_FULL)])
-    );
+    assert_data_holds(new_dir.path(), &[V30_FULL]);
     new_m.verify_snapshot(V30_FULL).await.unwrap();
 
     let store = store_with(&[("alpha", 12, 4)]).await;

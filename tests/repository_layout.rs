@@ -324,3 +324,17 @@ async fn a_manager_that_opened_an_empty_repository_finds_blobs_written_under_dat
     let gc = early.collect_garbage(Duration::ZERO, false).await.unwrap();
     assert_eq!(gc.removed, [format!("data/{}", blob_name(&snap.id))]);
 }
+
+#[tokio::test]
+async fn gc_on_an_empty_repository_leaves_its_first_snapshot_the_new_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = manager(dir.path());
+    m.collect_garbage(Duration::ZERO, false).await.unwrap();
+    let store = store_with(&[("alpha", 5, 4)]).await;
+    let snap = m
+        .create_snapshot(&store, CreateOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(config_version(dir.path()), Some(2));
+    assert_data_holds(dir.path(), &[snap.id.as_str()]);
+}

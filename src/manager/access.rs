@@ -119,8 +119,10 @@ impl SnapshotManager {
 
     /// Where the blobs are, for reading. A repository that had no config when this manager
     /// opened it may have got one since (another writer's first snapshot): the config is
-    /// read again, once; still none means the blobs lie beside the sidecars, for good (a
-    /// writer only writes a config into a repository with nothing under `snapshots/`).
+    /// read again. Still none, with something under `snapshots/`, means the blobs lie
+    /// beside the sidecars for good (a writer only writes a config into a repository with
+    /// nothing there); an empty repository stays undecided, so this manager's first
+    /// snapshot still gives it the new layout.
     pub(crate) async fn blob_place(&self) -> Result<BlobPlace> {
         let access = self.access().await?;
         if let Some(place) = access.blobs.get() {
@@ -133,7 +135,10 @@ impl SnapshotManager {
                 })
             }
             Some(config) => config.blobs(),
-            None => BlobPlace::BesideSidecars,
+            None if self.holds_objects_under(&self.layout.snapshots_dir()).await? => {
+                BlobPlace::BesideSidecars
+            }
+            None => return Ok(BlobPlace::BesideSidecars),
         };
         Ok(*access.blobs.get_or_init(|| place))
     }

@@ -11,7 +11,7 @@ use common::{dump, make_vectors, restore_all, store_with};
 use dakera_snapshot::sink::fault::{Call, Fault, FaultySink};
 use dakera_snapshot::{
     sink_from_url, CreateOptions, Error, InMemoryStorage, KdfParams, LocalFsSink, SnapshotConfig,
-    SnapshotManager, SnapshotSink, VectorStorage,
+    SnapshotManager, SnapshotMetadata, SnapshotSink, VectorStorage,
 };
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -58,6 +58,13 @@ fn only_sidecars(names: &BTreeSet<String>) -> bool {
         .all(|n| n.ends_with(".meta.json") || n.starts_with('.'))
 }
 
+/// A full snapshot of `store` by `m`, which must succeed.
+async fn full(m: &SnapshotManager, store: &InMemoryStorage) -> SnapshotMetadata {
+    m.create_snapshot(store, CreateOptions::default())
+        .await
+        .unwrap()
+}
+
 async fn changed(store: &InMemoryStorage) {
     let mut v = make_vectors("alpha", 1, 4).remove(0);
     v.values[0] += 1.0;
@@ -69,10 +76,7 @@ async fn a_new_repository_keeps_blobs_under_data_and_only_sidecars_under_snapsho
     let dir = tempfile::tempdir().unwrap();
     let m = manager(dir.path());
     let store = store_with(&[("alpha", 40, 4), ("beta", 5, 4)]).await;
-    let full = m
-        .create_snapshot(&store, CreateOptions::default())
-        .await
-        .unwrap();
+    let full = full(&m, &store).await;
     changed(&store).await;
     let inc = m
         .create_incremental_snapshot(&store, full.id.as_str(), None, CreateOptions::default())
@@ -99,14 +103,8 @@ async fn gc_finds_an_orphan_under_data_and_leaves_committed_blobs() {
     let dir = tempfile::tempdir().unwrap();
     let m = manager(dir.path());
     let store = store_with(&[("alpha", 10, 4)]).await;
-    let kept = m
-        .create_snapshot(&store, CreateOptions::default())
-        .await
-        .unwrap();
-    let doomed = m
-        .create_snapshot(&store, CreateOptions::default())
-        .await
-        .unwrap();
+    let kept = full(&m, &store).await;
+    let doomed = full(&m, &store).await;
     // A writer that died between upload and commit leaves a blob without a sidecar.
     std::fs::remove_file(
         dir.path()
@@ -125,10 +123,7 @@ async fn a_repository_written_before_keeps_its_blobs_beside_the_sidecars() {
     let before = files(&dir, "snapshots");
     let m = manager(&dir);
     let store = store_with(&[("alpha", 20, 4)]).await;
-    let new = m
-        .create_snapshot(&store, CreateOptions::default())
-        .await
-        .unwrap();
+    let new = full(&m, &store).await;
     assert_eq!(config_version(&dir), None, "no config is written into it");
     assert!(files(&dir, "data").is_empty());
     let after = files(&dir, "snapshots");
@@ -149,10 +144,7 @@ async fn init_on_a_repository_written_before_declares_its_old_layout() {
     assert_eq!(config_version(&dir), Some(1));
     let m = manager(&dir);
     let store = store_with(&[("alpha", 20, 4)]).await;
-    let new = m
-        .create_snapshot(&store, CreateOptions::default())
-        .await
-        .unwrap();
+    let new = full(&m, &store).await;
     assert!(files(&dir, "snapshots").contains(&blob_name(&new.id)));
     assert!(files(&dir, "data").is_empty());
     assert_eq!(m.list_snapshots().await.unwrap().len(), 4);
@@ -217,10 +209,7 @@ async fn first_snapshot_with_failing_config_put(fault: Fault) {
     assert!(m.list_snapshots().await.unwrap().is_empty());
     // The next run (a fresh process) makes or finds the config and writes under data/.
     let again = SnapshotManager::new(sink as Arc<dyn SnapshotSink>, config).unwrap();
-    let snap = again
-        .create_snapshot(&store, CreateOptions::default())
-        .await
-        .unwrap();
+    let snap = full(&again, &store).await;
     assert_eq!(config_version(dir.path()), Some(2));
     assert_data_holds(dir.path(), &[snap.id.as_str()]);
     again.verify_snapshot(snap.id.as_str()).await.unwrap();
@@ -247,10 +236,7 @@ async fn copy_puts_blobs_where_the_destination_keeps_them() {
     new_m.verify_snapshot(V30_FULL).await.unwrap();
 
     let store = store_with(&[("alpha", 12, 4)]).await;
-    let fresh = new_m
-        .create_snapshot(&store, CreateOptions::default())
-        .await
-        .unwrap();
+    let fresh = full(&new_m, &store).await;
     new_m
         .copy_snapshot(fresh.id.as_str(), &old_m)
         .await
@@ -272,10 +258,7 @@ async fn on_s3_a_new_repository_lists_only_sidecars_under_snapshots() {
     let sink = sink_from_url(&url, &server.options).unwrap();
     let m = SnapshotManager::new(sink.clone(), SnapshotConfig::default()).unwrap();
     let store = store_with(&[("alpha", 20, 4)]).await;
-    let snap = m
-        .create_snapshot(&store, CreateOptions::default())
-        .await
-        .unwrap();
+    let snap = full(&m, &store).await;
     let keys = |prefix: &'static str| {
         let sink = sink.clone();
         async move {
@@ -311,10 +294,7 @@ async fn a_manager_that_opened_an_empty_repository_finds_blobs_written_under_dat
     let early = manager(dir.path());
     assert!(early.list_snapshots().await.unwrap().is_empty());
     let store = store_with(&[("alpha", 15, 4)]).await;
-    let snap = manager(dir.path())
-        .create_snapshot(&store, CreateOptions::default())
-        .await
-        .unwrap();
+    let snap = full(&manager(dir.path()), &store).await;
     early.verify_snapshot(snap.id.as_str()).await.unwrap();
     assert_eq!(
         dump(&restore_all(&early, snap.id.as_str()).await).await,
@@ -331,10 +311,7 @@ async fn gc_on_an_empty_repository_leaves_its_first_snapshot_the_new_layout() {
     let m = manager(dir.path());
     m.collect_garbage(Duration::ZERO, false).await.unwrap();
     let store = store_with(&[("alpha", 5, 4)]).await;
-    let snap = m
-        .create_snapshot(&store, CreateOptions::default())
-        .await
-        .unwrap();
+    let snap = full(&m, &store).await;
     assert_eq!(config_version(dir.path()), Some(2));
     assert_data_holds(dir.path(), &[snap.id.as_str()]);
 }

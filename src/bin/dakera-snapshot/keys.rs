@@ -120,7 +120,7 @@ pub async fn destination(
 }
 
 fn ask(prompt: &str) -> CliResult<KeySource> {
-    let line = rpassword::prompt_password(prompt)
+    let line = crate::prompt::ask_hidden(prompt)
         .map_err(|e| Failure::Failed(Error::io("reading the password from the terminal", e)))?;
     Ok(KeySource::password(line)?)
 }

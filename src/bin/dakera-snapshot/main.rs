@@ -4,6 +4,7 @@
 
 mod keys;
 mod progress;
+mod prompt;
 mod render;
 
 use clap::{ArgGroup, Parser, Subcommand};

@@ -427,7 +427,7 @@ pub struct ChunkShape {
 /// None` only the per-vector hashes are produced (a digest pass). Whether mantissa planes
 /// are deflated is decided once per `mantissas` (see [`MantissaChoice`]).
 pub fn encode_batch(
-    vectors: Vec<Vector>,
+    vectors: &[Vector],
     cuts: &[usize],
     shape: ChunkShape,
     level: Option<u32>,
@@ -1588,7 +1588,7 @@ mod tests {
             include_metadata: true,
             filter: Filter::Shuffle,
         };
-        let batch = encode_batch(vs.to_vec(), &cuts, shape, Some(1), &dedup, choice).unwrap();
+        let batch = encode_batch(vs, &cuts, shape, Some(1), &dedup, choice).unwrap();
         let decoded = decode_chunk(&batch.bytes[..], dim, Filter::Shuffle).unwrap();
         assert_eq!(decoded.vectors, vs);
         batch.bytes.len()

@@ -50,7 +50,9 @@ pub(crate) struct ChunkEncoder<'a> {
     pending_bytes: usize,
     /// Scanned vectors not yet in a batch.
     carry: VecDeque<Vector>,
-    jobs: Ordered<EncodedBatch>,
+    /// Each job hands its batch's vectors back to be freed on the runtime thread (see
+    /// [`Ordered::next_freeing_here`]).
+    jobs: Ordered<(Result<EncodedBatch>, Vec<Vector>)>,
 }
 
 impl<'a> ChunkEncoder<'a> {
@@ -105,7 +107,8 @@ impl<'a> ChunkEncoder<'a> {
         let (ns, s, known) = (self.ns.clone(), self.s.clone(), self.known.clone());
         self.jobs.push(move || {
             let mantissas = &mut MantissaChoice::default();
-            encode_cut(&ns, vectors, &cuts, s.dimension, &known, &s, mantissas)
+            let batch = encode_cut(&ns, &vectors, &cuts, s.dimension, &known, &s, mantissas);
+            Ok((batch, vectors))
         });
     }
 
@@ -137,13 +140,13 @@ impl<'a> ChunkEncoder<'a> {
             let ready = full || (self.scanned_all && !self.pending.is_empty());
             if ready {
                 if self.jobs.is_full() {
-                    return self.jobs.next().await.transpose();
+                    return self.jobs.next_freeing_here().await.transpose();
                 }
                 self.submit();
                 continue;
             }
             if self.scanned_all {
-                return self.jobs.next().await.transpose();
+                return self.jobs.next_freeing_here().await.transpose();
             }
             self.scan_page().await?;
         }
@@ -189,7 +192,7 @@ pub(crate) fn check_page_order(ns: &str, after: Option<&str>, page: &[Vector]) -
 /// `mantissas` carries the choice of how mantissa planes are coded from one call to the next.
 pub(crate) fn encode_cut(
     ns: &str,
-    vectors: Vec<Vector>,
+    vectors: &[Vector],
     cuts: &[usize],
     dimension: u32,
     known: &KnownChunks,

@@ -76,8 +76,12 @@ pub(crate) struct GroupEncoder {
     settings: EncodeSettings,
     pending: Vec<SmallNamespace>,
     pending_bytes: usize,
-    jobs: Ordered<Vec<EncodedNamespace>>,
+    jobs: Ordered<(Result<Vec<EncodedNamespace>>, Spent)>,
 }
+
+/// A group's scanned vectors after encoding, handed back to be freed on the runtime thread
+/// (see [`Ordered::next_freeing_here`]).
+type Spent = Vec<Vec<Vector>>;
 
 impl GroupEncoder {
     /// `settings` apply to every namespace (their dimension and identity are each
@@ -113,16 +117,18 @@ impl GroupEncoder {
         let s = self.settings.clone();
         self.jobs.push(move || {
             let mantissas = &mut MantissaChoice::default();
-            group
+            let mut spent = Vec::with_capacity(group.len());
+            let encoded = group
                 .into_iter()
-                .map(|ns| encode(ns, &s, mantissas))
-                .collect()
+                .map(|ns| encode(ns, &s, mantissas, &mut spent))
+                .collect();
+            Ok((encoded, spent))
         });
     }
 
     /// The oldest group in flight, encoded; `None` when none is.
     pub async fn next(&mut self) -> Option<Result<Vec<EncodedNamespace>>> {
-        self.jobs.next().await
+        self.jobs.next_freeing_here().await
     }
 }
 
@@ -133,6 +139,7 @@ fn encode(
     ns: SmallNamespace,
     s: &EncodeSettings,
     mantissas: &mut MantissaChoice,
+    spent: &mut Spent,
 ) -> Result<EncodedNamespace> {
     let mut chunker = Chunker::new(ns.dimension, s.dedup_chunk_size);
     let mut cuts: Vec<usize> = Vec::new();
@@ -151,13 +158,15 @@ fn encode(
     };
     let batch = encode_cut(
         &ns.name,
-        ns.vectors,
+        &ns.vectors,
         &cuts,
         ns.dimension,
         &ns.known,
         &settings,
         mantissas,
-    )?;
+    );
+    spent.push(ns.vectors);
+    let batch = batch?;
     Ok(EncodedNamespace {
         name: ns.name,
         dimension: ns.dimension,

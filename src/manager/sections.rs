@@ -5,7 +5,7 @@
 use super::create::namespace_dimension;
 use super::dedup::IndexBuilder;
 use super::pipeline::{
-    outside_the_runtime, scan_whole, BlobWriter, ChunkEncoder, EncodeSettings, EncodedNamespace,
+    outside_the_runtime, scan_whole, BlobWriter, ChunkEncoder, EncodeSettings, EncodedGroup,
     GroupEncoder, KnownChunks, Scanned, SmallNamespace,
 };
 use super::plan::{ParentView, WritePlan};
@@ -244,7 +244,7 @@ impl SnapshotManager {
     async fn write_group(
         &self,
         w: &mut BlobWriter,
-        group: Vec<EncodedNamespace>,
+        group: EncodedGroup,
         plan: &WritePlan,
         sections: &mut Sections,
     ) -> Result<()> {
@@ -362,29 +362,31 @@ fn small_namespace(
 /// Blocking CPU work.
 fn lay_out_group(
     start: u64,
-    group: Vec<EncodedNamespace>,
+    group: EncodedGroup,
     plan: &WritePlan,
     (filter, level): (blob::Filter, u32),
     sealing: Option<&Sealing>,
 ) -> Result<LaidOut> {
+    let EncodedGroup { batch, namespaces } = group;
     let mut out = LaidOut {
-        bytes: Vec::new(),
+        bytes: Vec::with_capacity(batch.bytes.len() + namespaces.len() * STORED_INDEX_MAX / 4),
         raw: 0,
-        written: Vec::with_capacity(group.len()),
+        written: Vec::with_capacity(namespaces.len()),
         value_bytes: 0,
     };
-    for e in group {
+    for e in namespaces {
+        let part = e.part(&batch);
         let base = plan.bases.get(&e.name);
         let identity = base.map_or(Identity::Vectors, |b| b.identity);
         let dim = e.dimension;
-        out.value_bytes += 4 * u64::from(dim) * e.batch.vector_hashes.len() as u64;
+        out.value_bytes += 4 * u64::from(dim) * part.vector_hashes.len() as u64;
         let mut digest = blob::ContentDigest::new(dim);
-        digest.add(&e.batch.vector_hashes);
+        digest.add(part.vector_hashes);
         let digest = digest.finish();
         let mut index = IndexBuilder::new(&e.name, dim, filter, identity, base);
         let section = start + out.bytes.len() as u64;
-        index.add_batch(section, &e.batch.chunks)?;
-        out.bytes.extend_from_slice(&e.batch.bytes);
+        index.add_batch(section, part.chunks)?;
+        out.bytes.extend_from_slice(part.bytes);
         let (logical, stored_raw) = (index.logical_bytes, index.stored_raw);
         if stored_raw == 0 && same_as_parent(plan.compare.get(&e.name), dim, &digest) {
             out.written.push((e.name, Written::Unchanged));

@@ -236,3 +236,47 @@ fn encode(
     into.push(ns.name, ns.dimension, ns.token, batch?);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(bytes: &[u8], chunks: u32, hashes: u8) -> EncodedBatch {
+        let chunk = |i| BatchChunk {
+            stored: Some((i, i)),
+            raw_length: i,
+            vectors: i,
+            sha256: [i as u8; 32],
+        };
+        EncodedBatch {
+            bytes: bytes.to_vec(),
+            chunks: (0..chunks).map(chunk).collect(),
+            vector_hashes: (0..hashes).map(|h| [h; 32]).collect(),
+        }
+    }
+
+    #[test]
+    fn each_namespace_gets_back_exactly_its_part_of_the_group() {
+        let parts = [
+            batch(b"first", 2, 3),
+            batch(b"", 0, 0),
+            batch(b"third!", 1, 2),
+        ];
+        let mut group = EncodedGroup::with_capacity(parts.len(), 0);
+        for (i, own) in parts.iter().enumerate() {
+            let copy = batch(
+                &own.bytes,
+                own.chunks.len() as u32,
+                own.vector_hashes.len() as u8,
+            );
+            group.push(format!("ns-{i}"), 4, None, copy);
+        }
+        for (ns, want) in group.namespaces.iter().zip(&parts) {
+            let got = ns.part(&group.batch);
+            assert_eq!(got.bytes, &want.bytes[..], "{}", ns.name);
+            assert_eq!(got.vector_hashes, &want.vector_hashes[..], "{}", ns.name);
+            let raw = |c: &[BatchChunk]| c.iter().map(|c| c.raw_length).collect::<Vec<_>>();
+            assert_eq!(raw(got.chunks), raw(&want.chunks), "{}", ns.name);
+        }
+    }
+}

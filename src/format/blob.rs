@@ -420,37 +420,44 @@ pub struct ChunkShape {
     pub filter: Filter,
 }
 
+impl EncodedBatch {
+    /// An empty batch with room for `vectors` vectors of `dimension` values and a little
+    /// metadata, compressed at `level`: about what a batch of embeddings compresses to, so the
+    /// buffer rarely grows (each growth copies it). A digest pass (`None`) stores no bytes.
+    pub fn with_room(vectors: usize, dimension: u32, level: Option<u32>) -> Self {
+        let room = match level {
+            Some(_) => vectors * (4 * dimension as usize + 64),
+            None => 0,
+        };
+        EncodedBatch {
+            vector_hashes: Vec::with_capacity(vectors),
+            bytes: Vec::with_capacity(room),
+            ..Default::default()
+        }
+    }
+}
+
 /// Encodes vectors (ascending ids, all of `shape.dimension` values) as the chunks that end
-/// at `cuts` (exclusive end indices, ascending, the last one `vectors.len()`), format 2:
-/// each chunk one gzip member of whole frames, identified as `dedup.identity` says. Chunks
-/// whose identity `dedup.known` accepts are identified but not compressed. With `level =
-/// None` only the per-vector hashes are produced (a digest pass). Whether mantissa planes
-/// are deflated is decided once per `mantissas` (see [`MantissaChoice`]).
+/// at `cuts` (exclusive end indices, ascending, the last one `vectors.len()`), format 2,
+/// appending them to `batch`: each chunk one gzip member of whole frames, identified as
+/// `dedup.identity` says. Chunks whose identity `dedup.known` accepts are identified but not
+/// compressed. With `level = None` only the per-vector hashes are produced (a digest pass).
+/// Whether mantissa planes are deflated is decided once per `mantissas` (see
+/// [`MantissaChoice`]).
 pub fn encode_batch(
+    batch: &mut EncodedBatch,
     vectors: &[Vector],
     cuts: &[usize],
     shape: ChunkShape,
     level: Option<u32>,
     dedup: &Dedup<'_>,
     mantissas: &mut MantissaChoice,
-) -> Result<EncodedBatch, EncodeError> {
+) -> Result<(), EncodeError> {
     let ChunkShape {
         dimension,
         include_metadata,
         filter,
     } = shape;
-    // Room for the vectors' values, ids and a little metadata: about what a batch of
-    // embeddings compresses to, so the buffer rarely grows (each growth copies it).
-    let room = if level.is_some() {
-        vectors.len() * (4 * dimension as usize + 64)
-    } else {
-        0
-    };
-    let mut batch = EncodedBatch {
-        vector_hashes: Vec::with_capacity(vectors.len()),
-        bytes: Vec::with_capacity(room),
-        ..Default::default()
-    };
     let mut start = 0;
     for &end in cuts {
         let built = build_chunk(
@@ -470,10 +477,7 @@ pub fn encode_batch(
         let chunk = built.append_to(&mut batch.bytes, levels, identity, stored, dedup.seal);
         batch.chunks.push(chunk);
     }
-    // Grown by doubling, the buffer can be twice its content; on object storage a batch's
-    // bytes stay alive until the multipart part holding them is uploaded.
-    batch.bytes.shrink_to_fit();
-    Ok(batch)
+    Ok(())
 }
 
 /// A chunk framed but not yet compressed.
@@ -1588,7 +1592,8 @@ mod tests {
             include_metadata: true,
             filter: Filter::Shuffle,
         };
-        let batch = encode_batch(vs, &cuts, shape, Some(1), &dedup, choice).unwrap();
+        let mut batch = EncodedBatch::default();
+        encode_batch(&mut batch, vs, &cuts, shape, Some(1), &dedup, choice).unwrap();
         let decoded = decode_chunk(&batch.bytes[..], dim, Filter::Shuffle).unwrap();
         assert_eq!(decoded.vectors, vs);
         batch.bytes.len()

@@ -107,8 +107,12 @@ impl<'a> ChunkEncoder<'a> {
         let (ns, s, known) = (self.ns.clone(), self.s.clone(), self.known.clone());
         self.jobs.push(move || {
             let mantissas = &mut MantissaChoice::default();
-            let batch = encode_cut(&ns, &vectors, &cuts, s.dimension, &known, &s, mantissas);
-            Ok((batch, vectors))
+            let mut batch = EncodedBatch::with_room(vectors.len(), s.dimension, s.level);
+            let encoded = encode_cut(&mut batch, &ns, &vectors, &cuts, &known, &s, mantissas);
+            // Grown by doubling, the buffer can be twice its content; on object storage a
+            // batch's bytes stay alive until the multipart part holding them is uploaded.
+            batch.bytes.shrink_to_fit();
+            Ok((encoded.map(|()| batch), vectors))
         });
     }
 
@@ -187,18 +191,19 @@ pub(crate) fn check_page_order(ns: &str, after: Option<&str>, page: &[Vector]) -
     Ok(())
 }
 
-/// Encodes `vectors` of namespace `ns` as the chunks ending at `cuts`, referencing (not
-/// compressing) those whose identity `known` holds: the job both encoders run on the pool.
-/// `mantissas` carries the choice of how mantissa planes are coded from one call to the next.
+/// Encodes `vectors` of namespace `ns` (of `s.dimension`) as the chunks ending at `cuts`,
+/// appended to `into`, referencing (not compressing) those whose identity `known` holds: the
+/// job both encoders run on the pool. `mantissas` carries the choice of how mantissa planes
+/// are coded from one call to the next.
 pub(crate) fn encode_cut(
+    into: &mut EncodedBatch,
     ns: &str,
     vectors: &[Vector],
     cuts: &[usize],
-    dimension: u32,
     known: &KnownChunks,
     s: &EncodeSettings,
     mantissas: &mut MantissaChoice,
-) -> Result<EncodedBatch> {
+) -> Result<()> {
     let known = |h: &[u8; 32]| known.contains(h);
     let dedup = Dedup {
         identity: s.identity,
@@ -209,10 +214,10 @@ pub(crate) fn encode_cut(
         }),
     };
     let shape = ChunkShape {
-        dimension,
+        dimension: s.dimension,
         include_metadata: s.include_metadata,
         filter: s.filter,
     };
-    blob::encode_batch(vectors, cuts, shape, s.level, &dedup, mantissas)
+    blob::encode_batch(into, vectors, cuts, shape, s.level, &dedup, mantissas)
         .map_err(|e| encode_error(ns, e))
 }

@@ -64,8 +64,9 @@ pub(crate) struct NamespacePart<'g> {
 /// A group of small namespaces encoded: one batch for all of them, in order, and where each
 /// namespace's part of it is.
 ///
-/// One batch, not one per namespace, because the pool thread allocates it and the runtime
-/// thread frees it: with a batch per namespace, three blocks each crossed threads, and each
+/// Every namespace is encoded straight into the group's batch. One batch, not one per
+/// namespace, because the pool thread allocates it and the runtime thread frees it: with a
+/// batch per namespace, three blocks each crossed threads, and each
 /// free of a pool thread's block on the runtime took that arena's lock against the pool's
 /// own allocations (glibc). A trace of a 10,000-namespace create (`perf record -e
 /// sched:sched_switch`) found 209 of the runtime thread's 335 waits there.
@@ -85,20 +86,28 @@ impl EncodedGroup {
         }
     }
 
-    /// Appends a namespace's batch (its own, freed here on the thread that made it).
-    fn push(&mut self, name: String, dimension: u32, token: Option<String>, own: EncodedBatch) {
-        let b = &mut self.batch;
-        let at = (b.bytes.len(), b.chunks.len(), b.vector_hashes.len());
-        b.bytes.extend_from_slice(&own.bytes);
-        b.chunks.extend_from_slice(&own.chunks);
-        b.vector_hashes.extend_from_slice(&own.vector_hashes);
+    /// Where the group's batch ends now: the start of the next namespace's part.
+    fn end(&self) -> (usize, usize, usize) {
+        let b = &self.batch;
+        (b.bytes.len(), b.chunks.len(), b.vector_hashes.len())
+    }
+
+    /// Records the part of the batch from `start` to its end as namespace `name`'s.
+    fn close(
+        &mut self,
+        start: (usize, usize, usize),
+        name: String,
+        dim: u32,
+        token: Option<String>,
+    ) {
+        let end = self.end();
         self.namespaces.push(EncodedNamespace {
             name,
-            dimension,
+            dimension: dim,
             token,
-            bytes: at.0..b.bytes.len(),
-            chunks: at.1..b.chunks.len(),
-            hashes: at.2..b.vector_hashes.len(),
+            bytes: start.0..end.0,
+            chunks: start.1..end.1,
+            hashes: start.2..end.2,
         });
     }
 }
@@ -221,19 +230,22 @@ fn encode(
     // Each namespace's identities are computed its own way (its dedup base's).
     let settings = EncodeSettings {
         identity: ns.identity,
+        dimension: ns.dimension,
         ..s.clone()
     };
-    let batch = encode_cut(
+    let start = into.end();
+    let encoded = encode_cut(
+        &mut into.batch,
         &ns.name,
         &ns.vectors,
         &cuts,
-        ns.dimension,
         &ns.known,
         &settings,
         mantissas,
     );
     spent.push((ns.vectors, ns.known));
-    into.push(ns.name, ns.dimension, ns.token, batch?);
+    encoded?;
+    into.close(start, ns.name, ns.dimension, ns.token);
     Ok(())
 }
 
@@ -241,42 +253,39 @@ fn encode(
 mod tests {
     use super::*;
 
-    fn batch(bytes: &[u8], chunks: u32, hashes: u8) -> EncodedBatch {
-        let chunk = |i| BatchChunk {
-            stored: Some((i, i)),
-            raw_length: i,
-            vectors: i,
-            sha256: [i as u8; 32],
-        };
-        EncodedBatch {
-            bytes: bytes.to_vec(),
-            chunks: (0..chunks).map(chunk).collect(),
-            vector_hashes: (0..hashes).map(|h| [h; 32]).collect(),
+    fn chunk(raw_length: u32) -> BatchChunk {
+        BatchChunk {
+            stored: Some((raw_length, 0)),
+            raw_length,
+            vectors: 1,
+            sha256: [0; 32],
         }
     }
 
+    /// What a namespace appends: bytes, its chunks' raw lengths, vector hashes.
+    type Appended<'a> = (&'a [u8], &'a [u32], &'a [[u8; 32]]);
+
     #[test]
     fn each_namespace_gets_back_exactly_its_part_of_the_group() {
-        let parts = [
-            batch(b"first", 2, 3),
-            batch(b"", 0, 0),
-            batch(b"third!", 1, 2),
+        let parts: [Appended; 3] = [
+            (b"first", &[1, 2], &[[1; 32], [2; 32], [3; 32]]),
+            (b"", &[], &[]),
+            (b"third!", &[3], &[[4; 32], [5; 32]]),
         ];
         let mut group = EncodedGroup::with_capacity(parts.len(), 0);
-        for (i, own) in parts.iter().enumerate() {
-            let copy = batch(
-                &own.bytes,
-                own.chunks.len() as u32,
-                own.vector_hashes.len() as u8,
-            );
-            group.push(format!("ns-{i}"), 4, None, copy);
+        for (i, (bytes, chunks, hashes)) in parts.iter().enumerate() {
+            let start = group.end();
+            group.batch.bytes.extend_from_slice(bytes);
+            group.batch.chunks.extend(chunks.iter().map(|&r| chunk(r)));
+            group.batch.vector_hashes.extend_from_slice(hashes);
+            group.close(start, format!("ns-{i}"), 4, None);
         }
-        for (ns, want) in group.namespaces.iter().zip(&parts) {
+        for (ns, (bytes, chunks, hashes)) in group.namespaces.iter().zip(&parts) {
             let got = ns.part(&group.batch);
-            assert_eq!(got.bytes, &want.bytes[..], "{}", ns.name);
-            assert_eq!(got.vector_hashes, &want.vector_hashes[..], "{}", ns.name);
-            let raw = |c: &[BatchChunk]| c.iter().map(|c| c.raw_length).collect::<Vec<_>>();
-            assert_eq!(raw(got.chunks), raw(&want.chunks), "{}", ns.name);
+            assert_eq!(got.bytes, *bytes, "{}", ns.name);
+            assert_eq!(got.vector_hashes, *hashes, "{}", ns.name);
+            let raw: Vec<u32> = got.chunks.iter().map(|c| c.raw_length).collect();
+            assert_eq!(raw, *chunks, "{}", ns.name);
         }
     }
 }

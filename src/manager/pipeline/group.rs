@@ -66,10 +66,10 @@ pub(crate) struct NamespacePart<'g> {
 ///
 /// Every namespace is encoded straight into the group's batch. One batch, not one per
 /// namespace, because the pool thread allocates it and the runtime thread frees it: with a
-/// batch per namespace, three blocks each crossed threads, and each
-/// free of a pool thread's block on the runtime took that arena's lock against the pool's
-/// own allocations (glibc). A trace of a 10,000-namespace create (`perf record -e
-/// sched:sched_switch`) found 209 of the runtime thread's 335 waits there.
+/// batch per namespace, three blocks each crossed threads, and each free of a pool thread's
+/// block on the runtime took that arena's lock against the pool's own allocations (glibc). A
+/// trace of a 10,000-namespace create (`perf record -e sched:sched_switch`) found 209 of the
+/// runtime thread's 335 waits there.
 pub(crate) struct EncodedGroup {
     pub batch: EncodedBatch,
     pub namespaces: Vec<EncodedNamespace>,

@@ -265,13 +265,47 @@ async fn a_namespace_larger_than_its_count_says_is_snapshotted_whole() {
     assert_eq!(dump(&back).await, dump(&store.inner).await);
 }
 
-/// A store that records which namespaces were scanned, can hide its change tokens, and can
-/// say that every namespace holds one vector (`low_count`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_whose_scan_does_not_ascend_is_refused_by_namespace() {
+    // A small namespace (read whole, encoded in a group) and a large one (streamed in
+    // batches of 64 KiB); pages of 100 vectors, each returned backwards.
+    for (name, count) in [("small", 30), ("large", 2_000)] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = SnapshotConfig::default()
+            .with_chunk_size(64 << 10)
+            .with_scan_page_size(100);
+        let m = SnapshotManager::local(dir.path(), config).unwrap();
+        // One vector reads the same backwards: this namespace is fine.
+        let inner = store_with(&[("a", 1, 8)]).await;
+        inner.ensure_namespace(name).await.unwrap();
+        inner
+            .upsert(name, make_vectors(name, count, 8))
+            .await
+            .unwrap();
+        let store = Watched {
+            reversed: true,
+            ..Watched::new(inner, false)
+        };
+        let err = m
+            .create_snapshot(&store, CreateOptions::default())
+            .await
+            .unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(&format!("{name:?}")), "{msg}");
+        assert!(msg.contains("ascending order"), "{msg}");
+        assert!(m.list_snapshots().await.unwrap().is_empty(), "{name}");
+    }
+}
+
+/// A store that records which namespaces were scanned, can hide its change tokens, can
+/// say that every namespace holds one vector (`low_count`), and can break the scan contract
+/// by returning every page of more than one vector in reverse order (`reversed`).
 #[derive(Debug)]
 struct Watched {
     inner: InMemoryStorage,
     tokens: bool,
     low_count: bool,
+    reversed: bool,
     scanned: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
@@ -314,7 +348,11 @@ impl VectorStorage for Watched {
         limit: usize,
     ) -> dakera_snapshot::Result<Vec<Vector>> {
         self.scanned.lock().unwrap().insert(ns.to_string());
-        self.inner.scan(ns, after, limit).await
+        let mut page = self.inner.scan(ns, after, limit).await?;
+        if self.reversed {
+            page.reverse();
+        }
+        Ok(page)
     }
     async fn change_token(&self, ns: &str) -> dakera_snapshot::Result<Option<String>> {
         match self.tokens {
@@ -330,6 +368,7 @@ impl Watched {
             inner,
             tokens,
             low_count: false,
+            reversed: false,
             scanned: Default::default(),
         }
     }

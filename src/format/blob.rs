@@ -18,6 +18,7 @@
 //! with one ranged request. All integers are little-endian. `docs/FORMAT.md` has the
 //! byte-level layout of every payload.
 
+use super::framed::FramedVectors;
 use super::{FORMAT_MAJOR, FORMAT_MINOR};
 use crate::storage::Vector;
 use flate2::read::{GzDecoder, MultiGzDecoder};
@@ -30,6 +31,7 @@ use sha2::{Digest, Sha256};
 #[cfg(any(test, feature = "test-util"))]
 use std::io::Write;
 use std::io::{self, Read};
+use std::ops::Range;
 
 /// The first eight bytes of every blob's decompressed content.
 pub const MAGIC: &[u8; 8] = b"DKSNAP\r\n";
@@ -68,9 +70,10 @@ pub const MAX_DIMENSION: u32 = 1 << 20;
 /// NS_HEADER flag: the namespace's vectors are stored in BLOCK frames.
 pub const NS_FLAG_SHUFFLE: u32 = 1;
 
-const FLAG_METADATA: u8 = 1;
-const FLAG_TTL: u8 = 2;
-const FLAG_EXPIRES: u8 = 4;
+/// VECTOR frame flags (the first byte of its payload).
+pub(super) const FLAG_METADATA: u8 = 1;
+pub(super) const FLAG_TTL: u8 = 2;
+pub(super) const FLAG_EXPIRES: u8 = 4;
 
 /// How vector values are laid out before compression.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -383,7 +386,8 @@ pub fn encode_chunk(
     filter: Filter,
     level: Option<u32>,
 ) -> Result<EncodedChunk, EncodeError> {
-    Ok(build_chunk(vectors, dimension, include_metadata, filter, level)?.compress(level))
+    let framed = FramedVectors::of(vectors, dimension, include_metadata)?;
+    Ok(build_chunk(&framed, 0..framed.len(), filter, level)?.compress(level))
 }
 
 /// One chunk of an [`EncodedBatch`].
@@ -411,15 +415,6 @@ pub struct EncodedBatch {
     pub vector_hashes: Vec<[u8; 32]>,
 }
 
-/// How a namespace's chunks are framed: its vectors' dimension, whether metadata is kept,
-/// and the filter.
-#[derive(Debug, Clone, Copy)]
-pub struct ChunkShape {
-    pub dimension: u32,
-    pub include_metadata: bool,
-    pub filter: Filter,
-}
-
 impl EncodedBatch {
     /// An empty batch with room for `vectors` vectors of `dimension` values and a little
     /// metadata, compressed at `level`: about what a batch of embeddings compresses to, so the
@@ -437,36 +432,24 @@ impl EncodedBatch {
     }
 }
 
-/// Encodes vectors (ascending ids, all of `shape.dimension` values) as the chunks that end
-/// at `cuts` (exclusive end indices, ascending, the last one `vectors.len()`), format 2,
-/// appending them to `batch`: each chunk one gzip member of whole frames, identified as
-/// `dedup.identity` says. Chunks whose identity `dedup.known` accepts are identified but not
-/// compressed. With `level = None` only the per-vector hashes are produced (a digest pass).
-/// Whether mantissa planes are deflated is decided once per `mantissas` (see
-/// [`MantissaChoice`]).
+/// Encodes `vectors` as the chunks that end at `cuts` (exclusive end indices, ascending, the
+/// last one `vectors.len()`), format 2, appending them to `batch`: each chunk one gzip
+/// member of whole frames, laid out as `filter` says and identified as `dedup.identity`
+/// says. Chunks whose identity `dedup.known` accepts are identified but not compressed.
+/// With `level = None` only the per-vector hashes are produced (a digest pass). Whether
+/// mantissa planes are deflated is decided once per `mantissas` (see [`MantissaChoice`]).
 pub fn encode_batch(
     batch: &mut EncodedBatch,
-    vectors: &[Vector],
+    vectors: &FramedVectors,
     cuts: &[usize],
-    shape: ChunkShape,
+    filter: Filter,
     level: Option<u32>,
     dedup: &Dedup<'_>,
     mantissas: &mut MantissaChoice,
 ) -> Result<(), EncodeError> {
-    let ChunkShape {
-        dimension,
-        include_metadata,
-        filter,
-    } = shape;
     let mut start = 0;
     for &end in cuts {
-        let built = build_chunk(
-            &vectors[start..end],
-            dimension,
-            include_metadata,
-            filter,
-            level,
-        )?;
+        let built = build_chunk(vectors, start..end, filter, level)?;
         start = end;
         batch.vector_hashes.extend_from_slice(&built.vector_hashes);
         let Some(level) = level else { continue };
@@ -590,21 +573,22 @@ impl BuiltChunk {
     }
 }
 
+/// Frames (and with `level`, lays out for compression) vectors `rows`.
 fn build_chunk(
-    vectors: &[Vector],
-    dimension: u32,
-    include_metadata: bool,
+    vectors: &FramedVectors,
+    rows: Range<usize>,
     filter: Filter,
     level: Option<u32>,
 ) -> Result<BuiltChunk, EncodeError> {
-    let dim = dimension as usize;
+    let dim = vectors.dimension() as usize;
+    let count = rows.len();
     let shuffle = filter == Filter::Shuffle;
     let write = level.is_some();
-    let mut vector_hashes = Vec::with_capacity(vectors.len());
+    let mut vector_hashes = Vec::with_capacity(count);
     // Filter none: the VECTOR frames. Shuffle: the BLOCK frame's first part, i.e.
     // [kind][len][count][records...][plane 3], then the stored part [plane 2][plane 1][plane 0].
     let estimate = if write {
-        vectors.len() * (if shuffle { dim + 48 } else { 4 * dim + 48 })
+        count * (if shuffle { dim + 48 } else { 4 * dim + 48 })
     } else {
         0
     };
@@ -612,31 +596,27 @@ fn build_chunk(
     if write && shuffle {
         out.push(kind::BLOCK);
         out.extend_from_slice(&[0; 4]); // length, patched below
-        out.extend_from_slice(&(vectors.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(count as u32).to_le_bytes());
     }
-    let mut head = Vec::with_capacity(64);
-    let mut tail = Vec::with_capacity(256);
-    let mut last: Option<&str> = None;
-    for v in vectors {
-        check_vector(v, dimension, last)?;
-        last = Some(&v.id);
-        let len = frame_parts(v, include_metadata, &mut head, &mut tail)?;
-        vector_hashes.push(hash_vector_frame(&head, &v.values, &tail));
+    for i in rows.clone() {
+        let (head, values, tail) = (vectors.head(i), vectors.values(i), vectors.tail(i));
+        vector_hashes.push(hash_vector_frame(head, values, tail));
         if !write {
             continue;
         }
         if !shuffle {
+            let len = head.len() + 4 * values.len() + tail.len();
             out.push(kind::VECTOR);
             out.extend_from_slice(&(len as u32).to_le_bytes());
-            out.extend_from_slice(&head);
-            put_f32s(&mut out, &v.values);
+            out.extend_from_slice(head);
+            put_f32s(&mut out, values);
         } else {
-            out.extend_from_slice(&head);
+            out.extend_from_slice(head);
         }
-        out.extend_from_slice(&tail);
+        out.extend_from_slice(tail);
     }
     let (low, n) = if write && shuffle {
-        append_planes(&mut out, vectors, dim)?
+        append_planes(&mut out, vectors.values_of(rows), count)?
     } else {
         (Vec::new(), 0)
     };
@@ -645,77 +625,19 @@ fn build_chunk(
         low,
         n,
         vector_hashes,
-        vectors: vectors.len() as u64,
+        vectors: count as u64,
     })
 }
 
-/// A vector has the chunk's dimension and comes after `last` in id order.
-fn check_vector(v: &Vector, dimension: u32, last: Option<&str>) -> Result<(), EncodeError> {
-    if v.values.len() != dimension as usize || dimension == 0 {
-        return Err(EncodeError::Dimension {
-            expected: dimension,
-            actual: v.values.len(),
-        });
-    }
-    if last.is_some_and(|l| v.id.as_bytes() <= l.as_bytes()) {
-        return Err(EncodeError::Invalid(format!(
-            "vector ids must arrive in ascending order without repeats ({:?} after {:?})",
-            v.id,
-            last.unwrap_or_default()
-        )));
-    }
-    Ok(())
-}
-
-/// Fills `head` (flags, id) and `tail` (TTL, expiry, metadata) of a vector's frame; returns
-/// the frame's payload length (head, values, tail).
-fn frame_parts(
-    v: &Vector,
-    include_metadata: bool,
-    head: &mut Vec<u8>,
-    tail: &mut Vec<u8>,
-) -> Result<usize, EncodeError> {
-    let mut flags = 0u8;
-    tail.clear();
-    if let Some(t) = v.ttl_seconds {
-        flags |= FLAG_TTL;
-        tail.extend_from_slice(&t.to_le_bytes());
-    }
-    if let Some(t) = v.expires_at {
-        flags |= FLAG_EXPIRES;
-        tail.extend_from_slice(&t.to_le_bytes());
-    }
-    if let (Some(m), true) = (&v.metadata, include_metadata) {
-        flags |= FLAG_METADATA;
-        let at = tail.len();
-        tail.extend_from_slice(&[0; 4]);
-        serde_json::to_writer(&mut *tail, m).expect("a Value always serializes");
-        let n = (tail.len() - at - 4) as u32;
-        tail[at..at + 4].copy_from_slice(&n.to_le_bytes());
-    }
-    head.clear();
-    head.push(flags);
-    head.extend_from_slice(&(v.id.len() as u32).to_le_bytes());
-    head.extend_from_slice(v.id.as_bytes());
-    let len = head.len() + 4 * v.values.len() + tail.len();
-    if len > MAX_FRAME_LEN as usize {
-        return Err(EncodeError::Invalid(format!(
-            "vector {:?} encodes to {len} bytes, more than the {MAX_FRAME_LEN}-byte frame limit",
-            v.id
-        )));
-    }
-    Ok(len)
-}
-
-/// Appends the values' most significant byte plane (sign and exponent) to `out`, returns
-/// the three lower planes (plane 2, 1, 0; `n` bytes each) and `n`, and patches the BLOCK
-/// frame's length.
+/// Appends the most significant byte plane (sign and exponent) of `values` (those of
+/// `count` vectors) to `out`, returns the three lower planes (plane 2, 1, 0; `n` bytes
+/// each) and `n`, and patches the BLOCK frame's length.
 fn append_planes(
     out: &mut Vec<u8>,
-    vectors: &[Vector],
-    dim: usize,
+    values: &[f32],
+    count: usize,
 ) -> Result<(Vec<u8>, usize), EncodeError> {
-    let n = dim * vectors.len();
+    let n = values.len();
     let records_end = out.len();
     out.resize(records_end + n, 0);
     let mut low = vec![0u8; 3 * n];
@@ -723,7 +645,7 @@ fn append_planes(
         let p3 = &mut out[records_end..];
         let (p2, rest) = low.split_at_mut(n);
         let (p1, p0) = rest.split_at_mut(n);
-        for (i, x) in vectors.iter().flat_map(|v| v.values.iter()).enumerate() {
+        for (i, x) in values.iter().enumerate() {
             let b = x.to_bits().to_le_bytes();
             p0[i] = b[0];
             p1[i] = b[1];
@@ -734,8 +656,7 @@ fn append_planes(
     let payload_len = out.len() - 5 + low.len();
     if payload_len > MAX_FRAME_LEN as usize {
         return Err(EncodeError::Invalid(format!(
-            "a block of {} vectors encodes to {payload_len} bytes, more than the {MAX_FRAME_LEN}-byte frame limit",
-            vectors.len()
+            "a block of {count} vectors encodes to {payload_len} bytes, more than the {MAX_FRAME_LEN}-byte frame limit"
         )));
     }
     out[1..5].copy_from_slice(&(payload_len as u32).to_le_bytes());
@@ -1587,13 +1508,10 @@ mod tests {
             seal: None,
         };
         let cuts = [vs.len()];
-        let shape = ChunkShape {
-            dimension: dim,
-            include_metadata: true,
-            filter: Filter::Shuffle,
-        };
+        let framed = FramedVectors::of(vs, dim, true).unwrap();
         let mut batch = EncodedBatch::default();
-        encode_batch(&mut batch, vs, &cuts, shape, Some(1), &dedup, choice).unwrap();
+        let shuffle = Filter::Shuffle;
+        encode_batch(&mut batch, &framed, &cuts, shuffle, Some(1), &dedup, choice).unwrap();
         let decoded = decode_chunk(&batch.bytes[..], dim, Filter::Shuffle).unwrap();
         assert_eq!(decoded.vectors, vs);
         batch.bytes.len()

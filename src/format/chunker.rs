@@ -41,10 +41,10 @@ impl Chunker {
     }
 
     /// Adds a vector of `size` raw bytes with this id; true if the chunk ends after it.
-    pub fn cut_after(&mut self, id: &str, size: usize) -> bool {
+    pub fn cut_after(&mut self, id: impl AsRef<[u8]>, size: usize) -> bool {
         self.bytes += size;
-        let cut =
-            self.bytes >= self.max || (self.bytes >= self.min && is_boundary(id, self.divisor));
+        let cut = self.bytes >= self.max
+            || (self.bytes >= self.min && is_boundary(id.as_ref(), self.divisor));
         if cut {
             self.bytes = 0;
         }
@@ -54,8 +54,8 @@ impl Chunker {
 
 /// True if `id` ends a chunk: the first 8 bytes of its SHA-256, as a little-endian u64,
 /// are a multiple of `divisor`.
-fn is_boundary(id: &str, divisor: u64) -> bool {
-    let h = Sha256::digest(id.as_bytes());
+fn is_boundary(id: &[u8], divisor: u64) -> bool {
+    let h = Sha256::digest(id);
     let x = u64::from_le_bytes(h[..8].try_into().expect("8 bytes"));
     x % divisor == 0
 }

@@ -7,6 +7,7 @@
 pub mod blob;
 pub mod chunker;
 pub mod directory;
+pub mod framed;
 pub mod gzip;
 pub mod index;
 pub mod sidecar;

@@ -6,7 +6,7 @@ use super::create::namespace_dimension;
 use super::dedup::IndexBuilder;
 use super::pipeline::{
     outside_the_runtime, scan_whole, BlobWriter, ChunkEncoder, EncodeSettings, EncodedGroup,
-    GroupEncoder, KnownChunks, Scanned, SmallNamespace,
+    GroupEncoder, KnownChunks, SmallNamespace,
 };
 use super::plan::{ParentView, WritePlan};
 use super::SnapshotManager;
@@ -14,10 +14,11 @@ use crate::crypto::{Chunk, Sealing};
 use crate::error::Result;
 use crate::format::blob::{self, Identity};
 use crate::format::directory::DirectoryMember;
+use crate::format::framed::FramedVectors;
 use crate::format::index::NamespaceIndex;
 use crate::format::sidecar::{ByteRange, ChunkEntry, DirectoryInfo, NamespaceEntry};
 use crate::id::SnapshotId;
-use crate::storage::{Vector, VectorStorage};
+use crate::storage::VectorStorage;
 use std::sync::Arc;
 
 /// A namespace whose values (4 bytes × dimension × count) are at most this is encoded in a
@@ -152,27 +153,19 @@ impl SnapshotManager {
                 token: change_token(storage, ns).await?,
                 ..shape.clone()
             };
-            let scanned = if shape.value_bytes <= SMALL_NAMESPACE_MAX {
-                let limit = self.config.chunk_size;
-                match scan_whole(storage, ns, self.config.scan_page_size, limit).await? {
-                    Scanned::Whole(vectors) => {
-                        let small = small_namespace(ns, shape, vectors, plan);
-                        if groups.add(small) {
-                            self.submit_group(&mut groups, w, plan, &mut sections)
-                                .await?;
-                        }
-                        continue;
+            if shape.value_bytes <= SMALL_NAMESPACE_MAX {
+                if let Some(vectors) = self.scan_small(storage, ns, shape.dimension).await? {
+                    let small = small_namespace(ns, shape, vectors, plan);
+                    if groups.add(small) {
+                        self.submit_group(&mut groups, w, plan, &mut sections)
+                            .await?;
                     }
-                    Scanned::Larger(first) => first,
+                    continue;
                 }
-            } else {
-                Vec::new()
-            };
+            }
             self.drain_groups(&mut groups, w, plan, &mut sections)
                 .await?;
-            let written = self
-                .write_namespace(w, storage, ns, shape, plan, scanned)
-                .await?;
+            let written = self.write_namespace(w, storage, ns, shape, plan).await?;
             sections.push(ns.clone(), written);
         }
         self.drain_groups(&mut groups, w, plan, &mut sections)
@@ -205,6 +198,19 @@ impl SnapshotManager {
             directory,
             footer,
         })
+    }
+
+    /// A namespace the store says is small, read whole; `None` if it turns out larger than
+    /// a batch (the store's count was low): it is then streamed, read again from the start.
+    async fn scan_small(
+        &self,
+        storage: &dyn VectorStorage,
+        ns: &str,
+        dimension: u32,
+    ) -> Result<Option<FramedVectors>> {
+        let framing = (dimension, self.config.include_metadata);
+        let (page, limit) = (self.config.scan_page_size, self.config.chunk_size);
+        scan_whole(storage, ns, framing, page, limit).await
     }
 
     /// Sends the group being filled to the pool, first writing the oldest group in flight
@@ -266,8 +272,7 @@ impl SnapshotManager {
     }
 
     /// Writes one namespace section (format 2: the chunks its parent's chain does not
-    /// hold, then its chunk index), going on from `scanned` (its first vectors, if already
-    /// read), reporting the value bytes written to the progress. A namespace the plan
+    /// hold, then its chunk index), reporting the value bytes written to the progress. A namespace the plan
     /// compares with the parent, found equal with every chunk already in the chain, gets no
     /// index: it is [`Written::Unchanged`].
     async fn write_namespace(
@@ -277,7 +282,6 @@ impl SnapshotManager {
         ns: &str,
         shape: &Shape,
         plan: &WritePlan,
-        scanned: Vec<Vector>,
     ) -> Result<Written> {
         let (dim, base) = (shape.dimension, plan.bases.get(ns));
         let (level, filter) = (
@@ -293,7 +297,7 @@ impl SnapshotManager {
             sealing: w.sealing().cloned(),
             ..self.encode_settings(dim, Some(level))
         };
-        let mut encoder = ChunkEncoder::resume(storage, ns, settings, known, scanned);
+        let mut encoder = ChunkEncoder::new(storage, ns, settings, known);
         while let Some(batch) = encoder.next().await? {
             digest.add(&batch.vector_hashes);
             let raw: u64 = batch
@@ -343,7 +347,7 @@ fn dedup_inputs(plan: &WritePlan, ns: &str) -> (KnownChunks, Identity) {
 fn small_namespace(
     ns: &str,
     shape: &Shape,
-    vectors: Vec<Vector>,
+    vectors: FramedVectors,
     plan: &WritePlan,
 ) -> SmallNamespace {
     let (known, identity) = dedup_inputs(plan, ns);

@@ -75,6 +75,22 @@ impl InMemoryStorage {
     }
 }
 
+/// The namespace's live vectors with ids greater than `after`, in id order.
+fn live_after<'n>(
+    ns: &'n Namespace,
+    after: Option<&str>,
+    now: u64,
+) -> impl Iterator<Item = &'n Vector> {
+    let start = match after {
+        Some(a) => Bound::Excluded(a),
+        None => Bound::Unbounded,
+    };
+    ns.vectors
+        .range::<str, _>((start, Bound::Unbounded))
+        .map(|(_, v)| v)
+        .filter(move |v| !v.is_expired(now))
+}
+
 fn not_found(namespace: &str) -> Error {
     Error::NamespaceNotFound {
         namespace: namespace.to_string(),
@@ -195,17 +211,19 @@ impl VectorStorage for InMemoryStorage {
         limit: usize,
     ) -> Result<Vec<Vector>> {
         self.with_ns(namespace, |ns, now| {
-            let start = match after {
-                Some(a) => Bound::Excluded(a),
-                None => Bound::Unbounded,
-            };
-            ns.vectors
-                .range::<str, _>((start, Bound::Unbounded))
-                .map(|(_, v)| v)
-                .filter(|v| !v.is_expired(now))
-                .take(limit)
-                .cloned()
-                .collect()
+            live_after(ns, after, now).take(limit).cloned().collect()
+        })
+    }
+
+    async fn scan_each(
+        &self,
+        namespace: &str,
+        after: Option<&str>,
+        limit: usize,
+        visit: &mut (dyn for<'v> FnMut(&'v Vector) + Send),
+    ) -> Result<usize> {
+        self.with_ns(namespace, |ns, now| {
+            live_after(ns, after, now).take(limit).map(visit).count()
         })
     }
 }
@@ -302,5 +320,32 @@ mod tests {
         assert_eq!(p1.first().unwrap().id, "id00");
         assert_eq!(p3.len(), 5);
         assert_eq!(s.get_all("a").await.unwrap().len(), 25);
+    }
+
+    #[tokio::test]
+    async fn scan_each_lends_what_scan_returns() {
+        let clock = ManualClock::new(1_000_000);
+        let s = InMemoryStorage::with_clock(clock.clone());
+        s.ensure_namespace("a").await.unwrap();
+        let mut vs: Vec<_> = (0..12).map(|i| v(&format!("id{i:02}"), 2)).collect();
+        vs[3] = vs[3].clone().with_ttl(10);
+        s.upsert("a", vs).await.unwrap();
+        clock.advance(std::time::Duration::from_secs(11));
+        for (after, limit) in [
+            (None, 5),
+            (Some("id02"), 4),
+            (Some("id09"), 10),
+            (Some("id11"), 3),
+        ] {
+            let mut lent = Vec::new();
+            let n = s
+                .scan_each("a", after, limit, &mut |v: &Vector| lent.push(v.clone()))
+                .await
+                .unwrap();
+            assert_eq!(n, lent.len());
+            assert_eq!(lent, s.scan("a", after, limit).await.unwrap(), "{after:?}");
+        }
+        let mut none = |_: &Vector| {};
+        assert!(s.scan_each("b", None, 5, &mut none).await.is_err());
     }
 }

@@ -1,11 +1,10 @@
 //! Scanning a namespace and encoding it into compressed chunks, in parallel and in order.
 
 use super::{encode_error, Ordered};
-use crate::error::{Error, Result};
-use crate::format::blob::{
-    self, ChunkSeal, ChunkShape, Dedup, EncodedBatch, Filter, Identity, MantissaChoice,
-};
+use crate::error::Result;
+use crate::format::blob::{self, ChunkSeal, Dedup, EncodedBatch, Filter, Identity, MantissaChoice};
 use crate::format::chunker::Chunker;
+use crate::format::framed::FramedVectors;
 use crate::storage::{Vector, VectorStorage};
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -40,19 +39,13 @@ pub(crate) struct ChunkEncoder<'a> {
     storage: &'a dyn VectorStorage,
     ns: String,
     s: EncodeSettings,
-    chunker: Chunker,
     known: KnownChunks,
+    /// The last id scanned: the next page starts after it.
     after: Option<String>,
     scanned_all: bool,
-    /// The batch being filled, and the chunk ends within it.
-    pending: Vec<Vector>,
-    cuts: Vec<usize>,
-    pending_bytes: usize,
-    /// Scanned vectors not yet in a batch.
-    carry: VecDeque<Vector>,
-    /// Each job hands its batch's vectors back to be freed on the runtime thread (see
-    /// [`Ordered::next_freeing_here`]).
-    jobs: Ordered<(Result<EncodedBatch>, Vec<Vector>)>,
+    batcher: Batcher,
+    /// Each job hands its batch's vectors back, for their buffers to frame a later batch.
+    jobs: Ordered<(Result<EncodedBatch>, FramedVectors)>,
 }
 
 impl<'a> ChunkEncoder<'a> {
@@ -62,48 +55,23 @@ impl<'a> ChunkEncoder<'a> {
         s: EncodeSettings,
         known: KnownChunks,
     ) -> Self {
-        let parallelism = s.parallelism;
         ChunkEncoder {
             storage,
             ns: ns.to_string(),
-            chunker: Chunker::new(s.dimension, s.dedup_chunk_size),
+            batcher: Batcher::new(&s),
+            jobs: Ordered::new(s.parallelism),
             s,
             known,
             after: None,
             scanned_all: false,
-            pending: Vec::new(),
-            cuts: Vec::new(),
-            pending_bytes: 0,
-            carry: VecDeque::new(),
-            jobs: Ordered::new(parallelism),
         }
     }
 
-    /// Like [`Self::new`], going on from `scanned`: the namespace's first vectors, already
-    /// read from the store in id order.
-    pub fn resume(
-        storage: &'a dyn VectorStorage,
-        ns: &str,
-        s: EncodeSettings,
-        known: KnownChunks,
-        scanned: Vec<Vector>,
-    ) -> Self {
-        let mut encoder = Self::new(storage, ns, s, known);
-        encoder.after = scanned.last().map(|v| v.id.clone());
-        encoder.carry = scanned.into();
-        encoder
-    }
-
+    /// Sends the oldest batch ready to the pool.
     fn submit(&mut self) {
-        if self.pending.is_empty() {
+        let Some((vectors, cuts)) = self.batcher.take(self.scanned_all) else {
             return;
-        }
-        if self.cuts.last() != Some(&self.pending.len()) {
-            self.cuts.push(self.pending.len());
-        }
-        let vectors = std::mem::take(&mut self.pending);
-        let cuts = std::mem::take(&mut self.cuts);
-        self.pending_bytes = 0;
+        };
         let (ns, s, known) = (self.ns.clone(), self.s.clone(), self.known.clone());
         self.jobs.push(move || {
             let mantissas = &mut MantissaChoice::default();
@@ -116,79 +84,171 @@ impl<'a> ChunkEncoder<'a> {
         });
     }
 
-    /// Moves scanned vectors into the pending batch, cutting chunks as it goes; true when
-    /// the batch is full (it ends at a chunk boundary).
-    fn fill_batch(&mut self) -> bool {
-        while let Some(v) = self.carry.pop_front() {
-            let size = vector_size(&v);
-            let cut = self.chunker.cut_after(&v.id, size);
-            self.pending_bytes += size;
-            self.pending.push(v);
-            if cut {
-                self.cuts.push(self.pending.len());
-                if self.pending_bytes >= self.s.chunk_size {
-                    return true;
-                }
-            }
-        }
-        false
-    }
-
     /// The next batch, or `None` when the namespace is done.
     ///
     /// The scan runs one batch ahead of compression: while every worker is busy, the next
     /// batch is read from the store, and only then does this wait for the oldest job.
     pub async fn next(&mut self) -> Result<Option<EncodedBatch>> {
         loop {
-            let full = self.fill_batch();
-            let ready = full || (self.scanned_all && !self.pending.is_empty());
-            if ready {
+            if self.batcher.has_ready(self.scanned_all) {
                 if self.jobs.is_full() {
-                    return self.jobs.next_freeing_here().await.transpose();
+                    return self.oldest().await;
                 }
                 self.submit();
                 continue;
             }
             if self.scanned_all {
-                return self.jobs.next_freeing_here().await.transpose();
+                return self.oldest().await;
             }
             self.scan_page().await?;
         }
     }
 
-    async fn scan_page(&mut self) -> Result<()> {
-        let page = self
-            .storage
-            .scan(&self.ns, self.after.as_deref(), self.s.page_size)
-            .await?;
-        let Some(last) = page.last() else {
-            self.scanned_all = true;
-            return Ok(());
+    /// The oldest job's batch (`None` when none is in flight); its vectors' buffers are
+    /// kept for a later batch.
+    async fn oldest(&mut self) -> Result<Option<EncodedBatch>> {
+        let Some(done) = self.jobs.next().await else {
+            return Ok(None);
         };
-        // Chunks are encoded apart: check the id order across their boundaries here.
-        check_page_order(&self.ns, self.after.as_deref(), &page)?;
-        self.after = Some(last.id.clone());
-        self.carry.extend(page);
+        let (encoded, vectors) = done?;
+        self.batcher.recycle(vectors);
+        encoded.map(Some)
+    }
+
+    async fn scan_page(&mut self) -> Result<()> {
+        let (ns, after, batcher) = (&self.ns, self.after.as_deref(), &mut self.batcher);
+        let mut take = |v: &Vector| batcher.add(v);
+        let lent = self
+            .storage
+            .scan_each(ns, after, self.s.page_size, &mut take)
+            .await?;
+        if let Some(e) = self.batcher.failed.take() {
+            return Err(encode_error(&self.ns, e));
+        }
+        if lent == 0 {
+            self.scanned_all = true;
+        } else {
+            self.after = self.batcher.last_id().map(str::to_string);
+        }
         Ok(())
     }
 }
 
-/// Raw bytes a vector counts for, in batches and in the chunker.
-pub(crate) fn vector_size(v: &Vector) -> usize {
-    4 * v.values.len() + v.id.len() + 16
+/// Frames a namespace's vectors as the store lends them, cuts them into chunks, and the
+/// chunks into batches of about `chunk_size` raw bytes.
+struct Batcher {
+    chunker: Chunker,
+    chunk_size: usize,
+    /// The batch being filled, the chunk ends within it, and its raw bytes.
+    pending: FramedVectors,
+    cuts: Vec<usize>,
+    bytes: usize,
+    /// Batches filled (each ends at a chunk boundary), not yet sent to the pool.
+    full: VecDeque<(FramedVectors, Vec<usize>)>,
+    /// Encoded batches, emptied, whose buffers frame the next ones.
+    spare: Vec<FramedVectors>,
+    /// The last id of the batches before `pending`: ids ascend across batches too.
+    before: Option<String>,
+    /// Why the first vector that could not be taken was refused; the rest of its page is
+    /// then skipped.
+    failed: Option<blob::EncodeError>,
 }
 
-/// A page of a scan must start after the last id of the previous one.
-pub(crate) fn check_page_order(ns: &str, after: Option<&str>, page: &[Vector]) -> Result<()> {
-    if let (Some(prev), Some(first)) = (after, page.first()) {
-        if first.id.as_bytes() <= prev.as_bytes() {
-            return Err(Error::Storage(format!(
-                "namespace {ns:?}: the store's scan returned {:?} after {prev:?}; scans must ascend by id",
-                first.id
-            )));
+impl Batcher {
+    fn new(s: &EncodeSettings) -> Self {
+        Batcher {
+            chunker: Chunker::new(s.dimension, s.dedup_chunk_size),
+            chunk_size: s.chunk_size,
+            pending: FramedVectors::new(s.dimension, s.include_metadata),
+            cuts: Vec::new(),
+            bytes: 0,
+            full: VecDeque::new(),
+            spare: Vec::new(),
+            before: None,
+            failed: None,
         }
     }
-    Ok(())
+
+    /// Takes the next vector the store lends.
+    fn add(&mut self, v: &Vector) {
+        if self.failed.is_some() {
+            return;
+        }
+        if let (true, Some(before)) = (self.pending.is_empty(), &self.before) {
+            if v.id.as_bytes() <= before.as_bytes() {
+                self.failed = Some(out_of_order(&v.id, before));
+                return;
+            }
+        }
+        if let Err(e) = self.pending.push(v) {
+            self.failed = Some(e);
+            return;
+        }
+        let i = self.pending.len() - 1;
+        let size = self.pending.size(i);
+        self.bytes += size;
+        if self.chunker.cut_after(self.pending.id(i), size) {
+            self.cuts.push(self.pending.len());
+            if self.bytes >= self.chunk_size {
+                let batch = self.close();
+                self.full.push_back(batch);
+            }
+        }
+    }
+
+    /// The id of the last vector taken.
+    fn last_id(&self) -> Option<&str> {
+        match self.pending.last_id() {
+            Some(id) => std::str::from_utf8(id).ok(),
+            None => self.before.as_deref(),
+        }
+    }
+
+    /// Whether a batch is ready to encode: a full one, or once the scan is `done`, the last.
+    fn has_ready(&self, done: bool) -> bool {
+        !self.full.is_empty() || (done && !self.pending.is_empty())
+    }
+
+    /// The oldest batch ready to encode (see [`Self::has_ready`]), with its chunk ends.
+    fn take(&mut self, done: bool) -> Option<(FramedVectors, Vec<usize>)> {
+        match self.full.pop_front() {
+            Some(batch) => Some(batch),
+            None if done && !self.pending.is_empty() => Some(self.close()),
+            None => None,
+        }
+    }
+
+    /// Ends the pending batch, its last chunk with it, and starts another.
+    fn close(&mut self) -> (FramedVectors, Vec<usize>) {
+        if self.cuts.last() != Some(&self.pending.len()) {
+            self.cuts.push(self.pending.len());
+        }
+        let fresh = match self.spare.pop() {
+            Some(spare) => spare,
+            None => self.pending.empty_like(),
+        };
+        let batch = std::mem::replace(&mut self.pending, fresh);
+        if let Some(last) = batch.last_id() {
+            let before = self.before.get_or_insert_with(String::new);
+            before.clear();
+            before.push_str(&String::from_utf8_lossy(last));
+        }
+        self.bytes = 0;
+        (batch, std::mem::take(&mut self.cuts))
+    }
+
+    /// Keeps an encoded batch's buffers for a later batch.
+    fn recycle(&mut self, mut vectors: FramedVectors) {
+        vectors.clear();
+        self.spare.push(vectors);
+    }
+}
+
+/// The error for a store whose scan lent `id` after `prev`.
+pub(crate) fn out_of_order(id: &str, prev: &str) -> blob::EncodeError {
+    blob::EncodeError::Invalid(format!(
+        "the store's scan returned {id:?} after {prev:?}; scans must ascend by id"
+    ))
 }
 
 /// Encodes `vectors` of namespace `ns` (of `s.dimension`) as the chunks ending at `cuts`,
@@ -198,7 +258,7 @@ pub(crate) fn check_page_order(ns: &str, after: Option<&str>, page: &[Vector]) -
 pub(crate) fn encode_cut(
     into: &mut EncodedBatch,
     ns: &str,
-    vectors: &[Vector],
+    vectors: &FramedVectors,
     cuts: &[usize],
     known: &KnownChunks,
     s: &EncodeSettings,
@@ -213,11 +273,6 @@ pub(crate) fn encode_cut(
             namespace: ns,
         }),
     };
-    let shape = ChunkShape {
-        dimension: s.dimension,
-        include_metadata: s.include_metadata,
-        filter: s.filter,
-    };
-    blob::encode_batch(into, vectors, cuts, shape, s.level, &dedup, mantissas)
+    blob::encode_batch(into, vectors, cuts, s.filter, s.level, &dedup, mantissas)
         .map_err(|e| encode_error(ns, e))
 }

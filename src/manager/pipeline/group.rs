@@ -6,11 +6,12 @@
 //! was most of a snapshot, and one namespace at a time kept the second core idle. Groups in
 //! flight (up to `parallelism`) keep every core busy, and their results come back in order.
 
-use super::encode::{check_page_order, encode_cut, vector_size};
-use super::{EncodeSettings, KnownChunks, Ordered};
+use super::encode::encode_cut;
+use super::{encode_error, EncodeSettings, KnownChunks, Ordered};
 use crate::error::Result;
 use crate::format::blob::{BatchChunk, EncodedBatch, Identity, MantissaChoice};
 use crate::format::chunker::Chunker;
+use crate::format::framed::FramedVectors;
 use crate::storage::{Vector, VectorStorage};
 use std::ops::Range;
 
@@ -23,7 +24,7 @@ const GROUP_BYTES: usize = 1 << 20;
 pub(crate) struct SmallNamespace {
     pub name: String,
     pub dimension: u32,
-    pub vectors: Vec<Vector>,
+    pub vectors: FramedVectors,
     /// Identities already in the chain (referenced, not stored), and how they are computed.
     pub known: KnownChunks,
     pub identity: Identity,
@@ -112,35 +113,41 @@ impl EncodedGroup {
     }
 }
 
-/// How a whole-namespace scan ended.
-pub(crate) enum Scanned {
-    /// Every vector, no more than the limit's worth of bytes.
-    Whole(Vec<Vector>),
-    /// More than the limit (the store's count was low): what was read so far, in id order,
-    /// for the one-namespace pipeline to go on from.
-    Larger(Vec<Vector>),
-}
-
-/// Reads a namespace whole, in id order, unless it holds more than `limit` bytes.
+/// Reads namespace `ns` whole, in id order, framed (of `dimension`, with metadata if
+/// `include_metadata`), unless it holds more than `limit` raw bytes: then `None` (the
+/// store's count was low), and the namespace is to be streamed instead.
 pub(crate) async fn scan_whole(
     storage: &dyn VectorStorage,
     ns: &str,
+    (dimension, include_metadata): (u32, bool),
     page_size: usize,
     limit: usize,
-) -> Result<Scanned> {
-    let mut vectors: Vec<Vector> = Vec::new();
-    let mut bytes = 0;
+) -> Result<Option<FramedVectors>> {
+    let mut vectors = FramedVectors::new(dimension, include_metadata);
+    let (mut bytes, mut failed) = (0, None);
     loop {
-        let after = vectors.last().map(|v| v.id.as_str());
-        let page = storage.scan(ns, after, page_size).await?;
-        if page.is_empty() {
-            return Ok(Scanned::Whole(vectors));
+        let after = vectors
+            .last_id()
+            .map(|id| String::from_utf8_lossy(id).into_owned());
+        let mut take = |v: &Vector| {
+            if failed.is_none() {
+                match vectors.push(v) {
+                    Ok(()) => bytes += vectors.size(vectors.len() - 1),
+                    Err(e) => failed = Some(e),
+                }
+            }
+        };
+        let lent = storage
+            .scan_each(ns, after.as_deref(), page_size, &mut take)
+            .await?;
+        if let Some(e) = failed {
+            return Err(encode_error(ns, e));
         }
-        check_page_order(ns, after, &page)?;
-        bytes += page.iter().map(vector_size).sum::<usize>();
-        vectors.extend(page);
+        if lent == 0 {
+            return Ok(Some(vectors));
+        }
         if bytes > limit {
-            return Ok(Scanned::Larger(vectors));
+            return Ok(None);
         }
     }
 }
@@ -156,7 +163,7 @@ pub(crate) struct GroupEncoder {
 /// A group's scanned vectors (and each namespace's known identities) after encoding, handed
 /// back to be freed on the runtime thread that allocated them (see
 /// [`Ordered::next_freeing_here`]).
-type Spent = Vec<(Vec<Vector>, KnownChunks)>;
+type Spent = Vec<(FramedVectors, KnownChunks)>;
 
 impl GroupEncoder {
     /// `settings` apply to every namespace (their dimension and identity are each
@@ -172,7 +179,7 @@ impl GroupEncoder {
 
     /// Adds a namespace to the group being filled; true when that group is full.
     pub fn add(&mut self, ns: SmallNamespace) -> bool {
-        self.pending_bytes += ns.vectors.iter().map(vector_size).sum::<usize>() + 64;
+        self.pending_bytes += ns.vectors.raw_size() + 64;
         self.pending.push(ns);
         self.pending_bytes >= GROUP_BYTES.min(self.settings.chunk_size)
     }
@@ -218,14 +225,13 @@ fn encode(
     spent: &mut Spent,
 ) -> Result<()> {
     let mut chunker = Chunker::new(ns.dimension, s.dedup_chunk_size);
-    let mut cuts: Vec<usize> = Vec::new();
-    for (i, v) in ns.vectors.iter().enumerate() {
-        if chunker.cut_after(&v.id, vector_size(v)) {
-            cuts.push(i + 1);
-        }
-    }
-    if !ns.vectors.is_empty() && cuts.last() != Some(&ns.vectors.len()) {
-        cuts.push(ns.vectors.len());
+    let vectors = &ns.vectors;
+    let mut cuts: Vec<usize> = (0..vectors.len())
+        .filter(|&i| chunker.cut_after(vectors.id(i), vectors.size(i)))
+        .map(|i| i + 1)
+        .collect();
+    if !vectors.is_empty() && cuts.last() != Some(&vectors.len()) {
+        cuts.push(vectors.len());
     }
     // Each namespace's identities are computed its own way (its dedup base's).
     let settings = EncodeSettings {

@@ -15,7 +15,7 @@ mod spool;
 mod write;
 
 pub(crate) use encode::{ChunkEncoder, EncodeSettings, KnownChunks};
-pub(crate) use group::{scan_whole, EncodedGroup, GroupEncoder, Scanned, SmallNamespace};
+pub(crate) use group::{scan_whole, EncodedGroup, GroupEncoder, SmallNamespace};
 pub(crate) use read::{check_chunks, decode_whole, ChunkBytes, NamespaceReader};
 pub(crate) use spool::{download, download_runs, Run, Spool};
 pub(crate) use write::BlobWriter;

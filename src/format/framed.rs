@@ -44,6 +44,19 @@ impl FramedVectors {
         }
     }
 
+    /// Like [`Self::new`], with room for `vectors` vectors (and a little metadata each)
+    /// before any buffer grows: a namespace whose count the store gave is framed with three
+    /// allocations, not a few dozen growths.
+    pub fn with_room(dimension: u32, include_metadata: bool, vectors: usize) -> Self {
+        FramedVectors {
+            dimension,
+            include_metadata,
+            parts: Vec::with_capacity(vectors * 64),
+            rows: Vec::with_capacity(vectors),
+            values: Vec::with_capacity(vectors * dimension as usize),
+        }
+    }
+
     /// No vectors yet, of the same dimension and metadata setting as `self`.
     pub fn empty_like(&self) -> Self {
         Self::new(self.dimension, self.include_metadata)

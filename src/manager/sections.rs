@@ -154,7 +154,7 @@ impl SnapshotManager {
                 ..shape.clone()
             };
             if shape.value_bytes <= SMALL_NAMESPACE_MAX {
-                if let Some(vectors) = self.scan_small(storage, ns, shape.dimension).await? {
+                if let Some(vectors) = self.scan_small(storage, ns, shape).await? {
                     let small = small_namespace(ns, shape, vectors, plan);
                     if groups.add(small) {
                         self.submit_group(&mut groups, w, plan, &mut sections)
@@ -206,11 +206,16 @@ impl SnapshotManager {
         &self,
         storage: &dyn VectorStorage,
         ns: &str,
-        dimension: u32,
+        shape: &Shape,
     ) -> Result<Option<FramedVectors>> {
-        let framing = (dimension, self.config.include_metadata);
+        let dim = shape.dimension;
+        let count = match dim {
+            0 => 0,
+            _ => (shape.value_bytes / (4 * u64::from(dim))) as usize,
+        };
+        let into = FramedVectors::with_room(dim, self.config.include_metadata, count);
         let (page, limit) = (self.config.scan_page_size, self.config.chunk_size);
-        scan_whole(storage, ns, framing, page, limit).await
+        scan_whole(storage, ns, into, page, limit).await
     }
 
     /// Sends the group being filled to the pool, first writing the oldest group in flight

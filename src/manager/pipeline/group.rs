@@ -113,17 +113,16 @@ impl EncodedGroup {
     }
 }
 
-/// Reads namespace `ns` whole, in id order, framed (of `dimension`, with metadata if
-/// `include_metadata`), unless it holds more than `limit` raw bytes: then `None` (the
-/// store's count was low), and the namespace is to be streamed instead.
+/// Reads namespace `ns` whole, in id order, framed into `vectors` (empty), unless it holds
+/// more than `limit` raw bytes: then `None` (the store's count was low), and the namespace
+/// is to be streamed instead.
 pub(crate) async fn scan_whole(
     storage: &dyn VectorStorage,
     ns: &str,
-    (dimension, include_metadata): (u32, bool),
+    mut vectors: FramedVectors,
     page_size: usize,
     limit: usize,
 ) -> Result<Option<FramedVectors>> {
-    let mut vectors = FramedVectors::new(dimension, include_metadata);
     let (mut bytes, mut failed) = (0, None);
     loop {
         let after = vectors

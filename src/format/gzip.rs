@@ -21,10 +21,6 @@ thread_local! {
     static DEFLATE: RefCell<Option<(Compress, u32)>> = const { RefCell::new(None) };
     /// This thread's inflate state.
     static INFLATE: RefCell<Option<Decompress>> = const { RefCell::new(None) };
-    /// This thread's Huffman-only deflate stream (raw deflate, no string matching). It is
-    /// never reset: it makes no back-references, so the blocks it writes between two sync
-    /// flushes decode on their own, in any member.
-    static HUFFMAN: RefCell<Option<zlib_rs::Deflate>> = const { RefCell::new(None) };
 }
 
 /// Appends `raw` as one gzip member at deflate `level` (0 = stored blocks) to `out`.
@@ -65,7 +61,8 @@ pub fn append_member_parts(
 }
 
 /// Appends one gzip member holding `records` deflated at `level`, then `plane` Huffman-coded
-/// without string matching, then `tail` as stored blocks, in one deflate stream.
+/// without string matching (one block of literals, `format::huffman`), then `tail` as stored
+/// blocks, in one deflate stream.
 ///
 /// For the exponent plane of real-valued embeddings (a few distinct bytes in no order),
 /// string matching costs most of a deflate's time and *loses* size: matches of three or four
@@ -90,44 +87,9 @@ pub fn append_member_planes(
     with_reset_deflate(level, |c| {
         deflate_all(c, records, out, FlushCompress::Sync);
     });
-    HUFFMAN.with(|state| {
-        let mut state = state.borrow_mut();
-        let h = state.get_or_insert_with(|| {
-            zlib_rs::Deflate::new_with_config(zlib_rs::DeflateConfig {
-                level: 1,
-                window_bits: -15,
-                strategy: zlib_rs::Strategy::HuffmanOnly,
-                ..zlib_rs::DeflateConfig::default()
-            })
-        });
-        huffman_all(h, plane, out);
-    });
+    super::huffman::append_literal_block(out, plane);
     append_stored_blocks(out, tail);
     append_trailer(out, &[records, plane, tail]);
-}
-
-/// Feeds all of `raw` to the Huffman-only stream `h` with a sync flush, appending its output
-/// to `out`.
-fn huffman_all(h: &mut zlib_rs::Deflate, raw: &[u8], out: &mut Vec<u8>) {
-    let mut taken = 0;
-    loop {
-        let start = out.len();
-        let room = (raw.len() - taken) + (raw.len() - taken) / 4 + 1024;
-        out.resize(start + room, 0);
-        let (before_in, before_out) = (h.total_in(), h.total_out());
-        h.compress(
-            &raw[taken..],
-            &mut out[start..],
-            zlib_rs::DeflateFlush::SyncFlush,
-        )
-        .expect("a Huffman-only deflate into a buffer cannot fail");
-        taken += (h.total_in() - before_in) as usize;
-        let produced = (h.total_out() - before_out) as usize;
-        out.truncate(start + produced);
-        if taken == raw.len() && produced < room {
-            return;
-        }
-    }
 }
 
 /// Appends `raw` as one gzip member of stored deflate blocks: no deflate state is touched

@@ -9,6 +9,7 @@ pub mod chunker;
 pub mod directory;
 pub mod framed;
 pub mod gzip;
+mod huffman;
 pub mod index;
 pub mod sidecar;
 

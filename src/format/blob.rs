@@ -638,21 +638,14 @@ fn append_planes(
     count: usize,
 ) -> Result<(Vec<u8>, usize), EncodeError> {
     let n = values.len();
-    let records_end = out.len();
-    out.resize(records_end + n, 0);
-    let mut low = vec![0u8; 3 * n];
-    {
-        let p3 = &mut out[records_end..];
-        let (p2, rest) = low.split_at_mut(n);
-        let (p1, p0) = rest.split_at_mut(n);
-        for (i, x) in values.iter().enumerate() {
-            let b = x.to_bits().to_le_bytes();
-            p0[i] = b[0];
-            p1[i] = b[1];
-            p2[i] = b[2];
-            p3[i] = b[3];
-        }
-    }
+    // One pass per plane: a chunk's values stay in cache, and each pass writes its plane
+    // straight into place (no zeroed buffer to overwrite).
+    let plane = |shift: u32| values.iter().map(move |x| (x.to_bits() >> shift) as u8);
+    out.extend(plane(24));
+    let mut low = Vec::with_capacity(3 * n);
+    low.extend(plane(16));
+    low.extend(plane(8));
+    low.extend(plane(0));
     let payload_len = out.len() - 5 + low.len();
     if payload_len > MAX_FRAME_LEN as usize {
         return Err(EncodeError::Invalid(format!(

@@ -78,61 +78,74 @@ fn count(data: &[u8], freq: &mut [u32; LITERAL_CODES]) {
 /// Past the limit, frequencies are halved (keeping every used symbol at least 1) and the
 /// code built again: the distribution flattens until it fits, which happens only for very
 /// skewed inputs and costs little size.
-fn code_lengths(freq: &[u32], limit: u8) -> Vec<u8> {
-    let mut weights: Vec<u64> = freq.iter().map(|&f| u64::from(f)).collect();
-    let used = weights.iter().filter(|&&w| w > 0).count();
-    if used < 2 {
-        let partner = if weights[0] == 0 { 0 } else { 1 };
-        weights[partner] = 1;
+fn code_lengths<const N: usize>(freq: &[u32; N], limit: u8) -> [u8; N] {
+    // The used symbols, by ascending weight: a plane uses a few dozen of 257.
+    let mut used: Vec<(u32, u16)> = (0..N)
+        .filter(|&s| freq[s] > 0)
+        .map(|s| (freq[s], s as u16))
+        .collect();
+    if used.len() < 2 {
+        let partner = if used.first().is_some_and(|&(_, s)| s == 0) {
+            1
+        } else {
+            0
+        };
+        used.push((1, partner));
     }
     loop {
-        let lengths = huffman_lengths(&weights);
-        if lengths.iter().all(|&l| l <= limit) {
+        used.sort_unstable();
+        let depths = huffman_depths(&used);
+        if depths.iter().all(|&d| d <= limit) {
+            let mut lengths = [0u8; N];
+            for (&(_, s), &d) in used.iter().zip(&depths) {
+                lengths[usize::from(s)] = d;
+            }
             return lengths;
         }
-        for w in weights.iter_mut().filter(|w| **w > 0) {
+        for (w, _) in &mut used {
             *w = (*w / 2).max(1);
         }
     }
 }
 
-/// Unlimited Huffman code lengths of the symbols with non-zero weight.
-fn huffman_lengths(weights: &[u64]) -> Vec<u8> {
-    use std::cmp::Reverse;
-    use std::collections::BinaryHeap;
-    // Nodes 0..n are the symbols; each merge adds a node. `parent` links build the tree.
-    let n = weights.len();
-    let mut parent: Vec<usize> = vec![usize::MAX; n];
-    let mut heap: BinaryHeap<Reverse<(u64, usize)>> = weights
-        .iter()
-        .enumerate()
-        .filter(|(_, &w)| w > 0)
-        .map(|(i, &w)| Reverse((w, i)))
-        .collect();
-    while heap.len() > 1 {
-        let Reverse((wa, a)) = heap.pop().expect("two nodes");
-        let Reverse((wb, b)) = heap.pop().expect("two nodes");
-        let node = parent.len();
-        parent.push(usize::MAX);
+/// The depth of each leaf in a Huffman tree of `leaves` (weights in ascending order, at
+/// least two): the two-queue construction, where merged nodes are made in ascending weight
+/// order and so need no heap.
+fn huffman_depths(leaves: &[(u32, u16)]) -> Vec<u8> {
+    let m = leaves.len();
+    // Nodes 0..m are the leaves, m.. the merges, each after its children.
+    let mut weight: Vec<u64> = leaves.iter().map(|&(w, _)| u64::from(w)).collect();
+    weight.reserve(m - 1);
+    let mut parent = vec![0usize; 2 * m - 1];
+    let (mut leaf, mut merged) = (0, m);
+    let mut smallest = |weight: &Vec<u64>| {
+        let take_leaf = leaf < m && (merged >= weight.len() || weight[leaf] <= weight[merged]);
+        if take_leaf {
+            leaf += 1;
+            leaf - 1
+        } else {
+            merged += 1;
+            merged - 1
+        }
+    };
+    for node in m..2 * m - 1 {
+        let a = smallest(&weight);
+        let b = smallest(&weight);
         parent[a] = node;
         parent[b] = node;
-        heap.push(Reverse((wa + wb, node)));
+        weight.push(weight[a] + weight[b]);
     }
-    // Nodes are created after their children, so depths fill from the root down.
-    let mut depth = vec![0u8; parent.len()];
-    for i in (0..parent.len()).rev() {
-        if parent[i] != usize::MAX {
-            depth[i] = depth[parent[i]].saturating_add(1);
-        }
+    let mut depth = vec![0u8; 2 * m - 1];
+    for node in (0..2 * m - 2).rev() {
+        depth[node] = depth[parent[node]].saturating_add(1);
     }
-    (0..n)
-        .map(|i| if weights[i] > 0 { depth[i] } else { 0 })
-        .collect()
+    depth.truncate(m);
+    depth
 }
 
 /// The canonical codes of `lengths` (RFC 1951 3.2.2), bit-reversed for a stream written
 /// from the least significant bit, with their lengths.
-fn canonical_codes(lengths: &[u8]) -> Vec<(u32, u8)> {
+fn canonical_codes<const N: usize>(lengths: &[u8; N]) -> [(u32, u8); N] {
     let mut count = [0u32; 16];
     for &l in lengths {
         count[usize::from(l)] += 1;
@@ -144,24 +157,22 @@ fn canonical_codes(lengths: &[u8]) -> Vec<(u32, u8)> {
         code = (code + count[bits - 1]) << 1;
         next[bits] = code;
     }
-    lengths
-        .iter()
-        .map(|&l| {
-            if l == 0 {
-                return (0, 0);
-            }
-            let c = next[usize::from(l)];
-            next[usize::from(l)] += 1;
-            (c.reverse_bits() >> (32 - u32::from(l)), l)
-        })
-        .collect()
+    let mut codes = [(0u32, 0u8); N];
+    for (c, &l) in codes.iter_mut().zip(lengths) {
+        if l > 0 {
+            let n = &mut next[usize::from(l)];
+            *c = (n.reverse_bits() >> (32 - u32::from(l)), l);
+            *n += 1;
+        }
+    }
+    codes
 }
 
 /// Writes the block's code lengths: HLIT, HDIST, HCLEN, the code-length code, then the
 /// literal and distance code lengths run-length coded with it.
-fn write_code_lengths(w: &mut BitWriter<'_>, literal_lengths: &[u8]) {
-    let mut all = literal_lengths.to_vec();
-    all.extend([1u8; DISTANCE_CODES]);
+fn write_code_lengths(w: &mut BitWriter<'_>, literal_lengths: &[u8; LITERAL_CODES]) {
+    let mut all = [1u8; LITERAL_CODES + DISTANCE_CODES];
+    all[..LITERAL_CODES].copy_from_slice(literal_lengths);
     let runs = run_lengths(&all);
     let mut freq = [0u32; 19];
     for &(symbol, _) in &runs {
@@ -315,20 +326,18 @@ mod tests {
     #[test]
     fn codes_past_fifteen_bits_are_limited_and_still_decode() {
         // Fibonacci frequencies make an unlimited Huffman code as deep as the symbols are
-        // many: 25 symbols would need 24 bits.
+        // many: with the end-of-block symbol (weight 1) ahead of them, 25 symbols of
+        // weights 1, 2, 3, 5, ... would need 25 bits.
         let mut data = Vec::new();
-        let (mut a, mut b) = (1usize, 1usize);
+        let (mut a, mut b) = (1usize, 2usize);
         for s in 0..25u8 {
             data.extend(std::iter::repeat_n(s, a));
             (a, b) = (b, a + b);
         }
-        let weights: Vec<u64> = (0..=255u8)
-            .map(|s| data.iter().filter(|&&x| x == s).count() as u64)
-            .collect();
-        assert!(huffman_lengths(&weights).iter().any(|&l| l > 15));
         let mut freq = [0u32; LITERAL_CODES];
         count(&data, &mut freq);
         freq[END_OF_BLOCK] = 1;
+        assert!(code_lengths(&freq, u8::MAX).iter().any(|&l| l > 15));
         assert!(code_lengths(&freq, 15).iter().all(|&l| l <= 15));
         assert_eq!(round_trip(&[&data]), data);
     }
@@ -370,13 +379,26 @@ mod tests {
         let mut freq = [0u32; LITERAL_CODES];
         count(&plane, &mut freq);
         freq[END_OF_BLOCK] = 1;
-        let weights: Vec<u64> = freq.iter().map(|&f| u64::from(f)).collect();
-        let lengths = huffman_lengths(&weights);
-        let bits: u64 = weights
+        // An optimal code's cost is the sum of the weights of every merge (Huffman's
+        // construction, computed here apart from the code under test).
+        let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<u64>> = freq
+            .iter()
+            .filter(|&&f| f > 0)
+            .map(|&f| std::cmp::Reverse(u64::from(f)))
+            .collect();
+        let mut bits = 0;
+        while heap.len() > 1 {
+            let (a, b) = (heap.pop().unwrap().0, heap.pop().unwrap().0);
+            bits += a + b;
+            heap.push(std::cmp::Reverse(a + b));
+        }
+        let lengths = code_lengths(&freq, 15);
+        let ours_bits: u64 = freq
             .iter()
             .zip(&lengths)
-            .map(|(&w, &l)| w * u64::from(l))
+            .map(|(&f, &l)| u64::from(f) * u64::from(l))
             .sum();
+        assert_eq!(ours_bits, bits, "the code is optimal");
         assert!(
             ours.len() as u64 <= bits / 8 + 64,
             "{} bytes for {} bytes of codes",

@@ -240,17 +240,10 @@ async fn a_damaged_namespace_in_a_group_is_named_and_its_group_is_not_written() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_namespace_larger_than_its_count_says_is_snapshotted_whole() {
     let dir = tempfile::tempdir().unwrap();
-    // Batches of 64 KiB: the 300 KB namespace outgrows a group while it is scanned.
-    let config = SnapshotConfig::default()
-        .with_chunk_size(64 << 10)
-        .with_scan_page_size(100);
-    let m = SnapshotManager::local(dir.path(), config).unwrap();
+    // The 300 KB namespace outgrows a group while it is scanned.
+    let m = small_batches(dir.path());
     let inner = store_with(&[("a-small", 3, 32), ("c-small", 4, 32)]).await;
-    inner.ensure_namespace("b-big").await.unwrap();
-    inner
-        .upsert("b-big", make_vectors("b-big", 2_000, 32))
-        .await
-        .unwrap();
+    add_namespace(&inner, "b-big", 2_000, 32).await;
     let store = Watched {
         low_count: true,
         ..Watched::new(inner, true)
@@ -271,17 +264,10 @@ async fn a_store_whose_scan_does_not_ascend_is_refused_by_namespace() {
     // batches of 64 KiB); pages of 100 vectors, each returned backwards.
     for (name, count) in [("small", 30), ("large", 2_000)] {
         let dir = tempfile::tempdir().unwrap();
-        let config = SnapshotConfig::default()
-            .with_chunk_size(64 << 10)
-            .with_scan_page_size(100);
-        let m = SnapshotManager::local(dir.path(), config).unwrap();
+        let m = small_batches(dir.path());
         // One vector reads the same backwards: this namespace is fine.
         let inner = store_with(&[("a", 1, 8)]).await;
-        inner.ensure_namespace(name).await.unwrap();
-        inner
-            .upsert(name, make_vectors(name, count, 8))
-            .await
-            .unwrap();
+        add_namespace(&inner, name, count, 8).await;
         let store = Watched {
             reversed: true,
             ..Watched::new(inner, false)
@@ -295,6 +281,22 @@ async fn a_store_whose_scan_does_not_ascend_is_refused_by_namespace() {
         assert!(msg.contains("ascending order"), "{msg}");
         assert!(m.list_snapshots().await.unwrap().is_empty(), "{name}");
     }
+}
+
+/// A manager of a local repository in `dir` that encodes batches of 64 KiB and scans pages
+/// of 100 vectors, so a test namespace of a few hundred KB spans several of each.
+fn small_batches(dir: &std::path::Path) -> SnapshotManager {
+    let config = SnapshotConfig::default()
+        .with_chunk_size(64 << 10)
+        .with_scan_page_size(100);
+    SnapshotManager::local(dir, config).unwrap()
+}
+
+/// Adds namespace `name` of `count` generated vectors of `dim` to `store`.
+async fn add_namespace(store: &InMemoryStorage, name: &str, count: usize, dim: usize) {
+    store.ensure_namespace(name).await.unwrap();
+    let vectors = make_vectors(name, count, dim);
+    store.upsert(name, vectors).await.unwrap();
 }
 
 /// A store that records which namespaces were scanned, can hide its change tokens, can

@@ -72,9 +72,10 @@ impl Vector {
 ///   batch.
 /// - Reads (`get`, `get_all`, `scan`, `count`) never return vectors whose `expires_at` is in
 ///   the past.
-/// - `scan` returns vectors in ascending byte order of their ids, starting strictly after
-///   `after`; an empty page means the end. Snapshots are written in this order, which makes
-///   their per-namespace digests reproducible.
+/// - `scan` (and `scan_each`, which lends what `scan` would return) returns vectors in
+///   ascending byte order of their ids, starting strictly after `after`; an empty page means
+///   the end. Snapshots are written in this order, which makes their per-namespace digests
+///   reproducible.
 /// - Operations on a namespace that does not exist fail with
 ///   [`crate::Error::NamespaceNotFound`], except `ensure_namespace`, `namespace_exists` and
 ///   `delete_namespace`.

@@ -409,4 +409,33 @@ mod tests {
         std::io::Write::write_all(&mut zlib, &plane).unwrap();
         assert!(ours.len() < zlib.finish().unwrap().len());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 64,
+            ..Default::default()
+        })]
+
+        /// Any bytes, drawn from alphabets of 1 to 256 values with any skew, inflate back.
+        #[test]
+        fn any_bytes_inflate_back(
+            alphabet in 1u32..=256,
+            skew in 0u32..16,
+            seed in proptest::prelude::any::<u64>(),
+            len in 0usize..40_000,
+        ) {
+            let mut next = lcg(seed);
+            let data: Vec<u8> = (0..len)
+                .map(|_| {
+                    // Smaller values more often the larger the skew.
+                    let mut v = (next() as u32) % alphabet;
+                    for _ in 0..skew % 4 {
+                        v = v.min((next() as u32) % alphabet);
+                    }
+                    (v.wrapping_mul(skew | 1)) as u8
+                })
+                .collect();
+            proptest::prop_assert_eq!(round_trip(&[&data]), data);
+        }
+    }
 }

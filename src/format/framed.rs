@@ -24,6 +24,8 @@ pub struct FramedVectors {
     rows: Vec<Row>,
     /// Every vector's values, `dimension` each, in order.
     values: Vec<f32>,
+    /// The raw bytes all its vectors count for (see [`Self::size`]).
+    raw: usize,
 }
 
 /// Where a vector's frame parts end in `parts`, and how long its head is.
@@ -54,6 +56,7 @@ impl FramedVectors {
             parts: Vec::with_capacity(vectors * 64),
             rows: Vec::with_capacity(vectors),
             values: Vec::with_capacity(vectors * dimension as usize),
+            raw: 0,
         }
     }
 
@@ -80,6 +83,7 @@ impl FramedVectors {
         self.parts.clear();
         self.rows.clear();
         self.values.clear();
+        self.raw = 0;
     }
 
     pub fn dimension(&self) -> u32 {
@@ -105,11 +109,7 @@ impl FramedVectors {
         }
         if let Some(last) = self.last_id() {
             if v.id.as_bytes() <= last {
-                return Err(EncodeError::Invalid(format!(
-                    "vector ids must arrive in ascending order without repeats ({:?} after {:?})",
-                    v.id,
-                    String::from_utf8_lossy(last)
-                )));
+                return Err(out_of_order(&v.id, &String::from_utf8_lossy(last)));
             }
         }
         let start = self.parts.len();
@@ -125,6 +125,7 @@ impl FramedVectors {
             head_len: head_len as u32,
         });
         self.values.extend_from_slice(&v.values);
+        self.raw += self.size(self.rows.len() - 1);
         Ok(())
     }
 
@@ -177,9 +178,16 @@ impl FramedVectors {
 
     /// The raw bytes all its vectors count for (see [`Self::size`]).
     pub fn raw_size(&self) -> usize {
-        let ids: usize = (0..self.len()).map(|i| self.id(i).len()).sum();
-        self.len() * (4 * self.dimension as usize + 16) + ids
+        self.raw
     }
+}
+
+/// Why vector `id` cannot follow `prev`: ids ascend strictly, within a namespace's batch and
+/// across its batches.
+pub fn out_of_order(id: &str, prev: &str) -> EncodeError {
+    EncodeError::Invalid(format!(
+        "vector ids must arrive in ascending order without repeats ({id:?} after {prev:?}); a store's scan must ascend by id"
+    ))
 }
 
 /// Appends `v`'s frame head (flags, id) and tail (TTL, expiry, metadata) to `out`; returns

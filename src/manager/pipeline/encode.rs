@@ -4,7 +4,7 @@ use super::{encode_error, Ordered};
 use crate::error::Result;
 use crate::format::blob::{self, ChunkSeal, Dedup, EncodedBatch, Filter, Identity, MantissaChoice};
 use crate::format::chunker::Chunker;
-use crate::format::framed::FramedVectors;
+use crate::format::framed::{out_of_order, FramedVectors};
 use crate::storage::{Vector, VectorStorage};
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -139,10 +139,9 @@ impl<'a> ChunkEncoder<'a> {
 struct Batcher {
     chunker: Chunker,
     chunk_size: usize,
-    /// The batch being filled, the chunk ends within it, and its raw bytes.
+    /// The batch being filled, and the chunk ends within it.
     pending: FramedVectors,
     cuts: Vec<usize>,
-    bytes: usize,
     /// Batches filled (each ends at a chunk boundary), not yet sent to the pool.
     full: VecDeque<(FramedVectors, Vec<usize>)>,
     /// Encoded batches, emptied, whose buffers frame the next ones.
@@ -161,7 +160,6 @@ impl Batcher {
             chunk_size: s.chunk_size,
             pending: FramedVectors::new(s.dimension, s.include_metadata),
             cuts: Vec::new(),
-            bytes: 0,
             full: VecDeque::new(),
             spare: Vec::new(),
             before: None,
@@ -185,11 +183,12 @@ impl Batcher {
             return;
         }
         let i = self.pending.len() - 1;
-        let size = self.pending.size(i);
-        self.bytes += size;
-        if self.chunker.cut_after(self.pending.id(i), size) {
+        if self
+            .chunker
+            .cut_after(self.pending.id(i), self.pending.size(i))
+        {
             self.cuts.push(self.pending.len());
-            if self.bytes >= self.chunk_size {
+            if self.pending.raw_size() >= self.chunk_size {
                 let batch = self.close();
                 self.full.push_back(batch);
             }
@@ -233,7 +232,6 @@ impl Batcher {
             before.clear();
             before.push_str(&String::from_utf8_lossy(last));
         }
-        self.bytes = 0;
         (batch, std::mem::take(&mut self.cuts))
     }
 
@@ -242,13 +240,6 @@ impl Batcher {
         vectors.clear();
         self.spare.push(vectors);
     }
-}
-
-/// The error for a store whose scan lent `id` after `prev`.
-pub(crate) fn out_of_order(id: &str, prev: &str) -> blob::EncodeError {
-    blob::EncodeError::Invalid(format!(
-        "the store's scan returned {id:?} after {prev:?}; scans must ascend by id"
-    ))
 }
 
 /// Encodes `vectors` of namespace `ns` (of `s.dimension`) as the chunks ending at `cuts`,

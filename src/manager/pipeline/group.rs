@@ -123,17 +123,14 @@ pub(crate) async fn scan_whole(
     page_size: usize,
     limit: usize,
 ) -> Result<Option<FramedVectors>> {
-    let (mut bytes, mut failed) = (0, None);
+    let mut failed = None;
     loop {
         let after = vectors
             .last_id()
             .map(|id| String::from_utf8_lossy(id).into_owned());
         let mut take = |v: &Vector| {
             if failed.is_none() {
-                match vectors.push(v) {
-                    Ok(()) => bytes += vectors.size(vectors.len() - 1),
-                    Err(e) => failed = Some(e),
-                }
+                failed = vectors.push(v).err();
             }
         };
         let lent = storage
@@ -145,7 +142,7 @@ pub(crate) async fn scan_whole(
         if lent == 0 {
             return Ok(Some(vectors));
         }
-        if bytes > limit {
+        if vectors.raw_size() > limit {
             return Ok(None);
         }
     }

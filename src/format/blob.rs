@@ -159,6 +159,14 @@ pub fn stored_member(raw: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `raw` as one gzip member of Huffman-coded literals, no string matching (see
+/// [`super::gzip::append_literal_member`]).
+pub fn literal_member(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    super::gzip::append_literal_member(&mut out, raw);
+    out
+}
+
 /// Compresses `raw` into one gzip member at deflate `level` (0 = stored), with this
 /// thread's reused deflate state: a fresh state per member (hundreds of KiB) per namespace
 /// fragmented the heap by that much per namespace.

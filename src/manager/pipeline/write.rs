@@ -119,7 +119,7 @@ impl BlobWriter {
     }
 
     /// Compresses (and seals, as `what`) and appends a small chunk of raw frames: the
-    /// header, a chunk index, the footer.
+    /// header, the footer.
     pub async fn write_raw(
         &mut self,
         raw: Vec<u8>,
@@ -127,9 +127,20 @@ impl BlobWriter {
         what: Chunk<'_>,
     ) -> Result<ChunkEntry> {
         let member = blob::compress_member(&raw, level);
+        self.write_member(member, raw.len() as u64, what).await
+    }
+
+    /// Seals (as `what`) and appends a gzip member of `raw_length` raw bytes: a chunk the
+    /// caller compressed its own way (a chunk index).
+    pub async fn write_member(
+        &mut self,
+        member: Vec<u8>,
+        raw_length: u64,
+        what: Chunk<'_>,
+    ) -> Result<ChunkEntry> {
         let bytes = Sealing::maybe_seal(self.sealing.as_ref(), member, what);
         let crc = crc32fast::hash(&bytes);
-        self.write(bytes, crc, raw.len() as u64, 0).await
+        self.write(bytes, crc, raw_length, 0).await
     }
 
     /// Publishes the blob; returns its size, raw size and SHA-256.

@@ -15,6 +15,20 @@ struct Namespace {
     vectors: BTreeMap<String, Vector>,
     /// The store-wide write counter at this namespace's last change.
     version: u64,
+    /// At most the earliest expiry of any vector stored (`None`: none has one). Deletes
+    /// leave it as it is, so it stays a lower bound; until the clock reaches it nothing has
+    /// expired, and counts and change tokens need no walk over the vectors.
+    earliest_expiry: Option<u64>,
+}
+
+impl Namespace {
+    /// How many stored vectors have expired by `now`.
+    fn expired(&self, now: u64) -> usize {
+        match self.earliest_expiry {
+            Some(t) if t <= now => self.vectors.values().filter(|v| v.is_expired(now)).count(),
+            _ => 0,
+        }
+    }
 }
 
 /// An in-memory [`VectorStorage`]: namespaces of vectors in id order, with dimension checks
@@ -131,6 +145,9 @@ impl VectorStorage for InMemoryStorage {
             if v.expires_at.is_none() {
                 v.expires_at = v.ttl_seconds.map(|ttl| now.saturating_add(ttl));
             }
+            if let Some(t) = v.expires_at {
+                ns.earliest_expiry = Some(ns.earliest_expiry.map_or(t, |e| e.min(t)));
+            }
             ns.vectors.insert(v.id.clone(), v);
         }
         Ok(n)
@@ -185,9 +202,7 @@ impl VectorStorage for InMemoryStorage {
     }
 
     async fn count(&self, namespace: &str) -> Result<usize> {
-        self.with_ns(namespace, |ns, now| {
-            ns.vectors.values().filter(|v| !v.is_expired(now)).count()
-        })
+        self.with_ns(namespace, |ns, now| ns.vectors.len() - ns.expired(now))
     }
 
     /// `epoch.version.expired`: the instance, the namespace's last write, and how many of its
@@ -195,7 +210,7 @@ impl VectorStorage for InMemoryStorage {
     /// names the live set).
     async fn change_token(&self, namespace: &str) -> Result<Option<String>> {
         self.with_ns(namespace, |ns, now| {
-            let expired = ns.vectors.values().filter(|v| v.is_expired(now)).count();
+            let expired = ns.expired(now);
             Some(format!("{:016x}.{}.{expired}", self.epoch, ns.version))
         })
     }
@@ -275,6 +290,30 @@ mod tests {
         assert_eq!(s.count("a").await.unwrap(), 1);
         assert_eq!(s.scan("a", None, 10).await.unwrap().len(), 1);
         assert!(s.get("a", &["ttl".to_string()]).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn counts_follow_expiry_after_the_earliest_expiring_vector_is_deleted_or_rewritten() {
+        let clock = ManualClock::new(1_000_000);
+        let s = InMemoryStorage::with_clock(clock.clone());
+        s.ensure_namespace("a").await.unwrap();
+        let vs = vec![
+            v("gone", 2).with_ttl(5),
+            v("late", 2).with_ttl(20),
+            v("kept", 2).with_ttl(5),
+            v("plain", 2),
+        ];
+        s.upsert("a", vs).await.unwrap();
+        assert_eq!(s.count("a").await.unwrap(), 4);
+        s.delete("a", &["gone".into()]).await.unwrap();
+        s.upsert("a", vec![v("kept", 2)]).await.unwrap();
+        let token = s.change_token("a").await.unwrap();
+        clock.advance(std::time::Duration::from_secs(10));
+        assert_eq!(s.count("a").await.unwrap(), 3, "nothing left has expired");
+        assert_eq!(s.change_token("a").await.unwrap(), token);
+        clock.advance(std::time::Duration::from_secs(10));
+        assert_eq!(s.count("a").await.unwrap(), 2, "\"late\" has expired");
+        assert_ne!(s.change_token("a").await.unwrap(), token);
     }
 
     #[tokio::test]

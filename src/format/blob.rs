@@ -427,14 +427,23 @@ impl EncodedBatch {
     /// An empty batch with room for `vectors` vectors of `dimension` values and a little
     /// metadata, compressed at `level`: about what a batch of embeddings compresses to, so the
     /// buffer rarely grows (each growth copies it). A digest pass (`None`) stores no bytes.
-    pub fn with_room(vectors: usize, dimension: u32, level: Option<u32>) -> Self {
+    /// Its bytes go into `buffer` (emptied first), which `take(room)` gives: a spare one, or a
+    /// new one.
+    pub fn with_room(
+        vectors: usize,
+        dimension: u32,
+        level: Option<u32>,
+        take: impl FnOnce(usize) -> Vec<u8>,
+    ) -> Self {
         let room = match level {
             Some(_) => vectors * (4 * dimension as usize + 64),
             None => 0,
         };
+        let mut bytes = take(room);
+        bytes.clear();
         EncodedBatch {
             vector_hashes: Vec::with_capacity(vectors),
-            bytes: Vec::with_capacity(room),
+            bytes,
             ..Default::default()
         }
     }

@@ -66,6 +66,7 @@ impl FramedVectors {
     }
 
     /// `vectors` framed; the first one that cannot be stored is the error.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn of(
         vectors: &[Vector],
         dimension: u32,

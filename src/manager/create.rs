@@ -196,6 +196,7 @@ impl SnapshotManager {
             parallelism: self.config.effective_parallelism(),
             identity: Identity::Vectors,
             sealing: None,
+            buffers: Default::default(),
         }
     }
 

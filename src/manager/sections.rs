@@ -5,14 +5,14 @@
 use super::create::namespace_dimension;
 use super::dedup::IndexBuilder;
 use super::pipeline::{
-    outside_the_runtime, scan_whole, BlobWriter, ChunkEncoder, EncodeSettings, EncodedGroup,
-    GroupEncoder, KnownChunks, SmallNamespace,
+    outside_the_runtime, scan_whole, BlobWriter, ByteBuffers, ChunkEncoder, EncodeSettings,
+    EncodedGroup, EncodedNamespace, GroupEncoder, KnownChunks, SmallNamespace,
 };
 use super::plan::{ParentView, WritePlan};
 use super::SnapshotManager;
 use crate::crypto::{Chunk, Sealing};
 use crate::error::Result;
-use crate::format::blob::{self, Identity};
+use crate::format::blob::{self, EncodedBatch, Identity};
 use crate::format::directory::DirectoryMember;
 use crate::format::framed::FramedVectors;
 use crate::format::index::NamespaceIndex;
@@ -146,6 +146,7 @@ impl SnapshotManager {
         };
         let mut groups = GroupEncoder::new(EncodeSettings {
             sealing: w.sealing().cloned(),
+            buffers: w.buffers(),
             ..self.encode_settings(0, Some(level))
         });
         for (ns, shape) in plan.store.iter().zip(shapes) {
@@ -261,9 +262,16 @@ impl SnapshotManager {
     ) -> Result<()> {
         let (start, filter) = (w.offset(), self.config.effective_filter());
         let level = self.config.effective_level();
-        let sealing = w.sealing().cloned();
+        let (sealing, buffers) = (w.sealing().cloned(), w.buffers());
         let laid = outside_the_runtime(|| {
-            lay_out_group(start, group, plan, (filter, level), sealing.as_ref())
+            lay_out_group(
+                start,
+                group,
+                plan,
+                (filter, level),
+                sealing.as_ref(),
+                &buffers,
+            )
         })?;
         w.append(laid.bytes, laid.raw).await?;
         // Entries are compressed into the directory as its frames fill: CPU work.
@@ -300,6 +308,7 @@ impl SnapshotManager {
         let settings = EncodeSettings {
             identity,
             sealing: w.sealing().cloned(),
+            buffers: w.buffers(),
             ..self.encode_settings(dim, Some(level))
         };
         let mut encoder = ChunkEncoder::new(storage, ns, settings, known);
@@ -368,24 +377,49 @@ fn small_namespace(
 }
 
 /// Lays a group of encoded namespaces out as consecutive sections from blob offset `start`:
-/// each one's data chunks, then its chunk index (built here, as its offsets are now known).
-/// Blocking CPU work.
+/// each one's data chunks, then its chunk index (built here, as its offsets are now known),
+/// into a buffer from `buffers`, to which the group's own goes back. Blocking CPU work.
 fn lay_out_group(
     start: u64,
     group: EncodedGroup,
     plan: &WritePlan,
     (filter, level): (blob::Filter, u32),
     sealing: Option<&Sealing>,
+    buffers: &ByteBuffers,
 ) -> Result<LaidOut> {
     let EncodedGroup { batch, namespaces } = group;
+    let room = batch.bytes.len() + namespaces.len() * STORED_INDEX_MAX / 4;
+    let laid = lay_out_namespaces(
+        start,
+        &batch,
+        namespaces,
+        plan,
+        (filter, level),
+        sealing,
+        buffers.take(room),
+    );
+    buffers.give(batch.bytes);
+    laid
+}
+
+/// [`lay_out_group`]'s work, into `bytes` (empty).
+fn lay_out_namespaces(
+    start: u64,
+    batch: &EncodedBatch,
+    namespaces: Vec<EncodedNamespace>,
+    plan: &WritePlan,
+    (filter, level): (blob::Filter, u32),
+    sealing: Option<&Sealing>,
+    bytes: Vec<u8>,
+) -> Result<LaidOut> {
     let mut out = LaidOut {
-        bytes: Vec::with_capacity(batch.bytes.len() + namespaces.len() * STORED_INDEX_MAX / 4),
+        bytes,
         raw: 0,
         written: Vec::with_capacity(namespaces.len()),
         value_bytes: 0,
     };
     for e in namespaces {
-        let part = e.part(&batch);
+        let part = e.part(batch);
         let base = plan.bases.get(&e.name);
         let identity = base.map_or(Identity::Vectors, |b| b.identity);
         let dim = e.dimension;

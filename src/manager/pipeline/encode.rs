@@ -27,6 +27,8 @@ pub(crate) struct EncodeSettings {
     pub identity: Identity,
     /// In an encrypted repository: how the snapshot's chunks are sealed.
     pub sealing: Option<crate::crypto::Sealing>,
+    /// Where encoded batches take their byte buffers from (the blob writer's spares).
+    pub buffers: super::ByteBuffers,
 }
 
 /// Chunk identities already stored in the chain (chunks with these are referenced, not
@@ -75,11 +77,14 @@ impl<'a> ChunkEncoder<'a> {
         let (ns, s, known) = (self.ns.clone(), self.s.clone(), self.known.clone());
         self.jobs.push(move || {
             let mantissas = &mut MantissaChoice::default();
-            let mut batch = EncodedBatch::with_room(vectors.len(), s.dimension, s.level);
+            let take = |room| s.buffers.take(room);
+            let mut batch = EncodedBatch::with_room(vectors.len(), s.dimension, s.level, take);
             let encoded = encode_cut(&mut batch, &ns, &vectors, &cuts, &known, &s, mantissas);
             // Grown by doubling, the buffer can be twice its content; on object storage a
             // batch's bytes stay alive until the multipart part holding them is uploaded.
-            batch.bytes.shrink_to_fit();
+            if !s.buffers.come_back() {
+                batch.bytes.shrink_to_fit();
+            }
             Ok((encoded.map(|()| batch), vectors))
         });
     }

@@ -77,10 +77,11 @@ pub(crate) struct EncodedGroup {
 }
 
 impl EncodedGroup {
-    fn with_capacity(namespaces: usize, raw_bytes: usize) -> Self {
+    /// An empty group with room for `namespaces` namespaces, its bytes in `bytes`.
+    fn with_capacity(namespaces: usize, bytes: Vec<u8>) -> Self {
         EncodedGroup {
             batch: EncodedBatch {
-                bytes: Vec::with_capacity(raw_bytes),
+                bytes,
                 ..Default::default()
             },
             namespaces: Vec::with_capacity(namespaces),
@@ -196,7 +197,8 @@ impl GroupEncoder {
         self.jobs.push(move || {
             let mantissas = &mut MantissaChoice::default();
             let mut spent = Vec::with_capacity(group.len());
-            let mut encoded = EncodedGroup::with_capacity(group.len(), raw_bytes);
+            let bytes = s.buffers.take(raw_bytes);
+            let mut encoded = EncodedGroup::with_capacity(group.len(), bytes);
             let result = group
                 .into_iter()
                 .try_for_each(|ns| encode(ns, &s, mantissas, &mut encoded, &mut spent));
@@ -274,7 +276,7 @@ mod tests {
             (b"", &[], &[]),
             (b"third!", &[3], &[[4; 32], [5; 32]]),
         ];
-        let mut group = EncodedGroup::with_capacity(parts.len(), 0);
+        let mut group = EncodedGroup::with_capacity(parts.len(), Vec::new());
         for (i, (bytes, chunks, hashes)) in parts.iter().enumerate() {
             let start = group.end();
             group.batch.bytes.extend_from_slice(bytes);

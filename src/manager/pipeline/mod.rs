@@ -8,14 +8,16 @@
 //! checked batches of vectors in order. Memory stays at a few chunks whatever the size of
 //! the snapshot.
 
+mod buffers;
 mod encode;
 mod group;
 mod read;
 mod spool;
 mod write;
 
+pub(crate) use buffers::ByteBuffers;
 pub(crate) use encode::{ChunkEncoder, EncodeSettings, KnownChunks};
-pub(crate) use group::{scan_whole, EncodedGroup, GroupEncoder, SmallNamespace};
+pub(crate) use group::{scan_whole, EncodedGroup, EncodedNamespace, GroupEncoder, SmallNamespace};
 pub(crate) use read::{check_chunks, decode_whole, ChunkBytes, NamespaceReader};
 pub(crate) use spool::{download, download_runs, Run, Spool};
 pub(crate) use write::BlobWriter;

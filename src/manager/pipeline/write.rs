@@ -1,6 +1,6 @@
 //! Appending encoded chunks to an upload while hashing the blob.
 
-use super::outside_the_runtime;
+use super::{outside_the_runtime, ByteBuffers};
 use crate::crypto::{Chunk, Sealing};
 use crate::error::{Error, Result, SinkErrorKind, SinkOp};
 use crate::format::blob;
@@ -16,9 +16,10 @@ type WriterOutcome = (Box<dyn SinkWriter>, Result<[u8; 32]>);
 
 /// Appends chunks to an upload, recording where each lands. A task of its own hashes the
 /// blob and writes to the sink, so the caller goes on scanning while a chunk is written; at
-/// most one chunk waits for it.
+/// most one chunk waits for it. Buffers the sink lets go of go back to [`Self::buffers`].
 pub(crate) struct BlobWriter {
     sealing: Option<Sealing>,
+    buffers: ByteBuffers,
     tx: Option<tokio::sync::mpsc::Sender<Vec<u8>>>,
     task: Option<JoinHandle<WriterOutcome>>,
     offset: u64,
@@ -30,20 +31,27 @@ impl BlobWriter {
     /// chunk is sealed.
     pub fn new(mut out: Box<dyn SinkWriter>, sealing: Option<Sealing>) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
+        let buffers = ByteBuffers::default();
+        let spare = buffers.clone();
         let task = tokio::spawn(async move {
             let mut sha = Sha256::new();
             while let Some(bytes) = rx.recv().await {
                 // Hashing is CPU work: the runtime's other tasks move to other threads
                 // meanwhile. (On the worker pool it would queue behind chunk encodes.)
                 outside_the_runtime(|| sha.update(&bytes));
-                if let Err(e) = out.write(Bytes::from(bytes)).await {
+                let bytes = Bytes::from(bytes);
+                if let Err(e) = out.write(bytes.clone()).await {
                     return (out, Err(e));
+                }
+                if let Ok(unshared) = bytes.try_into_mut() {
+                    spare.give(unshared.into());
                 }
             }
             (out, Ok(sha.finalize().into()))
         });
         BlobWriter {
             sealing,
+            buffers,
             tx: Some(tx),
             task: Some(task),
             offset: 0,
@@ -111,6 +119,11 @@ impl BlobWriter {
             },
             None => Error::Internal("the blob writer is gone".into()),
         }
+    }
+
+    /// Spare buffers for the chunks to come: those the sink was done with once written.
+    pub fn buffers(&self) -> ByteBuffers {
+        self.buffers.clone()
     }
 
     /// How this blob's chunks are sealed (encrypted repositories).

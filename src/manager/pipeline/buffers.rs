@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 
 /// At most this many spare buffers are kept: about the batches in flight at once.
 const SPARE_MAX: usize = 4;
+/// Smaller buffers (a header, an index, the footer) are not worth a spare's place.
+const SPARE_MIN_CAPACITY: usize = 64 << 10;
 
 /// Spare byte buffers, shared by the encoders that fill them and the writer that empties
 /// them. Clones share the same spares.
@@ -47,7 +49,7 @@ impl ByteBuffers {
             .returned
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let mut spare = self.lock();
-        if spare.len() < SPARE_MAX && buf.capacity() > 0 {
+        if spare.len() < SPARE_MAX && buf.capacity() >= SPARE_MIN_CAPACITY {
             spare.push(buf);
         }
     }
@@ -73,22 +75,24 @@ mod tests {
     fn a_buffer_given_back_is_taken_again_empty_with_its_room() {
         let buffers = ByteBuffers::default();
         assert!(!buffers.come_back());
-        let mut buf = buffers.take(1000);
+        let mut buf = buffers.take(SPARE_MIN_CAPACITY);
         buf.extend_from_slice(&[7; 900]);
         let at = buf.as_ptr();
         buffers.clone().give(buf);
         assert!(buffers.come_back());
         let again = buffers.take(500);
         assert!(again.is_empty());
-        assert!(again.capacity() >= 1000);
+        assert!(again.capacity() >= SPARE_MIN_CAPACITY);
         assert_eq!(again.as_ptr(), at, "the same allocation");
     }
 
     #[test]
-    fn only_a_few_spares_are_kept() {
+    fn only_a_few_large_spares_are_kept() {
         let buffers = ByteBuffers::default();
+        buffers.give(Vec::with_capacity(100));
+        assert!(buffers.lock().is_empty(), "a small buffer is not kept");
         for _ in 0..SPARE_MAX + 3 {
-            buffers.give(Vec::with_capacity(10));
+            buffers.give(Vec::with_capacity(SPARE_MIN_CAPACITY));
         }
         assert_eq!(buffers.lock().len(), SPARE_MAX);
     }

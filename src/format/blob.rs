@@ -427,8 +427,8 @@ impl EncodedBatch {
     /// An empty batch with room for `vectors` vectors of `dimension` values and a little
     /// metadata, compressed at `level`: about what a batch of embeddings compresses to, so the
     /// buffer rarely grows (each growth copies it). A digest pass (`None`) stores no bytes.
-    /// Its bytes go into `buffer` (emptied first), which `take(room)` gives: a spare one, or a
-    /// new one.
+    /// Its bytes go into the buffer `take(room)` gives (a spare one, or a new one), emptied
+    /// first.
     pub fn with_room(
         vectors: usize,
         dimension: u32,
@@ -596,7 +596,7 @@ impl BuiltChunk {
 /// where level 2 builds three trees per block. A chunk's records are a few hundred bytes to
 /// a few KiB, so building those trees (and choosing between them) was most of their cost:
 /// callgrind counted 7% fewer instructions for a whole create, for 0.07% more blob on
-/// 768-dimensional embeddings and 0.9% more on 64-dimensional ones (docs/PERFORMANCE.md).
+/// 768-dimensional embeddings and 1.0% more on 64-dimensional ones (docs/PERFORMANCE.md).
 /// Level 1 did poorly on float bytes, which is why the fast level is 2 elsewhere.
 fn records_level(level: u32) -> u32 {
     if level == 2 {

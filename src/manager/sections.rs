@@ -389,6 +389,11 @@ fn lay_out_group(
 ) -> Result<LaidOut> {
     let EncodedGroup { batch, namespaces } = group;
     let room = batch.bytes.len() + namespaces.len() * STORED_INDEX_MAX / 4;
+    // A sink that keeps what it is given (an upload part) gets a buffer of just the room.
+    let bytes = match buffers.come_back() {
+        true => buffers.take(room),
+        false => Vec::with_capacity(room),
+    };
     let laid = lay_out_namespaces(
         start,
         &batch,
@@ -396,7 +401,7 @@ fn lay_out_group(
         plan,
         (filter, level),
         sealing,
-        buffers.take(room),
+        bytes,
     );
     buffers.give(batch.bytes);
     laid

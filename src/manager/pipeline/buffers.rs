@@ -45,17 +45,24 @@ impl ByteBuffers {
 
     /// Keeps `buf` for a later batch (or frees it, if enough are kept).
     pub fn give(&self, buf: Vec<u8>) {
-        self.shared
-            .returned
-            .store(true, std::sync::atomic::Ordering::Relaxed);
         let mut spare = self.lock();
         if spare.len() < SPARE_MAX && buf.capacity() >= SPARE_MIN_CAPACITY {
             spare.push(buf);
         }
     }
 
-    /// Whether written buffers come back. While they do not, a filled buffer should be
-    /// trimmed to its content: the sink may hold it for a while (an upload part).
+    /// Like [`Self::give`], for a buffer the sink was given and has let go of: from then on
+    /// [`Self::come_back`] is true.
+    pub fn give_written(&self, buf: Vec<u8>) {
+        self.shared
+            .returned
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.give(buf);
+    }
+
+    /// Whether the sink lets go of the buffers written to it. While it does not, a filled
+    /// buffer should be trimmed to its content: the sink may hold it for a while (an upload
+    /// part).
     pub fn come_back(&self) -> bool {
         self.shared
             .returned
@@ -78,12 +85,20 @@ mod tests {
         let mut buf = buffers.take(SPARE_MIN_CAPACITY);
         buf.extend_from_slice(&[7; 900]);
         let at = buf.as_ptr();
-        buffers.clone().give(buf);
+        buffers.clone().give_written(buf);
         assert!(buffers.come_back());
         let again = buffers.take(500);
         assert!(again.is_empty());
         assert!(again.capacity() >= SPARE_MIN_CAPACITY);
         assert_eq!(again.as_ptr(), at, "the same allocation");
+    }
+
+    #[test]
+    fn a_buffer_the_sink_never_had_says_nothing_of_the_sink() {
+        let buffers = ByteBuffers::default();
+        buffers.give(Vec::with_capacity(SPARE_MIN_CAPACITY));
+        assert!(!buffers.come_back());
+        assert_eq!(buffers.lock().len(), 1);
     }
 
     #[test]

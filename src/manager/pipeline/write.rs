@@ -44,7 +44,7 @@ impl BlobWriter {
                     return (out, Err(e));
                 }
                 if let Ok(unshared) = bytes.try_into_mut() {
-                    spare.give(unshared.into());
+                    spare.give_written(unshared.into());
                 }
             }
             (out, Ok(sha.finalize().into()))

@@ -389,20 +389,18 @@ fn lay_out_group(
 ) -> Result<LaidOut> {
     let EncodedGroup { batch, namespaces } = group;
     let room = batch.bytes.len() + namespaces.len() * STORED_INDEX_MAX / 4;
-    // A sink that keeps what it is given (an upload part) gets a buffer of just the room.
-    let bytes = match buffers.come_back() {
-        true => buffers.take(room),
-        false => Vec::with_capacity(room),
-    };
-    let laid = lay_out_namespaces(
+    let mut laid = lay_out_namespaces(
         start,
         &batch,
         namespaces,
         plan,
         (filter, level),
         sealing,
-        bytes,
+        buffers.take(room),
     );
+    if let Ok(out) = &mut laid {
+        buffers.fit_for_sink(&mut out.bytes);
+    }
     buffers.give(batch.bytes);
     laid
 }

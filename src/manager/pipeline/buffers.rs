@@ -12,8 +12,6 @@ use std::sync::{Arc, Mutex};
 
 /// At most this many spare buffers are kept: about the batches in flight at once.
 const SPARE_MAX: usize = 4;
-/// Smaller buffers (a header, an index, the footer) are not worth a spare's place.
-const SPARE_MIN_CAPACITY: usize = 64 << 10;
 
 /// Spare byte buffers, shared by the encoders that fill them and the writer that empties
 /// them. Clones share the same spares.
@@ -46,13 +44,13 @@ impl ByteBuffers {
     /// Keeps `buf` for a later batch (or frees it, if enough are kept).
     pub fn give(&self, buf: Vec<u8>) {
         let mut spare = self.lock();
-        if spare.len() < SPARE_MAX && buf.capacity() >= SPARE_MIN_CAPACITY {
+        if spare.len() < SPARE_MAX && buf.capacity() > 0 {
             spare.push(buf);
         }
     }
 
     /// Like [`Self::give`], for a buffer the sink was given and has let go of: from then on
-    /// [`Self::come_back`] is true.
+    /// [`Self::fit_for_sink`] leaves buffers whole.
     pub fn give_written(&self, buf: Vec<u8>) {
         self.shared
             .returned
@@ -60,10 +58,16 @@ impl ByteBuffers {
         self.give(buf);
     }
 
-    /// Whether the sink lets go of the buffers written to it. While it does not, a filled
-    /// buffer should be trimmed to its content: the sink may hold it for a while (an upload
-    /// part).
-    pub fn come_back(&self) -> bool {
+    /// Trims a filled buffer to its content unless the sink lets go of what it is written:
+    /// a sink that keeps it (an upload part, until sent) should hold no slack.
+    pub fn fit_for_sink(&self, buf: &mut Vec<u8>) {
+        if !self.come_back() {
+            buf.shrink_to_fit();
+        }
+    }
+
+    /// Whether the sink lets go of the buffers written to it.
+    fn come_back(&self) -> bool {
         self.shared
             .returned
             .load(std::sync::atomic::Ordering::Relaxed)
@@ -78,36 +82,54 @@ impl ByteBuffers {
 mod tests {
     use super::*;
 
+    const ROOM: usize = 64 << 10;
+
     #[test]
     fn a_buffer_given_back_is_taken_again_empty_with_its_room() {
         let buffers = ByteBuffers::default();
         assert!(!buffers.come_back());
-        let mut buf = buffers.take(SPARE_MIN_CAPACITY);
+        let mut buf = buffers.take(ROOM);
         buf.extend_from_slice(&[7; 900]);
         let at = buf.as_ptr();
         buffers.clone().give_written(buf);
         assert!(buffers.come_back());
         let again = buffers.take(500);
         assert!(again.is_empty());
-        assert!(again.capacity() >= SPARE_MIN_CAPACITY);
+        assert!(again.capacity() >= ROOM);
         assert_eq!(again.as_ptr(), at, "the same allocation");
+    }
+
+    #[test]
+    fn a_filled_buffer_is_trimmed_until_the_sink_gives_one_back() {
+        let buffers = ByteBuffers::default();
+        let mut buf = Vec::with_capacity(4 * ROOM);
+        buf.extend_from_slice(&[1; 10]);
+        buffers.fit_for_sink(&mut buf);
+        assert!(buf.capacity() < ROOM, "trimmed");
+        buffers.give_written(Vec::with_capacity(ROOM));
+        let mut buf = Vec::with_capacity(4 * ROOM);
+        buffers.fit_for_sink(&mut buf);
+        assert_eq!(buf.capacity(), 4 * ROOM, "kept whole");
     }
 
     #[test]
     fn a_buffer_the_sink_never_had_says_nothing_of_the_sink() {
         let buffers = ByteBuffers::default();
-        buffers.give(Vec::with_capacity(SPARE_MIN_CAPACITY));
+        buffers.give(Vec::with_capacity(ROOM));
         assert!(!buffers.come_back());
         assert_eq!(buffers.lock().len(), 1);
     }
 
     #[test]
-    fn only_a_few_large_spares_are_kept() {
+    fn only_a_few_spares_are_kept() {
         let buffers = ByteBuffers::default();
-        buffers.give(Vec::with_capacity(100));
-        assert!(buffers.lock().is_empty(), "a small buffer is not kept");
+        buffers.give(Vec::new());
+        assert!(
+            buffers.lock().is_empty(),
+            "a buffer without room is not kept"
+        );
         for _ in 0..SPARE_MAX + 3 {
-            buffers.give(Vec::with_capacity(SPARE_MIN_CAPACITY));
+            buffers.give(Vec::with_capacity(ROOM));
         }
         assert_eq!(buffers.lock().len(), SPARE_MAX);
     }

@@ -82,9 +82,7 @@ impl<'a> ChunkEncoder<'a> {
             let encoded = encode_cut(&mut batch, &ns, &vectors, &cuts, &known, &s, mantissas);
             // Grown by doubling, the buffer can be twice its content; on object storage a
             // batch's bytes stay alive until the multipart part holding them is uploaded.
-            if !s.buffers.come_back() {
-                batch.bytes.shrink_to_fit();
-            }
+            s.buffers.fit_for_sink(&mut batch.bytes);
             Ok((encoded.map(|()| batch), vectors))
         });
     }

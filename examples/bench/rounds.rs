@@ -110,13 +110,20 @@ pub fn run_round(r: &Runner, n: usize, with_zstd: bool, encrypt: bool) -> Result
     Ok(round)
 }
 
-/// Runs phase `create`, then `restore` of the snapshot it made, into `round`.
+/// Runs phase `create`, then `restore` of the snapshot it made, into `round`. The
+/// repository's earlier snapshots are deleted first (`forget_all` says why).
 fn create_and_restore(
     r: &Runner,
     round: &mut Round,
     create: &'static str,
     restore: &'static str,
 ) -> Result<(), String> {
+    let forget = if create.starts_with("encrypted-") {
+        "encrypted-forget"
+    } else {
+        "forget"
+    };
+    r.run(forget, &[])?;
     let made = r.run(create, &[])?;
     let id = snapshot_id(&made, create)?;
     round.insert(restore, r.run(restore, &["--id".into(), id])?);

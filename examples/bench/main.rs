@@ -30,7 +30,10 @@
 //! within a round, from runs moments apart, and the median of the rounds is reported with
 //! its range; each phase's median, fastest and slowest time, and its largest peak. MB/s are
 //! counted on raw bytes (f32 values + ids + metadata JSON). The last line of output is one
-//! JSON object with every figure (speeds and ratios are the medians).
+//! JSON object with every figure (speeds and ratios are the medians). Before each create, the
+//! repository's snapshots are deleted (`forget`, untimed): the JSON module and zstd overwrite
+//! or delete their output each round, and every phase should write into page cache on the
+//! same terms (`forget_all`).
 //!
 //! `--part-mib M` and `--uploads N` set an object storage sink's multipart part size and
 //! parts in flight (memory against throughput; the defaults otherwise). On object storage every

@@ -6,6 +6,14 @@ use dakera_snapshot::{InMemoryStorage, Vector, VectorStorage};
 use serde_json::json;
 use std::collections::BTreeMap;
 
+/// splitmix64's output function: nearby inputs give unrelated outputs.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// A normalized pseudo-random embedding, the same for the same seed.
 pub fn embedding(seed: u64, dim: usize) -> Vec<f32> {
     let mut s = seed
@@ -28,9 +36,13 @@ pub fn embedding(seed: u64, dim: usize) -> Vec<f32> {
 
 /// `n` vectors for namespace `ns` with ~100 bytes of metadata each; every tenth has a TTL.
 pub fn vectors(ns: &str, n: usize, dim: usize, seed: u64) -> Vec<Vector> {
-    let ns_seed = ns
+    // Mixed (splitmix64's finalizer), so namespaces whose names differ in the last digit
+    // get seeds far apart: unmixed, `ns13`'s vectors were `ns12`'s shifted by one, and zstd
+    // found them again across thousands of small namespaces.
+    let folded = ns
         .bytes()
         .fold(seed, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+    let ns_seed = mix(folded);
     (0..n)
         .map(|i| {
             let v = Vector::new(format!("{ns}-{i:08}"), embedding(ns_seed.wrapping_add(i as u64), dim))

@@ -141,6 +141,125 @@ async fn an_incremental_whose_parent_vanishes_is_withdrawn_not_left_broken() {
     assert!(plain.list_snapshots().await.unwrap().is_empty());
 }
 
+/// A repository with a full snapshot made by `plain`, the store changed since, and a
+/// manager for incrementals whose calls go through `calls` (a [`FaultySink`]).
+struct OnParent {
+    dir: tempfile::TempDir,
+    plain: SnapshotManager,
+    calls: Arc<FaultySink>,
+    writer: SnapshotManager,
+    store: dakera_snapshot::InMemoryStorage,
+    parent: String,
+}
+
+async fn on_a_parent() -> OnParent {
+    let dir = tempfile::tempdir().unwrap();
+    let inner: Arc<dyn SnapshotSink> = Arc::new(LocalFsSink::new(dir.path()).unwrap());
+    let plain = SnapshotManager::new(inner.clone(), config()).unwrap();
+    let store = store_with(&[("a", 50, 8)]).await;
+    let parent = plain
+        .create_snapshot(&store, CreateOptions::default())
+        .await
+        .unwrap()
+        .id
+        .to_string();
+    store
+        .upsert("a", vec![Vector::new("x", vec![0.0; 8])])
+        .await
+        .unwrap();
+    let calls = FaultySink::new(inner);
+    let writer = SnapshotManager::new(calls.clone(), config()).unwrap();
+    OnParent {
+        dir,
+        plain,
+        calls,
+        writer,
+        store,
+        parent,
+    }
+}
+
+/// Which `get` (from 0) of an incremental on a fresh parent first reads the parent's blob.
+async fn first_get_of_the_parents_blob() -> usize {
+    let r = on_a_parent().await;
+    r.writer
+        .create_incremental_snapshot(&r.store, &r.parent, None, CreateOptions::default())
+        .await
+        .unwrap();
+    r.calls
+        .calls()
+        .iter()
+        .filter(|c| c.call == Call::Get)
+        .position(|c| c.key.ends_with(&format!("{}.snap.gz", r.parent)))
+        .expect("an incremental reads its parent's blob")
+}
+
+/// The other side of the pin: a delete that looked for pins just before the writer placed
+/// its own removes the parent while the writer reads it (here the files are removed as that
+/// delete would, sidecar first). The incremental fails as a conflict that says so, not as
+/// corruption of the parent, and commits nothing. (Seen once in CI's stress run on moto.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_deleted_while_its_blob_is_read_is_a_conflict_not_corruption() {
+    let nth = first_get_of_the_parents_blob().await;
+    let r = on_a_parent().await;
+    r.calls
+        .inject_nth(Call::Get, nth, Fault::Delay(Duration::from_millis(300)));
+    let (writer, store, pid) = (r.writer, r.store, r.parent.clone());
+    let create = tokio::spawn(async move {
+        writer
+            .create_incremental_snapshot(&store, &pid, None, CreateOptions::default())
+            .await
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while r
+        .calls
+        .calls()
+        .iter()
+        .filter(|c| c.call == Call::Get)
+        .count()
+        <= nth
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the writer never read its parent"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for file in [
+        format!("snapshots/{}.meta.json", r.parent),
+        format!("data/{}.snap.gz", r.parent),
+    ] {
+        std::fs::remove_file(r.dir.path().join(file)).unwrap();
+    }
+    let err = create.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, Error::Conflict { .. })
+            && err.to_string().contains(&r.parent)
+            && err
+                .to_string()
+                .contains("deleted by a concurrent prune or delete"),
+        "{err}"
+    );
+    assert!(r.plain.list_snapshots().await.unwrap().is_empty());
+}
+
+/// A blob missing under a sidecar that is still there is corruption, and an incremental on
+/// it says so (the check above does not turn every missing blob into a conflict).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_whose_blob_alone_is_missing_is_corrupt() {
+    let r = on_a_parent().await;
+    std::fs::remove_file(r.dir.path().join(format!("data/{}.snap.gz", r.parent))).unwrap();
+    let err = r
+        .writer
+        .create_incremental_snapshot(&r.store, &r.parent, None, CreateOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Corrupt { .. }) && err.to_string().contains("the blob is missing"),
+        "{err}"
+    );
+}
+
 /// What the stress workers saw.
 #[derive(Default)]
 struct Ledger {

@@ -145,9 +145,22 @@ impl SnapshotManager {
     }
 }
 
+/// Why [`blob_missing`] says a snapshot is corrupt.
+const BLOB_MISSING: &str = "the blob is missing";
+
 /// The error for a committed snapshot whose blob is gone.
 fn blob_missing(id: &str) -> Error {
-    Error::corrupt(id, None, None, "the blob is missing")
+    Error::corrupt(id, None, None, BLOB_MISSING)
+}
+
+/// The snapshot `e` says has no blob, if it is [`blob_missing`]'s error.
+fn missing_blob_of(e: &Error) -> Option<&str> {
+    match e {
+        Error::Corrupt { location, reason } if reason == BLOB_MISSING => {
+            Some(location.snapshot_id.as_str())
+        }
+        _ => None,
+    }
 }
 
 /// Ends the current progress phase when dropped, however the phase ends.

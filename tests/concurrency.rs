@@ -243,6 +243,61 @@ async fn a_parent_deleted_while_its_blob_is_read_is_a_conflict_not_corruption() 
     assert!(r.plain.list_snapshots().await.unwrap().is_empty());
 }
 
+/// `verify --all` while a prune deletes one of the snapshots it listed (here: the files
+/// removed as that delete would, sidecar first, while the snapshot's blob is being read): the
+/// deleted snapshot is not reported at all, not as damage; the others verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_deleted_while_verify_all_reads_it_is_not_reported_damaged() {
+    let two_snapshots = || async {
+        let dir = tempfile::tempdir().unwrap();
+        let inner: Arc<dyn SnapshotSink> = Arc::new(LocalFsSink::new(dir.path()).unwrap());
+        let plain = SnapshotManager::new(inner.clone(), config()).unwrap();
+        let store = store_with(&[("a", 50, 8)]).await;
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let made = plain
+                .create_snapshot(&store, CreateOptions::default())
+                .await;
+            ids.push(made.unwrap().id.to_string());
+        }
+        let calls = FaultySink::new(inner);
+        let verifier = SnapshotManager::new(calls.clone(), config()).unwrap();
+        (dir, calls, verifier, ids)
+    };
+    // Which `get` of `verify_all` first reads the older snapshot's blob.
+    let nth = {
+        let (_dir, calls, verifier, ids) = two_snapshots().await;
+        assert!(verifier.verify_all().await.unwrap().iter().all(|o| o.ok));
+        calls
+            .calls()
+            .iter()
+            .filter(|c| c.call == Call::Get)
+            .position(|c| c.key.ends_with(&format!("{}.snap.gz", ids[0])))
+            .expect("verify_all reads every blob")
+    };
+    let (dir, calls, verifier, ids) = two_snapshots().await;
+    calls.inject_nth(Call::Get, nth, Fault::Delay(Duration::from_millis(300)));
+    let run = tokio::spawn(async move { verifier.verify_all().await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while calls.calls().iter().filter(|c| c.call == Call::Get).count() <= nth {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "verify_all never read the blob"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for file in [
+        format!("snapshots/{}.meta.json", ids[0]),
+        format!("data/{}.snap.gz", ids[0]),
+    ] {
+        std::fs::remove_file(dir.path().join(file)).unwrap();
+    }
+    let outcomes = run.await.unwrap().unwrap();
+    let reported: Vec<String> = outcomes.iter().map(|o| o.snapshot_id.to_string()).collect();
+    assert_eq!(reported, vec![ids[1].clone()], "{outcomes:?}");
+    assert!(outcomes[0].ok, "{outcomes:?}");
+}
+
 /// A blob missing under a sidecar that is still there is corruption, and an incremental on
 /// it says so (the check above does not turn every missing blob into a conflict).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -97,31 +97,20 @@ impl SnapshotManager {
         options: CreateOptions,
         identity: Option<(SnapshotId, u64)>,
     ) -> Result<SnapshotMetadata> {
-        match self
+        let made = self
             .write_incremental(storage, parent_id, changed, options, identity)
-            .await
-        {
-            Err(e) => Err(self.deleted_while_read(e).await),
-            made => made,
-        }
-    }
-
-    /// `e`, unless it is a blob of the parent's chain found missing whose sidecar is gone
-    /// too: a prune or delete that looked for pins just before this writer placed its pin
-    /// removed that snapshot while it was being read. That is a conflict, and says so; a
-    /// blob missing under a sidecar that is still there stays what it is, corruption.
-    async fn deleted_while_read(&self, e: Error) -> Error {
-        let Some(id) = super::missing_blob_of(&e).and_then(|id| SnapshotId::parse(id).ok()) else {
-            return e;
-        };
-        match self.sink.head(&self.layout.sidecar_key(&id)).await {
-            Err(gone) if gone.is_not_found() => Error::Conflict {
+            .await;
+        let Err(e) = made else { return made };
+        // A prune or delete that looked for pins just before this writer placed its own
+        // removed a snapshot of the chain while it was being read: a conflict, not damage.
+        match self.deleted_while_read(&e).await {
+            Some(id) => Err(Error::Conflict {
                 key: id.to_string(),
                 reason: format!(
                     "snapshot {id}, which this incremental builds on, was deleted by a concurrent prune or delete while it was being read; nothing was committed (take a full snapshot, or an incremental on a surviving parent)"
                 ),
-            },
-            _ => e,
+            }),
+            None => Err(e),
         }
     }
 

@@ -154,12 +154,26 @@ fn blob_missing(id: &str) -> Error {
 }
 
 /// The snapshot `e` says has no blob, if it is [`blob_missing`]'s error.
-fn missing_blob_of(e: &Error) -> Option<&str> {
+fn missing_blob_of(e: &Error) -> Option<crate::id::SnapshotId> {
     match e {
         Error::Corrupt { location, reason } if reason == BLOB_MISSING => {
-            Some(location.snapshot_id.as_str())
+            crate::id::SnapshotId::parse(&location.snapshot_id).ok()
         }
         _ => None,
+    }
+}
+
+impl SnapshotManager {
+    /// The snapshot whose blob `e` found missing, if its sidecar is gone as well: it was
+    /// deleted (sidecar first, then blob) while it was being read, which is no damage.
+    /// `None` for any other error, and for a blob missing under a sidecar that is still
+    /// there (corruption).
+    async fn deleted_while_read(&self, e: &Error) -> Option<crate::id::SnapshotId> {
+        let id = missing_blob_of(e)?;
+        match self.sink.head(&self.layout.sidecar_key(&id)).await {
+            Err(gone) if gone.is_not_found() => Some(id),
+            _ => None,
+        }
     }
 }
 

@@ -21,6 +21,17 @@ impl SnapshotManager {
     /// [`Error::BrokenChain`].
     pub async fn verify_snapshot(&self, id: &str) -> Result<VerifyReport> {
         let id = SnapshotId::parse(id)?;
+        let checked = self.verify_parsed(&id).await;
+        let Err(e) = checked else { return checked };
+        // Deleted (sidecar first, then blob) while it was being read: gone, not damaged.
+        match self.deleted_while_read(&e).await {
+            Some(gone) if gone == id => Err(Error::SnapshotNotFound { id: id.to_string() }),
+            _ => Err(e),
+        }
+    }
+
+    async fn verify_parsed(&self, id: &SnapshotId) -> Result<VerifyReport> {
+        let id = id.clone();
         let mut meta = self.read_summary(&id).await?;
         self.check_blob_size(&meta).await?;
         self.load_directory(&mut meta).await?;
@@ -132,6 +143,11 @@ impl SnapshotManager {
             .collect();
         for meta in &catalog.snapshots {
             let checked = self.verify_snapshot(meta.id.as_str()).await;
+            if let Err(Error::SnapshotNotFound { .. }) = checked {
+                // Listed, then deleted by a concurrent prune or delete: no longer there.
+                tracing::info!(snapshot = %meta.id, "deleted while the repository was verified; not reported");
+                continue;
+            }
             out.push(outcome(&meta.id, checked, || chains.descendants(&meta.id)));
         }
         flag_broken_ancestors(&mut out, &chains);

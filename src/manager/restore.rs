@@ -29,6 +29,27 @@ impl SnapshotManager {
         options: &RestoreOptions,
     ) -> Result<RestoreResult> {
         let id = SnapshotId::parse(id)?;
+        let restored = self.restore_parsed(storage, &id, options).await;
+        let Err(e) = restored else { return restored };
+        // A snapshot of the chain deleted (sidecar first, then blob) while it was read.
+        match self.deleted_while_read(&e).await {
+            Some(gone) => Err(Error::Conflict {
+                key: gone.to_string(),
+                reason: format!(
+                    "snapshot {gone} was deleted by a concurrent prune or delete while snapshot {id} was being restored from it; namespaces restored before that stay restored (restore a surviving snapshot)"
+                ),
+            }),
+            None => Err(e),
+        }
+    }
+
+    async fn restore_parsed(
+        &self,
+        storage: &dyn VectorStorage,
+        id: &SnapshotId,
+        options: &RestoreOptions,
+    ) -> Result<RestoreResult> {
+        let id = id.clone();
         let resolved = self
             .resolve_only(&id, options.namespaces.as_deref())
             .await?;

@@ -298,46 +298,46 @@ async fn a_snapshot_deleted_while_verify_all_reads_it_is_not_reported_damaged() 
     assert!(outcomes[0].ok, "{outcomes:?}");
 }
 
-/// A restore whose snapshot a prune deletes while the restore reads it (the files removed as
-/// that delete would, sidecar first): a conflict that says so, not corruption.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_snapshot_deleted_while_it_is_restored_is_a_conflict_not_corruption() {
-    let one_snapshot = || async {
-        let dir = tempfile::tempdir().unwrap();
-        let inner: Arc<dyn SnapshotSink> = Arc::new(LocalFsSink::new(dir.path()).unwrap());
-        let plain = SnapshotManager::new(inner.clone(), config()).unwrap();
-        let store = store_with(&[("a", 50, 8), ("b", 20, 4)]).await;
-        let made = plain
-            .create_snapshot(&store, CreateOptions::default())
-            .await;
-        let calls = FaultySink::new(inner);
-        let reader = SnapshotManager::new(calls.clone(), config()).unwrap();
-        (dir, calls, reader, made.unwrap().id.to_string())
-    };
-    let restore = |m: SnapshotManager, id: String| async move {
-        let target = dakera_snapshot::InMemoryStorage::new();
-        m.restore_snapshot(&target, &id, &dakera_snapshot::RestoreOptions::new())
-            .await
-    };
-    // Which `get` of a restore first reads the blob.
+/// A full snapshot of two namespaces; a manager on it whose calls go through a [`FaultySink`].
+async fn one_snapshot() -> (tempfile::TempDir, Arc<FaultySink>, SnapshotManager, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let inner: Arc<dyn SnapshotSink> = Arc::new(LocalFsSink::new(dir.path()).unwrap());
+    let plain = SnapshotManager::new(inner.clone(), config()).unwrap();
+    let store = store_with(&[("a", 50, 8), ("b", 20, 4)]).await;
+    let made = plain
+        .create_snapshot(&store, CreateOptions::default())
+        .await;
+    let calls = FaultySink::new(inner);
+    let reader = SnapshotManager::new(calls.clone(), config()).unwrap();
+    (dir, calls, reader, made.unwrap().id.to_string())
+}
+
+/// What `read` (of the snapshot, by the manager given) fails with when a prune deletes the
+/// snapshot while `read` reads its blob (the files removed as that delete would, sidecar
+/// first, during a delayed read).
+async fn deleted_while<F, Fut>(read: F) -> Error
+where
+    F: Fn(SnapshotManager, String) -> Fut,
+    Fut: std::future::Future<Output = dakera_snapshot::Result<()>> + Send + 'static,
+{
     let nth = {
         let (_dir, calls, reader, id) = one_snapshot().await;
-        restore(reader, id.clone()).await.unwrap();
+        read(reader, id.clone()).await.unwrap();
         calls
             .calls()
             .iter()
             .filter(|c| c.call == Call::Get)
             .position(|c| c.key.ends_with(&format!("{id}.snap.gz")))
-            .expect("a restore reads the blob")
+            .expect("the read reads the blob")
     };
     let (dir, calls, reader, id) = one_snapshot().await;
     calls.inject_nth(Call::Get, nth, Fault::Delay(Duration::from_millis(300)));
-    let run = tokio::spawn(restore(reader, id.clone()));
+    let run = tokio::spawn(read(reader, id.clone()));
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while calls.calls().iter().filter(|c| c.call == Call::Get).count() <= nth {
         assert!(
             std::time::Instant::now() < deadline,
-            "the restore never read the blob"
+            "the blob was never read"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -347,14 +347,33 @@ async fn a_snapshot_deleted_while_it_is_restored_is_a_conflict_not_corruption() 
     ] {
         std::fs::remove_file(dir.path().join(file)).unwrap();
     }
-    let err = run.await.unwrap().unwrap_err();
-    assert!(
-        matches!(err, Error::Conflict { .. })
-            && err
-                .to_string()
-                .contains("deleted by a concurrent prune or delete"),
-        "{err}"
-    );
+    run.await.unwrap().unwrap_err()
+}
+
+/// A restore, or an export (`read_vectors`), whose snapshot a prune deletes while it reads
+/// it: a conflict that says so, not corruption.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_deleted_while_it_is_restored_or_exported_is_a_conflict_not_corruption() {
+    let restore = deleted_while(|m, id| async move {
+        let target = dakera_snapshot::InMemoryStorage::new();
+        let options = dakera_snapshot::RestoreOptions::new();
+        m.restore_snapshot(&target, &id, &options).await.map(drop)
+    })
+    .await;
+    let export =
+        deleted_while(
+            |m, id| async move { m.read_vectors(&id, None, |_, _| Ok(())).await.map(drop) },
+        )
+        .await;
+    for err in [restore, export] {
+        assert!(
+            matches!(err, Error::Conflict { .. })
+                && err
+                    .to_string()
+                    .contains("deleted by a concurrent prune or delete"),
+            "{err}"
+        );
+    }
 }
 
 /// A blob missing under a sidecar that is still there is corruption, and an incremental on

@@ -175,6 +175,22 @@ impl SnapshotManager {
             _ => None,
         }
     }
+
+    /// `e`, or, for a snapshot [`Self::deleted_while_read`] finds deleted, a conflict that
+    /// names it; `why` says what the read was for and what is left.
+    async fn conflict_if_deleted_while_read(
+        &self,
+        e: Error,
+        why: impl FnOnce(&crate::id::SnapshotId) -> String,
+    ) -> Error {
+        match self.deleted_while_read(&e).await {
+            Some(gone) => Error::Conflict {
+                key: gone.to_string(),
+                reason: why(&gone),
+            },
+            None => e,
+        }
+    }
 }
 
 /// Ends the current progress phase when dropped, however the phase ends.

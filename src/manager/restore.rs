@@ -31,16 +31,13 @@ impl SnapshotManager {
         let id = SnapshotId::parse(id)?;
         let restored = self.restore_parsed(storage, &id, options).await;
         let Err(e) = restored else { return restored };
-        // A snapshot of the chain deleted (sidecar first, then blob) while it was read.
-        match self.deleted_while_read(&e).await {
-            Some(gone) => Err(Error::Conflict {
-                key: gone.to_string(),
-                reason: format!(
+        Err(self
+            .conflict_if_deleted_while_read(e, |gone| {
+                format!(
                     "snapshot {gone} was deleted by a concurrent prune or delete while snapshot {id} was being restored from it; namespaces restored before that stay restored (restore a surviving snapshot)"
-                ),
-            }),
-            None => Err(e),
-        }
+                )
+            })
+            .await)
     }
 
     async fn restore_parsed(
@@ -249,12 +246,33 @@ impl SnapshotManager {
         &self,
         id: &str,
         only: Option<&[String]>,
-        mut f: F,
+        f: F,
     ) -> Result<ExportReport>
     where
         F: FnMut(&str, Vec<Vector>) -> Result<()> + Send,
     {
         let id = SnapshotId::parse(id)?;
+        let read = self.read_parsed(&id, only, f).await;
+        let Err(e) = read else { return read };
+        Err(self
+            .conflict_if_deleted_while_read(e, |gone| {
+                format!(
+                    "snapshot {gone} was deleted by a concurrent prune or delete while snapshot {id} was being read from it; the vectors handed out before that are not all of it (read a surviving snapshot)"
+                )
+            })
+            .await)
+    }
+
+    async fn read_parsed<F>(
+        &self,
+        id: &SnapshotId,
+        only: Option<&[String]>,
+        mut f: F,
+    ) -> Result<ExportReport>
+    where
+        F: FnMut(&str, Vec<Vector>) -> Result<()> + Send,
+    {
+        let id = id.clone();
         let resolved = self.resolve_only(&id, only).await?;
         let total = resolved
             .namespaces

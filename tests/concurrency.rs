@@ -141,6 +141,35 @@ async fn an_incremental_whose_parent_vanishes_is_withdrawn_not_left_broken() {
     assert!(plain.list_snapshots().await.unwrap().is_empty());
 }
 
+/// Which `get` (from 0) in `calls` first reads snapshot `id`'s blob.
+fn first_get_of_blob(calls: &FaultySink, id: &str) -> usize {
+    calls
+        .calls()
+        .iter()
+        .filter(|c| c.call == Call::Get)
+        .position(|c| c.key.ends_with(&format!("{id}.snap.gz")))
+        .expect("the blob is read")
+}
+
+/// Once `get` number `nth` of `calls` has started (delayed by the test), removes snapshot
+/// `id` from the repository at `root` as a delete does: sidecar first, then blob.
+async fn delete_during_get(calls: &FaultySink, nth: usize, root: &std::path::Path, id: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while calls.calls().iter().filter(|c| c.call == Call::Get).count() <= nth {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the blob was never read"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for file in [
+        format!("snapshots/{id}.meta.json"),
+        format!("data/{id}.snap.gz"),
+    ] {
+        std::fs::remove_file(root.join(file)).unwrap();
+    }
+}
+
 /// A repository with a full snapshot made by `plain`, the store changed since, and a
 /// manager for incrementals whose calls go through `calls` (a [`FaultySink`]).
 struct OnParent {
@@ -186,12 +215,7 @@ async fn first_get_of_the_parents_blob() -> usize {
         .create_incremental_snapshot(&r.store, &r.parent, None, CreateOptions::default())
         .await
         .unwrap();
-    r.calls
-        .calls()
-        .iter()
-        .filter(|c| c.call == Call::Get)
-        .position(|c| c.key.ends_with(&format!("{}.snap.gz", r.parent)))
-        .expect("an incremental reads its parent's blob")
+    first_get_of_blob(&r.calls, &r.parent)
 }
 
 /// The other side of the pin: a delete that looked for pins just before the writer placed
@@ -210,27 +234,7 @@ async fn a_parent_deleted_while_its_blob_is_read_is_a_conflict_not_corruption() 
             .create_incremental_snapshot(&store, &pid, None, CreateOptions::default())
             .await
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while r
-        .calls
-        .calls()
-        .iter()
-        .filter(|c| c.call == Call::Get)
-        .count()
-        <= nth
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the writer never read its parent"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    for file in [
-        format!("snapshots/{}.meta.json", r.parent),
-        format!("data/{}.snap.gz", r.parent),
-    ] {
-        std::fs::remove_file(r.dir.path().join(file)).unwrap();
-    }
+    delete_during_get(&r.calls, nth, r.dir.path(), &r.parent).await;
     let err = create.await.unwrap().unwrap_err();
     assert!(
         matches!(err, Error::Conflict { .. })
@@ -268,30 +272,12 @@ async fn a_snapshot_deleted_while_verify_all_reads_it_is_not_reported_damaged() 
     let nth = {
         let (_dir, calls, verifier, ids) = two_snapshots().await;
         assert!(verifier.verify_all().await.unwrap().iter().all(|o| o.ok));
-        calls
-            .calls()
-            .iter()
-            .filter(|c| c.call == Call::Get)
-            .position(|c| c.key.ends_with(&format!("{}.snap.gz", ids[0])))
-            .expect("verify_all reads every blob")
+        first_get_of_blob(&calls, &ids[0])
     };
     let (dir, calls, verifier, ids) = two_snapshots().await;
     calls.inject_nth(Call::Get, nth, Fault::Delay(Duration::from_millis(300)));
     let run = tokio::spawn(async move { verifier.verify_all().await });
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while calls.calls().iter().filter(|c| c.call == Call::Get).count() <= nth {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "verify_all never read the blob"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    for file in [
-        format!("snapshots/{}.meta.json", ids[0]),
-        format!("data/{}.snap.gz", ids[0]),
-    ] {
-        std::fs::remove_file(dir.path().join(file)).unwrap();
-    }
+    delete_during_get(&calls, nth, dir.path(), &ids[0]).await;
     let outcomes = run.await.unwrap().unwrap();
     let reported: Vec<String> = outcomes.iter().map(|o| o.snapshot_id.to_string()).collect();
     assert_eq!(reported, vec![ids[1].clone()], "{outcomes:?}");
@@ -323,30 +309,12 @@ where
     let nth = {
         let (_dir, calls, reader, id) = one_snapshot().await;
         read(reader, id.clone()).await.unwrap();
-        calls
-            .calls()
-            .iter()
-            .filter(|c| c.call == Call::Get)
-            .position(|c| c.key.ends_with(&format!("{id}.snap.gz")))
-            .expect("the read reads the blob")
+        first_get_of_blob(&calls, &id)
     };
     let (dir, calls, reader, id) = one_snapshot().await;
     calls.inject_nth(Call::Get, nth, Fault::Delay(Duration::from_millis(300)));
     let run = tokio::spawn(read(reader, id.clone()));
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while calls.calls().iter().filter(|c| c.call == Call::Get).count() <= nth {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the blob was never read"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    for file in [
-        format!("snapshots/{id}.meta.json"),
-        format!("data/{id}.snap.gz"),
-    ] {
-        std::fs::remove_file(dir.path().join(file)).unwrap();
-    }
+    delete_during_get(&calls, nth, dir.path(), &id).await;
     run.await.unwrap().unwrap_err()
 }
 

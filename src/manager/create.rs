@@ -100,16 +100,14 @@ impl SnapshotManager {
         let made = self
             .write_incremental(storage, parent_id, changed, options, identity)
             .await;
-        let Err(e) = made else { return made };
         // A prune or delete that looked for pins just before this writer placed its own
         // removed a snapshot of the chain while it was being read: a conflict, not damage.
-        Err(self
-            .conflict_if_deleted_while_read(e, |gone| {
-                format!(
-                    "snapshot {gone}, which this incremental builds on, was deleted by a concurrent prune or delete while it was being read; nothing was committed (take a full snapshot, or an incremental on a surviving parent)"
-                )
-            })
-            .await)
+        self.conflict_if_deleted_while_read(made, |gone| {
+            format!(
+                "snapshot {gone}, which this incremental builds on, was deleted by a concurrent prune or delete while it was being read; nothing was committed (take a full snapshot, or an incremental on a surviving parent)"
+            )
+        })
+        .await
     }
 
     async fn write_incremental(

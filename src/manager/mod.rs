@@ -176,19 +176,20 @@ impl SnapshotManager {
         }
     }
 
-    /// `e`, or, for a snapshot [`Self::deleted_while_read`] finds deleted, a conflict that
-    /// names it; `why` says what the read was for and what is left.
-    async fn conflict_if_deleted_while_read(
+    /// `read`, unless it failed on a snapshot [`Self::deleted_while_read`] finds deleted:
+    /// then a conflict that names it, `why` saying what the read was for and what is left.
+    async fn conflict_if_deleted_while_read<T>(
         &self,
-        e: Error,
+        read: Result<T>,
         why: impl FnOnce(&crate::id::SnapshotId) -> String,
-    ) -> Error {
+    ) -> Result<T> {
+        let Err(e) = read else { return read };
         match self.deleted_while_read(&e).await {
-            Some(gone) => Error::Conflict {
+            Some(gone) => Err(Error::Conflict {
                 key: gone.to_string(),
                 reason: why(&gone),
-            },
-            None => e,
+            }),
+            None => Err(e),
         }
     }
 }

@@ -30,14 +30,12 @@ impl SnapshotManager {
     ) -> Result<RestoreResult> {
         let id = SnapshotId::parse(id)?;
         let restored = self.restore_parsed(storage, &id, options).await;
-        let Err(e) = restored else { return restored };
-        Err(self
-            .conflict_if_deleted_while_read(e, |gone| {
-                format!(
-                    "snapshot {gone} was deleted by a concurrent prune or delete while snapshot {id} was being restored from it; namespaces restored before that stay restored (restore a surviving snapshot)"
-                )
-            })
-            .await)
+        self.conflict_if_deleted_while_read(restored, |gone| {
+            format!(
+                "snapshot {gone} was deleted by a concurrent prune or delete while snapshot {id} was being restored from it; namespaces restored before that stay restored (restore a surviving snapshot)"
+            )
+        })
+        .await
     }
 
     async fn restore_parsed(
@@ -253,14 +251,12 @@ impl SnapshotManager {
     {
         let id = SnapshotId::parse(id)?;
         let read = self.read_parsed(&id, only, f).await;
-        let Err(e) = read else { return read };
-        Err(self
-            .conflict_if_deleted_while_read(e, |gone| {
-                format!(
-                    "snapshot {gone} was deleted by a concurrent prune or delete while snapshot {id} was being read from it; the vectors handed out before that are not all of it (read a surviving snapshot)"
-                )
-            })
-            .await)
+        self.conflict_if_deleted_while_read(read, |gone| {
+            format!(
+                "snapshot {gone} was deleted by a concurrent prune or delete while snapshot {id} was being read from it; the vectors handed out before that are not all of it (read a surviving snapshot)"
+            )
+        })
+        .await
     }
 
     async fn read_parsed<F>(

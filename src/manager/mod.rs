@@ -38,7 +38,7 @@ pub use reports::{
 use crate::cache::SidecarCache;
 use crate::config::SnapshotConfig;
 use crate::error::{Error, Result};
-use crate::id::{Clock, IdGenerator, OsRandom, RandomSource, SystemClock};
+use crate::id::{Clock, IdGenerator, OsRandom, RandomSource, SnapshotId, SystemClock};
 use crate::paths::RepoLayout;
 use crate::progress::{NoProgress, Progress};
 use crate::sink::{LocalFsSink, SnapshotSink};
@@ -154,10 +154,10 @@ fn blob_missing(id: &str) -> Error {
 }
 
 /// The snapshot `e` says has no blob, if it is [`blob_missing`]'s error.
-fn missing_blob_of(e: &Error) -> Option<crate::id::SnapshotId> {
+fn missing_blob_of(e: &Error) -> Option<SnapshotId> {
     match e {
         Error::Corrupt { location, reason } if reason == BLOB_MISSING => {
-            crate::id::SnapshotId::parse(&location.snapshot_id).ok()
+            SnapshotId::parse(&location.snapshot_id).ok()
         }
         _ => None,
     }
@@ -168,7 +168,7 @@ impl SnapshotManager {
     /// deleted (sidecar first, then blob) while it was being read, which is no damage.
     /// `None` for any other error, and for a blob missing under a sidecar that is still
     /// there (corruption).
-    async fn deleted_while_read(&self, e: &Error) -> Option<crate::id::SnapshotId> {
+    async fn deleted_while_read(&self, e: &Error) -> Option<SnapshotId> {
         let id = missing_blob_of(e)?;
         match self.sink.head(&self.layout.sidecar_key(&id)).await {
             Err(gone) if gone.is_not_found() => Some(id),
@@ -181,7 +181,7 @@ impl SnapshotManager {
     async fn conflict_if_deleted_while_read<T>(
         &self,
         read: Result<T>,
-        why: impl FnOnce(&crate::id::SnapshotId) -> String,
+        why: impl FnOnce(&SnapshotId) -> String,
     ) -> Result<T> {
         let Err(e) = read else { return read };
         match self.deleted_while_read(&e).await {

@@ -44,10 +44,7 @@ impl SnapshotManager {
         id: &SnapshotId,
         options: &RestoreOptions,
     ) -> Result<RestoreResult> {
-        let id = id.clone();
-        let resolved = self
-            .resolve_only(&id, options.namespaces.as_deref())
-            .await?;
+        let resolved = self.resolve_only(id, options.namespaces.as_deref()).await?;
         let selected: Vec<String> = resolved.namespaces.keys().cloned().collect();
         let targets = plan::restore_targets(&selected, &options.rename)?;
         if options.mode == RestoreMode::Merge {
@@ -268,8 +265,7 @@ impl SnapshotManager {
     where
         F: FnMut(&str, Vec<Vector>) -> Result<()> + Send,
     {
-        let id = id.clone();
-        let resolved = self.resolve_only(&id, only).await?;
+        let resolved = self.resolve_only(id, only).await?;
         let total = resolved
             .namespaces
             .values()

@@ -31,8 +31,7 @@ impl SnapshotManager {
     }
 
     async fn verify_parsed(&self, id: &SnapshotId) -> Result<VerifyReport> {
-        let id = id.clone();
-        let mut meta = self.read_summary(&id).await?;
+        let mut meta = self.read_summary(id).await?;
         self.check_blob_size(&meta).await?;
         self.load_directory(&mut meta).await?;
         let (spool, sha) = self.download_blob(&meta).await?;
@@ -50,14 +49,14 @@ impl SnapshotManager {
         }
         check_footer(&meta, &spool)?;
         let chain = self
-            .resolve(&id)
+            .resolve(id)
             .await?
             .chain
             .into_iter()
             .map(|m| m.id)
             .collect();
         Ok(VerifyReport {
-            snapshot_id: id,
+            snapshot_id: id.clone(),
             bytes_checked: meta.size_bytes,
             vectors_checked: meta.total_vectors,
             namespaces,

@@ -14,9 +14,10 @@ use tokio::task::JoinHandle;
 /// or the error that stopped it.
 type WriterOutcome = (Box<dyn SinkWriter>, Result<[u8; 32]>);
 
-/// Appends chunks to an upload, recording where each lands. A task of its own hashes the
-/// blob and writes to the sink, so the caller goes on scanning while a chunk is written; at
-/// most one chunk waits for it. Buffers the sink lets go of go back to [`Self::buffers`].
+/// Appends chunks to an upload, recording where each lands. A task of its own writes to the
+/// sink and another ([`hasher`]) hashes the blob, so the caller goes on scanning while a chunk
+/// is written and hashed; at most one chunk waits for each. Buffers the sink and the hasher
+/// let go of go back to [`Self::buffers`].
 pub(crate) struct BlobWriter {
     sealing: Option<Sealing>,
     buffers: ByteBuffers,
@@ -24,6 +25,33 @@ pub(crate) struct BlobWriter {
     task: Option<JoinHandle<WriterOutcome>>,
     offset: u64,
     raw_total: u64,
+}
+
+/// Hashes the blob's bytes as they are written, on a task of its own: hashing a chunk and
+/// copying it to the sink take about as long, and one after the other on one task they were
+/// the longest stage of a create (the pool's two threads waited on it). The task holds at most
+/// one chunk besides the one it hashes; it ends with the SHA-256 of all it was sent, in order.
+fn hasher(spare: ByteBuffers) -> (tokio::sync::mpsc::Sender<Bytes>, JoinHandle<[u8; 32]>) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let task = tokio::spawn(async move {
+        let mut sha = Sha256::new();
+        while let Some(bytes) = rx.recv().await {
+            // CPU work: the runtime's other tasks move to other threads meanwhile. (On the
+            // worker pool it would queue behind chunk encodes.)
+            outside_the_runtime(|| sha.update(&bytes));
+            recycle(bytes, &spare);
+        }
+        sha.finalize().into()
+    });
+    (tx, task)
+}
+
+/// Hands a written chunk's buffer back for a later batch, if neither the sink nor the hasher
+/// still holds it (whichever lets go last gives it back).
+fn recycle(bytes: Bytes, spare: &ByteBuffers) {
+    if let Ok(unshared) = bytes.try_into_mut() {
+        spare.give_written(unshared.into());
+    }
 }
 
 impl BlobWriter {
@@ -34,20 +62,22 @@ impl BlobWriter {
         let buffers = ByteBuffers::default();
         let spare = buffers.clone();
         let task = tokio::spawn(async move {
-            let mut sha = Sha256::new();
+            let (to_hash, hashed) = hasher(spare.clone());
             while let Some(bytes) = rx.recv().await {
-                // Hashing is CPU work: the runtime's other tasks move to other threads
-                // meanwhile. (On the worker pool it would queue behind chunk encodes.)
-                outside_the_runtime(|| sha.update(&bytes));
                 let bytes = Bytes::from(bytes);
+                if to_hash.send(bytes.clone()).await.is_err() {
+                    break;
+                }
                 if let Err(e) = out.write(bytes.clone()).await {
                     return (out, Err(e));
                 }
-                if let Ok(unshared) = bytes.try_into_mut() {
-                    spare.give_written(unshared.into());
-                }
+                recycle(bytes, &spare);
             }
-            (out, Ok(sha.finalize().into()))
+            drop(to_hash);
+            let sha = hashed
+                .await
+                .map_err(|e| Error::Internal(format!("the blob's hasher failed: {e}")));
+            (out, sha)
         });
         BlobWriter {
             sealing,

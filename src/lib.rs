@@ -71,7 +71,7 @@
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `cli` | yes | the `dakera-snapshot` binary (clap, indicatif, tracing-subscriber) |
-//! | `fault-injection` | no | [`sink::fault::FaultySink`]: fail, delay, hang or truncate chosen sink calls |
+//! | `fault-injection` | no | `sink::fault::FaultySink`: fail, delay, hang or truncate chosen sink calls |
 //! | `test-util` | no | `testing`: the sink conformance suite, test-data helpers, `id::SeededRandom` |
 //!
 //! ## Snapshotting your own store

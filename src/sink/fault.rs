@@ -366,6 +366,10 @@ struct FaultyWriter {
 
 #[async_trait]
 impl SinkWriter for FaultyWriter {
+    fn holds_written_bytes(&self) -> bool {
+        self.inner.holds_written_bytes()
+    }
+
     async fn write(&mut self, data: Bytes) -> Result<()> {
         let fault = enter(&self.state, Call::Write, &self.key);
         match before(fault).await {

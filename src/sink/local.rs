@@ -459,6 +459,10 @@ impl SinkWriter for LocalWriter {
             .await?
     }
 
+    fn holds_written_bytes(&self) -> bool {
+        false
+    }
+
     async fn abort(mut self: Box<Self>) -> Result<()> {
         if let Some(tmp) = self.tmp.take() {
             let key = self.key.clone();

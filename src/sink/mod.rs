@@ -115,6 +115,13 @@ pub trait SinkWriter: Send {
 
     /// Discards the upload and everything written to it.
     async fn abort(self: Box<Self>) -> Result<()>;
+
+    /// Whether the bytes of a write may stay held after it returns (in an upload part still
+    /// being sent): then a blob's writer keeps fewer chunks in flight, to bound memory. The
+    /// default says yes; a sink done with them when `write` returns (the local one) says no.
+    fn holds_written_bytes(&self) -> bool {
+        true
+    }
 }
 
 /// Conveniences every sink gets for free.

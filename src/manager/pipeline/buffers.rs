@@ -23,11 +23,29 @@ pub(crate) struct ByteBuffers {
 #[derive(Default)]
 struct Shared {
     spare: Mutex<Vec<Vec<u8>>>,
+    /// Whether the sink is done with a buffer when its write returns (said up front).
+    sink_lets_go: bool,
     /// Whether any buffer has come back: the sink lets go of what it writes.
     returned: std::sync::atomic::AtomicBool,
 }
 
 impl ByteBuffers {
+    /// Spares for a blob written to a sink that is (`sink_lets_go`) or may not be done with a
+    /// buffer when its write returns ([`crate::sink::SinkWriter::holds_written_bytes`]).
+    pub fn for_sink(sink_lets_go: bool) -> Self {
+        ByteBuffers {
+            shared: Arc::new(Shared {
+                sink_lets_go,
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// Whether the sink said it is done with a buffer when its write returns.
+    pub fn sink_lets_go(&self) -> bool {
+        self.shared.sink_lets_go
+    }
+
     /// An empty buffer with room for at least `room` bytes: a spare one if there is one.
     pub fn take(&self, room: usize) -> Vec<u8> {
         let spare = self.lock().pop();

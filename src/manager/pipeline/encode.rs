@@ -94,7 +94,7 @@ impl<'a> ChunkEncoder<'a> {
     pub async fn next(&mut self) -> Result<Option<EncodedBatch>> {
         loop {
             if self.batcher.has_ready(self.scanned_all) {
-                if self.jobs.is_full() {
+                if self.jobs_full() {
                     return self.oldest().await;
                 }
                 self.submit();
@@ -105,6 +105,12 @@ impl<'a> ChunkEncoder<'a> {
             }
             self.scan_page().await?;
         }
+    }
+
+    /// Whether as many jobs are in flight as may be ([`super::streaming_depth`]).
+    fn jobs_full(&self) -> bool {
+        let depth = super::streaming_depth(self.s.parallelism, self.s.buffers.sink_lets_go());
+        self.jobs.in_flight() >= depth
     }
 
     /// The oldest job's batch (`None` when none is in flight); its vectors' buffers are

@@ -48,6 +48,25 @@ fn cpu_pool() -> &'static rayon::ThreadPool {
     })
 }
 
+/// Encode jobs a namespace's stream keeps in flight for a `parallelism`, writing to a sink
+/// that is done with a buffer when its write returns (`sink_lets_go`: the local one) or may
+/// hold it (object storage, until the part holding it is sent).
+///
+/// To a local sink: one more than may run at once when every pool thread may be busy, so a
+/// worker that finishes starts the next job while the runtime thread still hands the oldest
+/// result to the blob writer (and waits there while the writer catches up). Measured at
+/// 50,000 × 768: 1.06× faster, +3 MiB of peak memory. To object storage the upload is the
+/// bottleneck, and the extra batch would take the create's peak over 64 MiB (+64.4 MiB at
+/// 200,000 × 768 on SeaweedFS). A `parallelism` below the pool's size keeps bounding the jobs
+/// that run at once.
+pub(crate) fn streaming_depth(parallelism: usize, sink_lets_go: bool) -> usize {
+    if sink_lets_go && parallelism >= cpu_pool().current_num_threads() {
+        parallelism + 1
+    } else {
+        parallelism
+    }
+}
+
 impl<T: Send + 'static> Ordered<T> {
     pub fn new(max: usize) -> Self {
         Ordered {
@@ -189,5 +208,31 @@ pub(crate) fn encode_error(ns: &str, e: blob::EncodeError) -> Error {
             actual,
         },
         blob::EncodeError::Invalid(reason) => Error::Storage(format!("namespace {ns:?}: {reason}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_more_job_queues_only_to_a_sink_that_lets_go_when_every_worker_may_be_busy() {
+        let workers = cpu_pool().current_num_threads();
+        assert_eq!(streaming_depth(workers, true), workers + 1);
+        assert_eq!(streaming_depth(workers + 3, true), workers + 4);
+        for parallelism in [1, workers, workers + 3] {
+            assert_eq!(
+                streaming_depth(parallelism, false),
+                parallelism,
+                "object storage keeps its bound"
+            );
+        }
+        if workers > 1 {
+            assert_eq!(
+                streaming_depth(workers - 1, true),
+                workers - 1,
+                "a parallelism below the pool's size bounds the jobs running at once"
+            );
+        }
     }
 }

@@ -59,7 +59,7 @@ impl BlobWriter {
     /// chunk is sealed.
     pub fn new(mut out: Box<dyn SinkWriter>, sealing: Option<Sealing>) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
-        let buffers = ByteBuffers::default();
+        let buffers = ByteBuffers::for_sink(!out.holds_written_bytes());
         let spare = buffers.clone();
         let task = tokio::spawn(async move {
             let (to_hash, hashed) = hasher(spare.clone());

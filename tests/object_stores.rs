@@ -22,7 +22,10 @@ fn random_prefix() -> String {
 /// Runs every conformance check on the repository at `url`, then removes what it wrote.
 async fn run_suite(name: &str, url: &str, options: &SinkOptions) {
     let started = Instant::now();
-    let url = format!("{}/{}", url.trim_end_matches('/'), random_prefix());
+    let url = match url.strip_suffix("://") {
+        Some(scheme) => format!("{scheme}:///{}", random_prefix()),
+        None => format!("{}/{}", url.trim_end_matches('/'), random_prefix()),
+    };
     let options = options
         .clone()
         .with_part_size(5 * 1024 * 1024)
@@ -44,11 +47,13 @@ async fn run_suite(name: &str, url: &str, options: &SinkOptions) {
         SnapshotConfig::default().with_max_snapshots(0),
     )
     .unwrap();
-    let b = SnapshotManager::new(
-        sink_from_url(&url, &options).unwrap(),
-        SnapshotConfig::default().with_max_snapshots(0),
-    )
-    .unwrap();
+    // A second client of the same repository; `memory://` opens a new, empty store on every
+    // call, so there the second manager shares the first one's sink.
+    let second = match url.starts_with("memory://") {
+        true => sink.clone(),
+        false => sink_from_url(&url, &options).unwrap(),
+    };
+    let b = SnapshotManager::new(second, SnapshotConfig::default().with_max_snapshots(0)).unwrap();
     conformance::concurrent_managers(&a, &b).await;
     cleanup(sink.as_ref()).await;
     announce(&format!(
@@ -257,8 +262,19 @@ async fn snapshot_repository_urls() {
         sink_from_url(&local, &SinkOptions::new()).unwrap();
     }
 
-    let bad: [(&str, SinkOptions, &str); 11] = [
+    let bad: [(&str, SinkOptions, &str); 14] = [
         ("", SinkOptions::new(), "empty repository URL"),
+        (
+            "memory:/conformance",
+            SinkOptions::new(),
+            "starts with \"memory:\" but not \"memory://\": write memory://…",
+        ),
+        (
+            "s3:/bucket/prefix",
+            SinkOptions::new(),
+            "write s3://… (or ./s3:… for a local folder of that name)",
+        ),
+        ("GS:bucket", SinkOptions::new(), "write GS://…"),
         (
             "ftp://host/x",
             SinkOptions::new(),

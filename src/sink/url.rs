@@ -183,6 +183,11 @@ pub fn sink_from_url(url: &str, options: &SinkOptions) -> Result<Arc<dyn Snapsho
         if url.is_empty() {
             return Err(Error::Config("empty repository URL".into()));
         }
+        if let Some(scheme) = scheme_without_slashes(url) {
+            return Err(Error::Config(format!(
+                "the repository URL starts with \"{scheme}:\" but not \"{scheme}://\": write {scheme}://… (or ./{scheme}:… for a local folder of that name)"
+            )));
+        }
         return local_sink(Path::new(url), options);
     }
     let (parsed, shown) = parse_repo_url(url)?;
@@ -205,6 +210,20 @@ pub fn sink_from_url(url: &str, options: &SinkOptions) -> Result<Arc<dyn Snapsho
         sink.with_upload_options(options.upload())?
             .with_description(shown),
     ))
+}
+
+/// The scheme of a string that starts like a repository URL (`s3:`, `memory:`, …) but lacks
+/// the `//` after it (`s3:/bucket`, `memory:`): a typo, which as a local path would quietly
+/// create a folder named after the scheme in the current directory.
+fn scheme_without_slashes(url: &str) -> Option<&str> {
+    const SCHEMES: [&str; 12] = [
+        "file", "memory", "s3", "s3a", "gs", "az", "azure", "adl", "abfs", "abfss", "http", "https",
+    ];
+    let (scheme, _) = url.split_once(':')?;
+    SCHEMES
+        .iter()
+        .find(|known| known.eq_ignore_ascii_case(scheme))
+        .map(|_| scheme)
 }
 
 /// A local directory; it takes no backend options.

@@ -25,8 +25,6 @@ struct Shared {
     spare: Mutex<Vec<Vec<u8>>>,
     /// Whether the sink is done with a buffer when its write returns (said up front).
     sink_lets_go: bool,
-    /// Whether any buffer has come back: the sink lets go of what it writes.
-    returned: std::sync::atomic::AtomicBool,
 }
 
 impl ByteBuffers {
@@ -67,28 +65,12 @@ impl ByteBuffers {
         }
     }
 
-    /// Like [`Self::give`], for a buffer the sink was given and has let go of: from then on
-    /// [`Self::fit_for_sink`] leaves buffers whole.
-    pub fn give_written(&self, buf: Vec<u8>) {
-        self.shared
-            .returned
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        self.give(buf);
-    }
-
-    /// Trims a filled buffer to its content unless the sink lets go of what it is written:
+    /// Trims a filled buffer to its content unless the sink is done with what it is written:
     /// a sink that keeps it (an upload part, until sent) should hold no slack.
     pub fn fit_for_sink(&self, buf: &mut Vec<u8>) {
-        if !self.come_back() {
+        if !self.sink_lets_go() {
             buf.shrink_to_fit();
         }
-    }
-
-    /// Whether the sink lets go of the buffers written to it.
-    fn come_back(&self) -> bool {
-        self.shared
-            .returned
-            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
@@ -104,13 +86,11 @@ mod tests {
 
     #[test]
     fn a_buffer_given_back_is_taken_again_empty_with_its_room() {
-        let buffers = ByteBuffers::default();
-        assert!(!buffers.come_back());
+        let buffers = ByteBuffers::for_sink(true);
         let mut buf = buffers.take(ROOM);
         buf.extend_from_slice(&[7; 900]);
         let at = buf.as_ptr();
-        buffers.clone().give_written(buf);
-        assert!(buffers.come_back());
+        buffers.clone().give(buf);
         let again = buffers.take(500);
         assert!(again.is_empty());
         assert!(again.capacity() >= ROOM);
@@ -118,24 +98,15 @@ mod tests {
     }
 
     #[test]
-    fn a_filled_buffer_is_trimmed_until_the_sink_gives_one_back() {
-        let buffers = ByteBuffers::default();
-        let mut buf = Vec::with_capacity(4 * ROOM);
-        buf.extend_from_slice(&[1; 10]);
-        buffers.fit_for_sink(&mut buf);
-        assert!(buf.capacity() < ROOM, "trimmed");
-        buffers.give_written(Vec::with_capacity(ROOM));
-        let mut buf = Vec::with_capacity(4 * ROOM);
-        buffers.fit_for_sink(&mut buf);
-        assert_eq!(buf.capacity(), 4 * ROOM, "kept whole");
-    }
-
-    #[test]
-    fn a_buffer_the_sink_never_had_says_nothing_of_the_sink() {
-        let buffers = ByteBuffers::default();
-        buffers.give(Vec::with_capacity(ROOM));
-        assert!(!buffers.come_back());
-        assert_eq!(buffers.lock().len(), 1);
+    fn a_filled_buffer_is_trimmed_only_for_a_sink_that_may_hold_it() {
+        for (lets_go, trimmed) in [(false, true), (true, false)] {
+            let buffers = ByteBuffers::for_sink(lets_go);
+            let mut buf = Vec::with_capacity(4 * ROOM);
+            buf.extend_from_slice(&[1; 10]);
+            buffers.fit_for_sink(&mut buf);
+            assert_eq!(buf.capacity() < ROOM, trimmed, "sink lets go: {lets_go}");
+        }
+        assert!(!ByteBuffers::default().sink_lets_go(), "unknown: may hold");
     }
 
     #[test]

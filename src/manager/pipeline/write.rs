@@ -50,7 +50,7 @@ fn hasher(spare: ByteBuffers) -> (tokio::sync::mpsc::Sender<Bytes>, JoinHandle<[
 /// still holds it (whichever lets go last gives it back).
 fn recycle(bytes: Bytes, spare: &ByteBuffers) {
     if let Ok(unshared) = bytes.try_into_mut() {
-        spare.give_written(unshared.into());
+        spare.give(unshared.into());
     }
 }
 

@@ -61,7 +61,10 @@ impl<'a> ChunkEncoder<'a> {
             storage,
             ns: ns.to_string(),
             batcher: Batcher::new(&s),
-            jobs: Ordered::new(s.parallelism),
+            jobs: Ordered::new(super::streaming_depth(
+                s.parallelism,
+                s.buffers.sink_lets_go(),
+            )),
             s,
             known,
             after: None,
@@ -94,7 +97,7 @@ impl<'a> ChunkEncoder<'a> {
     pub async fn next(&mut self) -> Result<Option<EncodedBatch>> {
         loop {
             if self.batcher.has_ready(self.scanned_all) {
-                if self.jobs_full() {
+                if self.jobs.is_full() {
                     return self.oldest().await;
                 }
                 self.submit();
@@ -105,12 +108,6 @@ impl<'a> ChunkEncoder<'a> {
             }
             self.scan_page().await?;
         }
-    }
-
-    /// Whether as many jobs are in flight as may be ([`super::streaming_depth`]).
-    fn jobs_full(&self) -> bool {
-        let depth = super::streaming_depth(self.s.parallelism, self.s.buffers.sink_lets_go());
-        self.jobs.in_flight() >= depth
     }
 
     /// The oldest job's batch (`None` when none is in flight); its vectors' buffers are

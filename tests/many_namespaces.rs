@@ -20,6 +20,7 @@ use futures::StreamExt;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A sink that counts the bytes read from blobs (sidecars are not counted).
 #[derive(Debug)]
@@ -239,39 +240,47 @@ async fn a_damaged_namespace_in_a_group_is_named_and_its_group_is_not_written() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_namespace_larger_than_its_count_says_is_snapshotted_whole() {
-    let dir = tempfile::tempdir().unwrap();
-    // The 300 KB namespace outgrows a group while it is scanned.
-    let m = small_batches(dir.path());
-    let inner = store_with(&[("a-small", 3, 32), ("c-small", 4, 32)]).await;
-    add_namespace(&inner, "b-big", 2_000, 32).await;
-    let store = Watched {
-        low_count: true,
-        ..Watched::new(inner, true)
-    };
-    let snap = m
-        .create_snapshot(&store, CreateOptions::default())
-        .await
-        .unwrap();
-    assert_eq!(snap.total_vectors, 2_007);
-    m.verify_snapshot(snap.id.as_str()).await.unwrap();
-    let back = restore_all(&m, snap.id.as_str()).await;
-    assert_eq!(dump(&back).await, dump(&store.inner).await);
+    // Read on the task that creates the snapshot, and on the worker pool.
+    for parallel in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        // The 300 KB namespace outgrows a group while it is scanned.
+        let m = small_batches(dir.path());
+        let inner = store_with(&[("a-small", 3, 32), ("c-small", 4, 32)]).await;
+        add_namespace(&inner, "b-big", 2_000, 32).await;
+        let store = Watched::from(Spy {
+            low_count: true,
+            parallel,
+            ..Spy::new(inner, true)
+        });
+        let snap = m
+            .create_snapshot(&store, CreateOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(snap.total_vectors, 2_007);
+        let names: Vec<&str> = snap.namespaces.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["a-small", "b-big", "c-small"], "in name order");
+        m.verify_snapshot(snap.id.as_str()).await.unwrap();
+        let back = restore_all(&m, snap.id.as_str()).await;
+        assert_eq!(dump(&back).await, dump(&store.inner).await);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_whose_scan_does_not_ascend_is_refused_by_namespace() {
     // A small namespace (read whole, encoded in a group) and a large one (streamed in
     // batches of 64 KiB); pages of 100 vectors, each returned backwards.
-    for (name, count) in [("small", 30), ("large", 2_000)] {
+    let cases = [("small", 30), ("large", 2_000)];
+    for ((name, count), parallel) in cases.into_iter().flat_map(|c| [(c, false), (c, true)]) {
         let dir = tempfile::tempdir().unwrap();
         let m = small_batches(dir.path());
         // One vector reads the same backwards: this namespace is fine.
         let inner = store_with(&[("a", 1, 8)]).await;
         add_namespace(&inner, name, count, 8).await;
-        let store = Watched {
+        let store = Watched::from(Spy {
             reversed: true,
-            ..Watched::new(inner, false)
-        };
+            parallel,
+            ..Spy::new(inner, false)
+        });
         let err = m
             .create_snapshot(&store, CreateOptions::default())
             .await
@@ -281,6 +290,92 @@ async fn a_store_whose_scan_does_not_ascend_is_refused_by_namespace() {
         assert!(msg.contains("ascending order"), "{msg}");
         assert!(m.list_snapshots().await.unwrap().is_empty(), "{name}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_namespaces_are_read_on_the_worker_pool_only_when_the_store_allows_it() {
+    let names = tenants(300);
+    for parallel in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let m = SnapshotManager::local(dir.path(), SnapshotConfig::default()).unwrap();
+        let store = Watched::from(Spy {
+            parallel,
+            ..Spy::new(tenant_store(&names).await, true)
+        });
+        let snap = m
+            .create_snapshot(&store, CreateOptions::default())
+            .await
+            .unwrap();
+        let threads = store.threads.lock().unwrap().clone();
+        let on_pool = threads.iter().all(|t| t.starts_with("dakera-snapshot-"));
+        assert_eq!(on_pool, parallel, "read on {threads:?}");
+        assert_eq!(snap.namespace_count(), 300);
+        m.verify_snapshot(snap.id.as_str()).await.unwrap();
+        let back = restore_all(&m, snap.id.as_str()).await;
+        assert_eq!(dump(&back).await, dump(&store.inner).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_fails_or_panics_while_the_pool_reads_it_leaves_no_snapshot() {
+    let names = tenants(300);
+    for (breakage, expected) in [
+        (Breakage::Fails, "disk on fire"),
+        (Breakage::Panics, "panicked"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let m = SnapshotManager::local(dir.path(), SnapshotConfig::default()).unwrap();
+        let store = Watched::from(Spy {
+            broken: Some(("tenant-0211", breakage)),
+            ..Spy::new(tenant_store(&names).await, true)
+        });
+        let err = m
+            .create_snapshot(&store, CreateOptions::default())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(expected), "{err}");
+        assert!(m.list_snapshots().await.unwrap().is_empty());
+        let data = std::fs::read_dir(dir.path().join("data"));
+        let blobs = data.map(|d| d.count()).unwrap_or(0);
+        assert_eq!(blobs, 0, "no blob is left behind");
+        // The repository still takes a snapshot once the store is sound.
+        let sound = Watched::new(tenant_store(&names).await, true);
+        let snap = m
+            .create_snapshot(&sound, CreateOptions::default())
+            .await
+            .unwrap();
+        m.verify_snapshot(snap.id.as_str()).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_abandoned_while_a_store_read_hangs_keeps_no_worker_thread() {
+    let names = tenants(300);
+    let dir = tempfile::tempdir().unwrap();
+    let m = SnapshotManager::local(dir.path(), SnapshotConfig::default()).unwrap();
+    let hangs = Watched::from(Spy {
+        broken: Some(("tenant-0211", Breakage::Hangs)),
+        ..Spy::new(tenant_store(&names).await, true)
+    });
+    // More abandoned creates than the worker pool has threads: a read left hanging on one
+    // would leave none for the next create.
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    for _ in 0..workers + 1 {
+        let create = m.create_snapshot(&hangs, CreateOptions::default());
+        let out = tokio::time::timeout(Duration::from_millis(300), create).await;
+        assert!(
+            out.is_err(),
+            "the create waits for the hung read until abandoned"
+        );
+    }
+    let sound = Watched::new(tenant_store(&names).await, true);
+    let create = m.create_snapshot(&sound, CreateOptions::default());
+    let snap = tokio::time::timeout(Duration::from_secs(60), create)
+        .await
+        .expect("the worker pool is free again")
+        .unwrap();
+    assert_eq!(m.list_snapshots().await.unwrap().len(), 1);
+    m.verify_snapshot(snap.id.as_str()).await.unwrap();
 }
 
 /// A manager of a local repository in `dir` that encodes batches of 64 KiB and scans pages
@@ -300,15 +395,28 @@ async fn add_namespace(store: &InMemoryStorage, name: &str, count: usize, dim: u
 }
 
 /// A store that records which namespaces were scanned, can hide its change tokens, can
-/// say that every namespace holds one vector (`low_count`), and can break the scan contract
-/// by returning every page of more than one vector in reverse order (`reversed`).
+/// say that every namespace holds one vector (`low_count`), can break the scan contract
+/// by returning every page of more than one vector in reverse order (`reversed`), and lets
+/// the snapshot read namespaces in parallel through a shared handle or not (`parallel`),
+/// can fail, panic or hang when one namespace is read (`broken`), and records the names of
+/// the threads it was read on.
 #[derive(Debug)]
-struct Watched {
+struct Spy {
     inner: InMemoryStorage,
     tokens: bool,
+    parallel: bool,
     low_count: bool,
     reversed: bool,
+    broken: Option<(&'static str, Breakage)>,
     scanned: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    threads: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Breakage {
+    Fails,
+    Panics,
+    Hangs,
 }
 
 #[async_trait]
@@ -350,11 +458,29 @@ impl VectorStorage for Watched {
         limit: usize,
     ) -> dakera_snapshot::Result<Vec<Vector>> {
         self.scanned.lock().unwrap().insert(ns.to_string());
+        let thread = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_string();
+        self.threads.lock().unwrap().insert(thread);
+        match self.broken {
+            Some((name, Breakage::Fails)) if name == ns => {
+                return Err(Error::Storage("disk on fire".into()))
+            }
+            Some((name, Breakage::Panics)) if name == ns => panic!("the store's scan panics"),
+            Some((name, Breakage::Hangs)) if name == ns => std::future::pending().await,
+            _ => {}
+        }
         let mut page = self.inner.scan(ns, after, limit).await?;
         if self.reversed {
             page.reverse();
         }
         Ok(page)
+    }
+    fn shared_handle(&self) -> Option<Arc<dyn VectorStorage>> {
+        let handle = Watched(self.0.clone());
+        self.parallel
+            .then(|| Arc::new(handle) as Arc<dyn VectorStorage>)
     }
     async fn change_token(&self, ns: &str) -> dakera_snapshot::Result<Option<String>> {
         match self.tokens {
@@ -364,14 +490,40 @@ impl VectorStorage for Watched {
     }
 }
 
+/// A [`Spy`] behind an `Arc`, so that it can hand the snapshot a handle to itself.
+#[derive(Debug)]
+struct Watched(Arc<Spy>);
+
+impl std::ops::Deref for Watched {
+    type Target = Spy;
+    fn deref(&self) -> &Spy {
+        &self.0
+    }
+}
+
+impl From<Spy> for Watched {
+    fn from(spy: Spy) -> Self {
+        Watched(Arc::new(spy))
+    }
+}
+
 impl Watched {
     fn new(inner: InMemoryStorage, tokens: bool) -> Self {
-        Watched {
+        Spy::new(inner, tokens).into()
+    }
+}
+
+impl Spy {
+    fn new(inner: InMemoryStorage, tokens: bool) -> Self {
+        Spy {
             inner,
             tokens,
+            parallel: true,
             low_count: false,
             reversed: false,
+            broken: None,
             scanned: Default::default(),
+            threads: Default::default(),
         }
     }
 

@@ -1,9 +1,10 @@
 //! Create: full and incremental snapshots of a store.
 
 use super::catalog::ResolvedSnapshot;
+use super::pipeline::change_token;
 use super::pipeline::{ChunkEncoder, EncodeSettings, KnownChunks};
 use super::plan::{self, Changes, ParentView, WritePlan};
-use super::sections::{change_token, namespace_shapes};
+use super::sections::namespace_shapes;
 use super::{EndProgress, SnapshotManager};
 use crate::config::CreateOptions;
 use crate::error::{Error, Result};

@@ -25,6 +25,7 @@ mod reports;
 mod restore;
 mod restore_groups;
 mod sections;
+mod sections_in_parallel;
 mod snapshot_view;
 mod verify;
 

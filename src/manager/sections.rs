@@ -5,8 +5,8 @@
 use super::create::namespace_dimension;
 use super::dedup::IndexBuilder;
 use super::pipeline::{
-    outside_the_runtime, scan_whole, BlobWriter, ByteBuffers, ChunkEncoder, EncodeSettings,
-    EncodedGroup, EncodedNamespace, GroupEncoder, KnownChunks, SmallNamespace,
+    change_token, outside_the_runtime, scan_whole, BlobWriter, ByteBuffers, ChunkEncoder,
+    EncodeSettings, EncodedGroup, EncodedNamespace, GroupEncoder, KnownChunks, SmallNamespace,
 };
 use super::plan::{ParentView, WritePlan};
 use super::SnapshotManager;
@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 /// A namespace whose values (4 bytes × dimension × count) are at most this is encoded in a
 /// group with others: a quarter of the default batch, so a group holds at least four.
-const SMALL_NAMESPACE_MAX: u64 = 1 << 20;
+pub(super) const SMALL_NAMESPACE_MAX: u64 = 1 << 20;
 
 /// What the store says of a namespace before it is read.
 #[derive(Debug, Clone)]
@@ -55,23 +55,6 @@ pub(super) async fn namespace_shapes(
     Ok(shapes)
 }
 
-/// The store's change token of `ns`, if it keeps one that a sidecar can carry (at most 128
-/// printable ASCII characters; another is ignored, with a warning).
-pub(super) async fn change_token(storage: &dyn VectorStorage, ns: &str) -> Result<Option<String>> {
-    let token = storage.change_token(ns).await?;
-    let usable = |t: &String| t.len() <= 128 && t.bytes().all(|b| b.is_ascii_graphic());
-    Ok(match token {
-        Some(t) if !usable(&t) => {
-            tracing::warn!(
-                namespace = ns,
-                "the store's change token is not 1-128 printable ASCII characters; ignored"
-            );
-            None
-        }
-        other => other,
-    })
-}
-
 /// The sections written into a blob.
 pub(super) struct BlobBody {
     pub header: ByteRange,
@@ -87,20 +70,20 @@ pub(super) struct BlobBody {
 }
 
 /// How one namespace ended up.
-enum Written {
+pub(super) enum Written {
     Stored(NamespaceEntry),
     /// Equal to the parent's version, and nothing of it was written.
     Unchanged,
 }
 
 /// Namespace sections as they are written, in order.
-struct Sections {
+pub(super) struct Sections {
     directory: DirectoryMember,
     found_unchanged: Vec<String>,
 }
 
 impl Sections {
-    fn push(&mut self, name: String, written: Written) {
+    pub(super) fn push(&mut self, name: String, written: Written) {
         match written {
             Written::Stored(entry) => self.directory.push(&entry),
             Written::Unchanged => self.found_unchanged.push(name),
@@ -144,33 +127,17 @@ impl SnapshotManager {
             directory: DirectoryMember::member(level),
             found_unchanged: Vec::new(),
         };
-        let mut groups = GroupEncoder::new(EncodeSettings {
-            sealing: w.sealing().cloned(),
-            buffers: w.buffers(),
-            ..self.encode_settings(0, Some(level))
-        });
-        for (ns, shape) in plan.store.iter().zip(shapes) {
-            let shape = &Shape {
-                token: change_token(storage, ns).await?,
-                ..shape.clone()
-            };
-            if shape.value_bytes <= SMALL_NAMESPACE_MAX {
-                if let Some(vectors) = self.scan_small(storage, ns, shape).await? {
-                    let small = small_namespace(ns, shape, vectors, plan);
-                    if groups.add(small) {
-                        self.submit_group(&mut groups, w, plan, &mut sections)
-                            .await?;
-                    }
-                    continue;
-                }
+        match storage.shared_handle() {
+            Some(shared) if self.config.effective_parallelism() > 1 => {
+                let stores = (storage, shared);
+                self.write_sections_in_parallel(w, stores, plan, shapes, &mut sections)
+                    .await?
             }
-            self.drain_groups(&mut groups, w, plan, &mut sections)
-                .await?;
-            let written = self.write_namespace(w, storage, ns, shape, plan).await?;
-            sections.push(ns.clone(), written);
+            _ => {
+                self.write_sections_reading_here(w, storage, plan, shapes, &mut sections)
+                    .await?
+            }
         }
-        self.drain_groups(&mut groups, w, plan, &mut sections)
-            .await?;
         let mut unchanged = plan.unchanged.clone();
         unchanged.extend(sections.found_unchanged.iter().cloned());
         unchanged.sort();
@@ -199,6 +166,43 @@ impl SnapshotManager {
             directory,
             footer,
         })
+    }
+
+    /// Writes the namespace sections of `plan.store` in order, reading the store on this
+    /// thread: small namespaces whole, encoded in groups on the pool; large ones streamed.
+    async fn write_sections_reading_here(
+        &self,
+        w: &mut BlobWriter,
+        storage: &dyn VectorStorage,
+        plan: &WritePlan,
+        shapes: &[Shape],
+        sections: &mut Sections,
+    ) -> Result<()> {
+        let mut groups = GroupEncoder::new(EncodeSettings {
+            sealing: w.sealing().cloned(),
+            buffers: w.buffers(),
+            ..self.encode_settings(0, Some(self.config.effective_level()))
+        });
+        for (ns, shape) in plan.store.iter().zip(shapes) {
+            let shape = &Shape {
+                token: change_token(storage, ns).await?,
+                ..shape.clone()
+            };
+            if shape.value_bytes <= SMALL_NAMESPACE_MAX {
+                if let Some(vectors) = self.scan_small(storage, ns, shape).await? {
+                    let small = small_namespace(ns, shape, vectors, plan);
+                    if groups.add(small) {
+                        self.submit_group(&mut groups, w, plan, sections).await?;
+                    }
+                    continue;
+                }
+            }
+            self.drain_groups(&mut groups, w, plan, sections).await?;
+            let written = self.write_namespace(w, storage, ns, shape, plan).await?;
+            sections.push(ns.clone(), written);
+        }
+        self.drain_groups(&mut groups, w, plan, sections).await?;
+        Ok(())
     }
 
     /// A namespace the store says is small, read whole; `None` if it turns out larger than
@@ -252,7 +256,8 @@ impl SnapshotManager {
         Ok(())
     }
 
-    /// Appends a group of encoded small namespaces as consecutive sections, in one write.
+    /// Appends a group of encoded small namespaces as consecutive sections, in one write,
+    /// and gives its batch's buffer back.
     async fn write_group(
         &self,
         w: &mut BlobWriter,
@@ -260,13 +265,35 @@ impl SnapshotManager {
         plan: &WritePlan,
         sections: &mut Sections,
     ) -> Result<()> {
+        let EncodedGroup {
+            batch, namespaces, ..
+        } = group;
+        self.write_run(w, &batch, namespaces, plan, sections)
+            .await?;
+        w.buffers().give(batch.bytes);
+        Ok(())
+    }
+
+    /// Appends `run`, namespaces encoded in `batch`, as consecutive sections, in one write.
+    pub(super) async fn write_run(
+        &self,
+        w: &mut BlobWriter,
+        batch: &EncodedBatch,
+        run: Vec<EncodedNamespace>,
+        plan: &WritePlan,
+        sections: &mut Sections,
+    ) -> Result<()> {
+        if run.is_empty() {
+            return Ok(());
+        }
         let (start, filter) = (w.offset(), self.config.effective_filter());
         let level = self.config.effective_level();
         let (sealing, buffers) = (w.sealing().cloned(), w.buffers());
         let laid = outside_the_runtime(|| {
-            lay_out_group(
+            lay_out_run(
                 start,
-                group,
+                batch,
+                run,
                 plan,
                 (filter, level),
                 sealing.as_ref(),
@@ -288,7 +315,7 @@ impl SnapshotManager {
     /// hold, then its chunk index), reporting the value bytes written to the progress. A namespace the plan
     /// compares with the parent, found equal with every chunk already in the chain, gets no
     /// index: it is [`Written::Unchanged`].
-    async fn write_namespace(
+    pub(super) async fn write_namespace(
         &self,
         w: &mut BlobWriter,
         storage: &dyn VectorStorage,
@@ -350,7 +377,7 @@ impl SnapshotManager {
 /// Chunk identities the parent's chain holds for `ns` (referenced, not stored), and how a
 /// child computes its own: as its base does, so they can match (a 2.0 chain stays
 /// 2.0-identified until its next full snapshot).
-fn dedup_inputs(plan: &WritePlan, ns: &str) -> (KnownChunks, Identity) {
+pub(super) fn dedup_inputs(plan: &WritePlan, ns: &str) -> (KnownChunks, Identity) {
     let base = plan.bases.get(ns);
     let known: KnownChunks = Arc::new(
         base.map(|b| b.chunks.keys().copied().collect())
@@ -376,23 +403,24 @@ fn small_namespace(
     }
 }
 
-/// Lays a group of encoded namespaces out as consecutive sections from blob offset `start`:
-/// each one's data chunks, then its chunk index (built here, as its offsets are now known),
-/// into a buffer from `buffers`, to which the group's own goes back. Blocking CPU work.
-fn lay_out_group(
+/// Lays a run of namespaces encoded in `batch` out as consecutive sections from blob offset
+/// `start`: each one's data chunks, then its chunk index (built here, as its offsets are now
+/// known), into a buffer from `buffers`. Blocking CPU work.
+fn lay_out_run(
     start: u64,
-    group: EncodedGroup,
+    batch: &EncodedBatch,
+    run: Vec<EncodedNamespace>,
     plan: &WritePlan,
     (filter, level): (blob::Filter, u32),
     sealing: Option<&Sealing>,
     buffers: &ByteBuffers,
 ) -> Result<LaidOut> {
-    let EncodedGroup { batch, namespaces } = group;
-    let room = batch.bytes.len() + namespaces.len() * STORED_INDEX_MAX / 4;
+    let bytes: usize = run.iter().map(|e| e.part(batch).bytes.len()).sum();
+    let room = bytes + run.len() * STORED_INDEX_MAX / 4;
     let mut laid = lay_out_namespaces(
         start,
-        &batch,
-        namespaces,
+        batch,
+        run,
         plan,
         (filter, level),
         sealing,
@@ -401,11 +429,10 @@ fn lay_out_group(
     if let Ok(out) = &mut laid {
         buffers.fit_for_sink(&mut out.bytes);
     }
-    buffers.give(batch.bytes);
     laid
 }
 
-/// [`lay_out_group`]'s work, into `bytes` (empty).
+/// [`lay_out_run`]'s work, into `bytes` (empty).
 fn lay_out_namespaces(
     start: u64,
     batch: &EncodedBatch,

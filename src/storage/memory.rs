@@ -35,6 +35,12 @@ impl Namespace {
 /// and TTL expiry against an injectable clock.
 #[derive(Debug)]
 pub struct InMemoryStorage {
+    /// Shared with the handles [`VectorStorage::shared_handle`] gives out.
+    state: Arc<State>,
+}
+
+#[derive(Debug)]
+struct State {
     namespaces: RwLock<BTreeMap<NamespaceId, Namespace>>,
     clock: Arc<dyn Clock>,
     /// Random per instance, so change tokens of two stores never match.
@@ -57,7 +63,7 @@ impl InMemoryStorage {
 
     /// An empty store whose expiry follows `clock`.
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
-        InMemoryStorage {
+        let state = State {
             namespaces: RwLock::new(BTreeMap::new()),
             clock,
             epoch: getrandom::u64().unwrap_or_else(|_| {
@@ -66,23 +72,32 @@ impl InMemoryStorage {
                     .map_or(0, |d| d.as_nanos() as u64)
             }),
             writes: AtomicU64::new(0),
+        };
+        InMemoryStorage {
+            state: Arc::new(state),
         }
     }
 
     fn next_version(&self) -> u64 {
-        self.writes.fetch_add(1, Ordering::SeqCst) + 1
+        self.state.writes.fetch_add(1, Ordering::SeqCst) + 1
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<NamespaceId, Namespace>> {
-        self.namespaces.read().unwrap_or_else(|p| p.into_inner())
+        self.state
+            .namespaces
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<NamespaceId, Namespace>> {
-        self.namespaces.write().unwrap_or_else(|p| p.into_inner())
+        self.state
+            .namespaces
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn with_ns<T>(&self, namespace: &str, f: impl FnOnce(&Namespace, u64) -> T) -> Result<T> {
-        let now = self.clock.now_secs();
+        let now = self.state.clock.now_secs();
         let map = self.read();
         let ns = map.get(namespace).ok_or_else(|| not_found(namespace))?;
         Ok(f(ns, now))
@@ -115,7 +130,7 @@ fn not_found(namespace: &str) -> Error {
 #[async_trait]
 impl VectorStorage for InMemoryStorage {
     async fn upsert(&self, namespace: &str, vectors: Vec<Vector>) -> Result<usize> {
-        let now = self.clock.now_secs();
+        let now = self.state.clock.now_secs();
         let mut map = self.write();
         let ns = map.get_mut(namespace).ok_or_else(|| not_found(namespace))?;
         // Check the whole batch before storing any of it.
@@ -211,7 +226,10 @@ impl VectorStorage for InMemoryStorage {
     async fn change_token(&self, namespace: &str) -> Result<Option<String>> {
         self.with_ns(namespace, |ns, now| {
             let expired = ns.expired(now);
-            Some(format!("{:016x}.{}.{expired}", self.epoch, ns.version))
+            Some(format!(
+                "{:016x}.{}.{expired}",
+                self.state.epoch, ns.version
+            ))
         })
     }
 
@@ -228,6 +246,11 @@ impl VectorStorage for InMemoryStorage {
         self.with_ns(namespace, |ns, now| {
             live_after(ns, after, now).take(limit).cloned().collect()
         })
+    }
+
+    fn shared_handle(&self) -> Option<Arc<dyn VectorStorage>> {
+        let state = self.state.clone();
+        Some(Arc::new(InMemoryStorage { state }))
     }
 
     async fn scan_each(

@@ -145,6 +145,19 @@ pub trait VectorStorage: Send + Sync + std::fmt::Debug {
         Ok(None)
     }
 
+    /// A handle to this same store that a snapshot's own tasks can keep: reads through it
+    /// see what reads through `self` see. With one, a snapshot of many small namespaces reads
+    /// several of them at once (calling [`Self::scan_each`] and [`Self::change_token`] on
+    /// the handle from tasks it spawns on the runtime), and keeps every core busy.
+    ///
+    /// `None`, the default: namespaces are read one at a time, in name order, by the task
+    /// that creates the snapshot. A store that can only be read in order (a stream) keeps it.
+    /// A store that is a cheap handle already (a client around a connection pool) returns
+    /// `Some(Arc::new(self.clone()))`.
+    fn shared_handle(&self) -> Option<std::sync::Arc<dyn VectorStorage>> {
+        None
+    }
+
     /// Every live vector of the namespace, in id order. Holds the namespace in memory: the
     /// snapshot code never calls it, it exists for API compatibility and small tools.
     async fn get_all(&self, namespace: &str) -> Result<Vec<Vector>> {

@@ -1,5 +1,7 @@
-//! Encoding many small namespaces together: each is scanned whole on the runtime, and a
-//! group of them, about 1 MiB of raw bytes in all, is one job on the worker pool.
+//! Encoding many small namespaces together: a group of them, about 1 MiB of raw bytes in
+//! all, is one job on the worker pool. Each is scanned whole, by the creating task
+//! ([`GroupEncoder`]) or, when the store gives out a shared handle, by the group's own job
+//! ([`read_and_encode_group`]).
 //!
 //! A namespace of a few kilobytes costs little to encode but, one at a time, a pool hand-off,
 //! a wait and two writes each; with thousands of them (a namespace per tenant) that overhead
@@ -14,11 +16,12 @@ use crate::format::chunker::Chunker;
 use crate::format::framed::FramedVectors;
 use crate::storage::{Vector, VectorStorage};
 use std::ops::Range;
+use std::sync::Arc;
 
 /// Raw bytes of a group (at most `chunk_size`): small enough that the scanned vectors of the
 /// groups in flight stay a few MiB (a scanned vector takes several times its raw bytes on
 /// the heap), large enough that a pool hand-off per group costs nothing.
-const GROUP_BYTES: usize = 1 << 20;
+pub(crate) const GROUP_BYTES: usize = 1 << 20;
 
 /// One small namespace, scanned whole.
 pub(crate) struct SmallNamespace {
@@ -74,6 +77,28 @@ pub(crate) struct NamespacePart<'g> {
 pub(crate) struct EncodedGroup {
     pub batch: EncodedBatch,
     pub namespaces: Vec<EncodedNamespace>,
+    /// Namespaces of the group found larger than a batch, in order, left to be streamed.
+    pub too_large: Vec<TooLarge>,
+}
+
+/// A namespace a group job found larger than a batch (the store's count was low): not in
+/// the group's batch, left for the caller to stream in its place.
+pub(crate) struct TooLarge {
+    /// How many of the group's encoded namespaces come before it.
+    pub after: usize,
+    pub name: String,
+    pub dimension: u32,
+    pub token: Option<String>,
+}
+
+/// A small namespace for a group job to read and encode ([`read_and_encode_group`]).
+pub(crate) struct PlannedNamespace {
+    pub name: String,
+    pub dimension: u32,
+    /// How many vectors the store counted (room to reserve; it may be low).
+    pub count: usize,
+    pub known: KnownChunks,
+    pub identity: Identity,
 }
 
 impl EncodedGroup {
@@ -85,6 +110,7 @@ impl EncodedGroup {
                 ..Default::default()
             },
             namespaces: Vec::with_capacity(namespaces),
+            too_large: Vec::new(),
         }
     }
 
@@ -149,6 +175,80 @@ pub(crate) async fn scan_whole(
     }
 }
 
+/// The store's change token of `ns`, if it keeps one that a sidecar can carry (at most 128
+/// printable ASCII characters; another is ignored, with a warning).
+pub(crate) async fn change_token(storage: &dyn VectorStorage, ns: &str) -> Result<Option<String>> {
+    let token = storage.change_token(ns).await?;
+    let usable = |t: &String| t.len() <= 128 && t.bytes().all(|b| b.is_ascii_graphic());
+    Ok(match token {
+        Some(t) if !usable(&t) => {
+            tracing::warn!(
+                namespace = ns,
+                "the store's change token is not 1-128 printable ASCII characters; ignored"
+            );
+            None
+        }
+        other => other,
+    })
+}
+
+/// A group's work, run on a pool thread ([`super::InOrderTasks::spawn_on_pool`]): reads each
+/// namespace of `group` whole from `store`, its change token first, then encodes them into
+/// one batch. The vectors read are freed on the thread that framed them.
+pub(crate) async fn read_and_encode_group(
+    store: Arc<dyn VectorStorage>,
+    group: Vec<PlannedNamespace>,
+    s: EncodeSettings,
+) -> Result<EncodedGroup> {
+    let mut read = Vec::with_capacity(group.len());
+    let mut too_large = Vec::new();
+    let mut raw_bytes = 0;
+    for p in group {
+        let token = change_token(&*store, &p.name).await?;
+        let room = FramedVectors::with_room(p.dimension, s.include_metadata, p.count);
+        let Some(vectors) = scan_whole(&*store, &p.name, room, s.page_size, s.chunk_size).await?
+        else {
+            too_large.push(TooLarge {
+                after: read.len(),
+                name: p.name,
+                dimension: p.dimension,
+                token,
+            });
+            continue;
+        };
+        raw_bytes += vectors.raw_size() + 64;
+        read.push(SmallNamespace {
+            name: p.name,
+            dimension: p.dimension,
+            vectors,
+            known: p.known,
+            identity: p.identity,
+            token,
+        });
+    }
+    let (encoded, spent) = encode_group(read, raw_bytes, &s);
+    drop(spent);
+    let mut encoded = encoded?;
+    encoded.too_large = too_large;
+    Ok(encoded)
+}
+
+/// Encodes `group` (`raw_bytes` in all) into one batch, handing back its scanned vectors.
+fn encode_group(
+    group: Vec<SmallNamespace>,
+    raw_bytes: usize,
+    s: &EncodeSettings,
+) -> (Result<EncodedGroup>, Spent) {
+    let mantissas = &mut MantissaChoice::default();
+    let mut spent = Vec::with_capacity(group.len());
+    let bytes = s.buffers.take(raw_bytes);
+    let mut encoded = EncodedGroup::with_capacity(group.len(), bytes);
+    let result = group
+        .into_iter()
+        .try_for_each(|ns| encode(ns, s, mantissas, &mut encoded, &mut spent));
+    (result.map(|()| encoded), spent)
+}
+
 /// Groups small namespaces into pool jobs and yields each group encoded, in order.
 pub(crate) struct GroupEncoder {
     settings: EncodeSettings,
@@ -194,16 +294,8 @@ impl GroupEncoder {
         let group = std::mem::take(&mut self.pending);
         let raw_bytes = std::mem::take(&mut self.pending_bytes);
         let s = self.settings.clone();
-        self.jobs.push(move || {
-            let mantissas = &mut MantissaChoice::default();
-            let mut spent = Vec::with_capacity(group.len());
-            let bytes = s.buffers.take(raw_bytes);
-            let mut encoded = EncodedGroup::with_capacity(group.len(), bytes);
-            let result = group
-                .into_iter()
-                .try_for_each(|ns| encode(ns, &s, mantissas, &mut encoded, &mut spent));
-            Ok((result.map(|()| encoded), spent))
-        });
+        self.jobs
+            .push(move || Ok(encode_group(group, raw_bytes, &s)));
     }
 
     /// The oldest group in flight, encoded; `None` when none is.

@@ -13,13 +13,18 @@ mod encode;
 mod group;
 mod read;
 mod spool;
+mod tasks;
 mod write;
 
 pub(crate) use buffers::ByteBuffers;
 pub(crate) use encode::{ChunkEncoder, EncodeSettings, KnownChunks};
-pub(crate) use group::{scan_whole, EncodedGroup, EncodedNamespace, GroupEncoder, SmallNamespace};
+pub(crate) use group::{
+    change_token, read_and_encode_group, scan_whole, EncodedGroup, EncodedNamespace, GroupEncoder,
+    PlannedNamespace, SmallNamespace, GROUP_BYTES,
+};
 pub(crate) use read::{check_chunks, decode_whole, ChunkBytes, NamespaceReader};
 pub(crate) use spool::{download, download_runs, Run, Spool};
+pub(crate) use tasks::InOrderTasks;
 pub(crate) use write::BlobWriter;
 
 use crate::error::{Error, Result};

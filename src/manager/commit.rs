@@ -1,12 +1,11 @@
 //! Writing a snapshot: the blob upload, then the sidecar that commits it.
 
-use super::pipeline::{outside_the_runtime, BlobWriter};
+use super::pipeline::BlobWriter;
 use super::plan::WritePlan;
 use super::sections::{namespace_shapes, BlobBody};
 use super::{EndProgress, SnapshotManager};
 use crate::config::CreateOptions;
 use crate::error::{Error, Result, SinkErrorKind, SinkOp};
-use crate::format::blob;
 use crate::format::sidecar::{new_format_fields, CompressionInfo, SnapshotMetadata};
 use crate::id::SnapshotId;
 use crate::paths::Key;
@@ -52,7 +51,7 @@ impl SnapshotManager {
         self.access().await?;
         tracing::info!(snapshot = %id, repo = %self.sink.describe(), namespaces = plan.store.len(), "creating snapshot");
         let blob = self.upload_blob(storage, &id, created_ms, &plan).await?;
-        let meta = self.new_metadata(id, created_ms, plan, options, blob);
+        let meta = self.new_metadata(id, created_ms, plan, options, blob).await;
         if let Err(e) = meta.check_layout() {
             self.discard_blob(&self.blob_key(&meta.id).await?).await;
             return Err(Error::Internal(format!(
@@ -134,7 +133,7 @@ impl SnapshotManager {
         ))
     }
 
-    fn new_metadata(
+    async fn new_metadata(
         &self,
         id: SnapshotId,
         created_ms: u64,
@@ -146,12 +145,10 @@ impl SnapshotManager {
         let body = blob.body;
         // Written by this build a moment ago: a failure would be a bug, caught by the layout
         // check that follows (as empty lists that disagree with the counts).
-        let raw_length = body.directory.raw_length;
-        let listed = outside_the_runtime(|| {
-            blob::decode_directory_chunk(&body.directory_member, raw_length)
-        })
-        .map(|(listed, _)| listed)
-        .unwrap_or_default();
+        let listed = match body.listed.result().await {
+            Ok(Ok((listed, _))) => listed,
+            _ => Default::default(),
+        };
         for name in &body.found_unchanged {
             plan.inherited_bytes += plan.compare.get(name).map_or(0, |v| v.logical_bytes);
         }

@@ -5,15 +5,16 @@
 use super::create::namespace_dimension;
 use super::dedup::IndexBuilder;
 use super::pipeline::{
-    change_token, outside_the_runtime, scan_whole, BlobWriter, ByteBuffers, ChunkEncoder,
-    EncodeSettings, EncodedGroup, EncodedNamespace, GroupEncoder, KnownChunks, SmallNamespace,
+    change_token, outside_the_runtime, scan_whole, start_on_pool, BlobWriter, ByteBuffers,
+    ChunkEncoder, EncodeSettings, EncodedGroup, EncodedNamespace, GroupEncoder, KnownChunks,
+    PoolJob, SmallNamespace,
 };
 use super::plan::{ParentView, WritePlan};
 use super::SnapshotManager;
 use crate::crypto::{Chunk, Sealing};
 use crate::error::Result;
-use crate::format::blob::{self, EncodedBatch, Identity};
-use crate::format::directory::DirectoryMember;
+use crate::format::blob::{self, DecodeError, EncodedBatch, Identity};
+use crate::format::directory::{Directory, DirectoryMember};
 use crate::format::framed::FramedVectors;
 use crate::format::index::NamespaceIndex;
 use crate::format::sidecar::{ByteRange, ChunkEntry, DirectoryInfo, NamespaceEntry};
@@ -58,10 +59,10 @@ pub(super) async fn namespace_shapes(
 /// The sections written into a blob.
 pub(super) struct BlobBody {
     pub header: ByteRange,
-    /// The directory chunk as written: the stored namespaces' entries, encoded and
-    /// compressed as they were written (a few percent of the memory of their
-    /// [`NamespaceEntry`]s).
-    pub directory_member: Vec<u8>,
+    /// The stored namespaces' entries, decoded on the pool from the directory chunk as
+    /// written (which held them compressed while they were written, a few percent of the
+    /// memory of their [`NamespaceEntry`]s) while the blob is finished.
+    pub listed: PoolJob<std::result::Result<(Directory, [u8; 32]), DecodeError>>,
     /// Namespaces compared while written and found equal to the parent's: nothing of them
     /// is in the blob; the snapshot records them unchanged.
     pub found_unchanged: Vec<String>,
@@ -150,6 +151,9 @@ impl SnapshotManager {
         });
         let stored = Sealing::maybe_seal(w.sealing(), directory_member.clone(), Chunk::Directory);
         (directory.length, directory.crc32) = (stored.len() as u64, crc32fast::hash(&stored));
+        let raw_length = directory.raw_length;
+        let listed =
+            start_on_pool(move || blob::decode_directory_chunk(&directory_member, raw_length));
         w.append(stored, directory.raw_length).await?;
         let footer = range(
             w.write_raw(
@@ -161,7 +165,7 @@ impl SnapshotManager {
         );
         Ok(BlobBody {
             header,
-            directory_member,
+            listed,
             found_unchanged: sections.found_unchanged,
             directory,
             footer,

@@ -152,7 +152,25 @@ pub(crate) fn outside_the_runtime<T>(f: impl FnOnce() -> T) -> T {
 pub(crate) async fn on_pool<T: Send + 'static>(
     job: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T> {
-    joined(spawn_on_pool(job).await)
+    start_on_pool(job).result().await
+}
+
+/// Starts `job` on the worker pool now, to be waited for later ([`PoolJob::result`]), so
+/// that the caller can go on meanwhile.
+pub(crate) fn start_on_pool<T: Send + 'static>(
+    job: impl FnOnce() -> T + Send + 'static,
+) -> PoolJob<T> {
+    PoolJob(spawn_on_pool(job))
+}
+
+/// A job started on the worker pool ([`start_on_pool`]).
+pub(crate) struct PoolJob<T>(JobResult<T>);
+
+impl<T> PoolJob<T> {
+    /// Its result, once it has run; `Err` if it panicked.
+    pub async fn result(self) -> Result<T> {
+        joined(self.0.await)
+    }
 }
 
 /// Maps a codec error to the crate error, naming the snapshot and namespace.

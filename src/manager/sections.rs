@@ -196,16 +196,19 @@ impl SnapshotManager {
                 if let Some(vectors) = self.scan_small(storage, ns, shape).await? {
                     let small = small_namespace(ns, shape, vectors, plan);
                     if groups.add(small) {
-                        self.submit_group(&mut groups, w, plan, sections).await?;
+                        self.submit_group(&mut groups, w, storage, plan, sections)
+                            .await?;
                     }
                     continue;
                 }
             }
-            self.drain_groups(&mut groups, w, plan, sections).await?;
+            self.drain_groups(&mut groups, w, storage, plan, sections)
+                .await?;
             let written = self.write_namespace(w, storage, ns, shape, plan).await?;
             sections.push(ns.clone(), written);
         }
-        self.drain_groups(&mut groups, w, plan, sections).await?;
+        self.drain_groups(&mut groups, w, storage, plan, sections)
+            .await?;
         Ok(())
     }
 
@@ -233,12 +236,13 @@ impl SnapshotManager {
         &self,
         groups: &mut GroupEncoder,
         w: &mut BlobWriter,
+        storage: &dyn VectorStorage,
         plan: &WritePlan,
         sections: &mut Sections,
     ) -> Result<()> {
         if groups.is_busy() {
             if let Some(done) = groups.next().await {
-                self.write_group(w, done?, plan, sections).await?;
+                self.write_group(w, storage, done?, plan, sections).await?;
             }
         }
         groups.submit();
@@ -250,28 +254,45 @@ impl SnapshotManager {
         &self,
         groups: &mut GroupEncoder,
         w: &mut BlobWriter,
+        storage: &dyn VectorStorage,
         plan: &WritePlan,
         sections: &mut Sections,
     ) -> Result<()> {
         groups.submit();
         while let Some(done) = groups.next().await {
-            self.write_group(w, done?, plan, sections).await?;
+            self.write_group(w, storage, done?, plan, sections).await?;
         }
         Ok(())
     }
 
-    /// Appends a group of encoded small namespaces as consecutive sections, in one write,
-    /// and gives its batch's buffer back.
-    async fn write_group(
+    /// Writes a group's namespaces, streaming in its place any the group found larger than
+    /// a batch, and gives the group's buffer back.
+    pub(super) async fn write_group(
         &self,
         w: &mut BlobWriter,
+        storage: &dyn VectorStorage,
         group: EncodedGroup,
         plan: &WritePlan,
         sections: &mut Sections,
     ) -> Result<()> {
         let EncodedGroup {
-            batch, namespaces, ..
+            batch,
+            mut namespaces,
+            too_large,
         } = group;
+        let mut written = 0;
+        for large in too_large {
+            let run: Vec<_> = namespaces.drain(..large.after - written).collect();
+            written = large.after;
+            self.write_run(w, &batch, run, plan, sections).await?;
+            let shape = &Shape {
+                dimension: large.dimension,
+                value_bytes: 0,
+                token: large.token,
+            };
+            let done = self.write_namespace(w, storage, &large.name, shape, plan);
+            sections.push(large.name.clone(), done.await?);
+        }
         self.write_run(w, &batch, namespaces, plan, sections)
             .await?;
         w.buffers().give(batch.bytes);
@@ -279,7 +300,7 @@ impl SnapshotManager {
     }
 
     /// Appends `run`, namespaces encoded in `batch`, as consecutive sections, in one write.
-    pub(super) async fn write_run(
+    async fn write_run(
         &self,
         w: &mut BlobWriter,
         batch: &EncodedBatch,

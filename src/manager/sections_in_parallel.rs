@@ -85,8 +85,7 @@ impl SnapshotManager {
         let Some(group) = groups.next().await else {
             return Ok(false);
         };
-        self.write_read_group(w, storage, group?, plan, sections)
-            .await?;
+        self.write_group(w, storage, group?, plan, sections).await?;
         Ok(true)
     }
 
@@ -107,40 +106,6 @@ impl SnapshotManager {
         };
         let written = self.write_namespace(w, storage, ns, shape, plan).await?;
         sections.push(ns.clone(), written);
-        Ok(())
-    }
-
-    /// Writes a group's namespaces, streaming in its place any the group found larger than
-    /// a batch, and gives the group's buffer back.
-    async fn write_read_group(
-        &self,
-        w: &mut BlobWriter,
-        storage: &dyn VectorStorage,
-        group: EncodedGroup,
-        plan: &WritePlan,
-        sections: &mut Sections,
-    ) -> Result<()> {
-        let EncodedGroup {
-            batch,
-            mut namespaces,
-            too_large,
-        } = group;
-        let mut written = 0;
-        for large in too_large {
-            let run: Vec<_> = namespaces.drain(..large.after - written).collect();
-            written = large.after;
-            self.write_run(w, &batch, run, plan, sections).await?;
-            let shape = &Shape {
-                dimension: large.dimension,
-                value_bytes: 0,
-                token: large.token,
-            };
-            let done = self.write_namespace(w, storage, &large.name, shape, plan);
-            sections.push(large.name.clone(), done.await?);
-        }
-        self.write_run(w, &batch, namespaces, plan, sections)
-            .await?;
-        w.buffers().give(batch.bytes);
         Ok(())
     }
 }

@@ -147,8 +147,11 @@ pub trait VectorStorage: Send + Sync + std::fmt::Debug {
 
     /// A handle to this same store that a snapshot's own tasks can keep: reads through it
     /// see what reads through `self` see. With one, a snapshot of many small namespaces reads
-    /// several of them at once (calling [`Self::scan_each`] and [`Self::change_token`] on
-    /// the handle from tasks it spawns on the runtime), and keeps every core busy.
+    /// several of them at once and keeps every core busy: it calls [`Self::scan_each`] and
+    /// [`Self::change_token`] on the handle from its worker threads, each call's future
+    /// driven there by [`tokio::runtime::Handle::block_on`] on the caller's runtime (so
+    /// its I/O and timers work, and a future dropped mid-read must leave the store sound, as
+    /// any cancelled read must).
     ///
     /// `None`, the default: namespaces are read one at a time, in name order, by the task
     /// that creates the snapshot. A store that can only be read in order (a stream) keeps it.

@@ -87,6 +87,12 @@ impl FramedVectors {
         self.raw = 0;
     }
 
+    /// Empties it for vectors of `dimension`, keeping its buffers' capacity.
+    pub fn clear_for(&mut self, dimension: u32) {
+        self.clear();
+        self.dimension = dimension;
+    }
+
     pub fn dimension(&self) -> u32 {
         self.dimension
     }

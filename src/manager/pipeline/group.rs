@@ -193,43 +193,45 @@ pub(crate) async fn change_token(storage: &dyn VectorStorage, ns: &str) -> Resul
 }
 
 /// A group's work, run on a pool thread ([`super::InOrderTasks::spawn_on_pool`]): reads each
-/// namespace of `group` whole from `store`, its change token first, then encodes them into
-/// one batch. The vectors read are freed on the thread that framed them.
+/// namespace of `group` whole from `store`, its change token first, and encodes it into the
+/// group's batch before reading the next, framing every namespace in the same buffers.
 pub(crate) async fn read_and_encode_group(
     store: Arc<dyn VectorStorage>,
     group: Vec<PlannedNamespace>,
     s: EncodeSettings,
 ) -> Result<EncodedGroup> {
-    let mut read = Vec::with_capacity(group.len());
-    let mut too_large = Vec::new();
-    let mut raw_bytes = 0;
+    let room = group
+        .iter()
+        .map(|p| p.count * (4 * p.dimension as usize + 64));
+    let mut encoded = EncodedGroup::with_capacity(group.len(), s.buffers.take(room.sum()));
+    let mantissas = &mut MantissaChoice::default();
+    let mut spent = Vec::with_capacity(1);
+    let mut framed = FramedVectors::new(0, s.include_metadata);
     for p in group {
         let token = change_token(&*store, &p.name).await?;
-        let room = FramedVectors::with_room(p.dimension, s.include_metadata, p.count);
-        let Some(vectors) = scan_whole(&*store, &p.name, room, s.page_size, s.chunk_size).await?
-        else {
-            too_large.push(TooLarge {
-                after: read.len(),
+        framed.clear_for(p.dimension);
+        let read = scan_whole(&*store, &p.name, framed, s.page_size, s.chunk_size);
+        let Some(vectors) = read.await? else {
+            encoded.too_large.push(TooLarge {
+                after: encoded.namespaces.len(),
                 name: p.name,
                 dimension: p.dimension,
                 token,
             });
+            framed = FramedVectors::new(0, s.include_metadata);
             continue;
         };
-        raw_bytes += vectors.raw_size() + 64;
-        read.push(SmallNamespace {
+        let ns = SmallNamespace {
             name: p.name,
             dimension: p.dimension,
             vectors,
             known: p.known,
             identity: p.identity,
             token,
-        });
+        };
+        encode(ns, &s, mantissas, &mut encoded, &mut spent)?;
+        framed = spent.pop().map(|(vectors, _)| vectors).unwrap_or_default();
     }
-    let (encoded, spent) = encode_group(read, raw_bytes, &s);
-    drop(spent);
-    let mut encoded = encoded?;
-    encoded.too_large = too_large;
     Ok(encoded)
 }
 

@@ -38,6 +38,16 @@ pub(super) struct Shape {
     pub token: Option<String>,
 }
 
+impl Shape {
+    /// How many vectors the store counted (0 for a namespace without a dimension yet).
+    pub fn vector_count(&self) -> usize {
+        match self.dimension {
+            0 => 0,
+            dim => (self.value_bytes / (4 * u64::from(dim))) as usize,
+        }
+    }
+}
+
 /// The shapes of `names`, from the store's dimensions and counts.
 pub(super) async fn namespace_shapes(
     storage: &dyn VectorStorage,
@@ -220,11 +230,7 @@ impl SnapshotManager {
         ns: &str,
         shape: &Shape,
     ) -> Result<Option<FramedVectors>> {
-        let dim = shape.dimension;
-        let count = match dim {
-            0 => 0,
-            _ => (shape.value_bytes / (4 * u64::from(dim))) as usize,
-        };
+        let (dim, count) = (shape.dimension, shape.vector_count());
         let into = FramedVectors::with_room(dim, self.config.include_metadata, count);
         let (page, limit) = (self.config.scan_page_size, self.config.chunk_size);
         scan_whole(storage, ns, into, page, limit).await

@@ -143,14 +143,10 @@ fn units<'p>(
 
 fn planned(ns: &str, shape: &Shape, plan: &WritePlan) -> PlannedNamespace {
     let (known, identity) = dedup_inputs(plan, ns);
-    let count = match shape.dimension {
-        0 => 0,
-        dim => (shape.value_bytes / (4 * u64::from(dim))) as usize,
-    };
     PlannedNamespace {
         name: ns.to_string(),
         dimension: shape.dimension,
-        count,
+        count: shape.vector_count(),
         known,
         identity,
     }

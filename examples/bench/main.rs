@@ -295,6 +295,13 @@ fn print_ratios(s: &serde_json::Map<String, Value>) {
     .flatten()
     .collect();
     println!("ratios (median of rounds): {}", parts.join(", "));
+    if let (Some(busy), Some(cpu)) = (f("create_cores_busy"), f("create_cpu_vs_single_thread")) {
+        println!(
+            "create vs one thread, its factors (median of rounds): {busy:.2} cores busy{}, {cpu:.3}x the CPU time of one thread{}",
+            range("create_cores_busy"),
+            range("create_cpu_vs_single_thread")
+        );
+    }
     let zstd_size = f("blob_vs_zstd_bytes")
         .map(|x| format!(", {x:.3}x the bytes of {}", zstd::COMMAND))
         .unwrap_or_default();

@@ -145,6 +145,30 @@ fn secs(round: &Round, phase: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+fn cpu_secs(round: &Round, phase: &str) -> f64 {
+    round
+        .get(phase)
+        .and_then(|v| v["cpu_secs"].as_f64())
+        .unwrap_or(f64::NAN)
+}
+
+/// A figure computed from one round.
+type Factor = fn(&Round) -> f64;
+
+/// The two factors of `create_vs_single_thread`, per round: how many cores the create kept
+/// busy (its CPU time over its time; the one-thread create keeps about one), and the CPU time
+/// it spent against the one-thread create's for the same work (over 1: the threads got in each
+/// other's way). The ratio is about the first over the second: it falls short of 2 by idle
+/// time or by extra work, and these say which.
+const FACTORS: [(&str, Factor); 2] = [
+    ("create_cores_busy", |r| {
+        cpu_secs(r, "create") / secs(r, "create")
+    }),
+    ("create_cpu_vs_single_thread", |r| {
+        cpu_secs(r, "create") / cpu_secs(r, "create-1t")
+    }),
+];
+
 /// The ratios within one round: what each is, and the phases whose times it divides
 /// (numerator's time over the denominator's: how many times faster the second is).
 const RATIOS: [(&str, &str, &str); 6] = [
@@ -233,6 +257,11 @@ pub fn summarize(rounds: &[Round], raw: u64) -> Map<String, Value> {
                 .map(|r| secs(r, a) / secs(r, b))
                 .collect::<Vec<_>>(),
         );
+        out.insert(name.into(), json!(s.median));
+        spread.insert(name.into(), s.to_json());
+    }
+    for (name, factor) in FACTORS {
+        let s = Spread::of(&rounds.iter().map(factor).collect::<Vec<_>>());
         out.insert(name.into(), json!(s.median));
         spread.insert(name.into(), s.to_json());
     }

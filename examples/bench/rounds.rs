@@ -138,18 +138,20 @@ fn snapshot_id(v: &Value, phase: &str) -> Result<String, String> {
         .ok_or(format!("{phase} printed no snapshot id"))
 }
 
-fn secs(round: &Round, phase: &str) -> f64 {
+/// `field` of `phase`'s output in `round` (NaN if that phase did not run).
+fn figure(round: &Round, phase: &str, field: &str) -> f64 {
     round
         .get(phase)
-        .and_then(|v| v["secs"].as_f64())
+        .and_then(|v| v[field].as_f64())
         .unwrap_or(f64::NAN)
 }
 
+fn secs(round: &Round, phase: &str) -> f64 {
+    figure(round, phase, "secs")
+}
+
 fn cpu_secs(round: &Round, phase: &str) -> f64 {
-    round
-        .get(phase)
-        .and_then(|v| v["cpu_secs"].as_f64())
-        .unwrap_or(f64::NAN)
+    figure(round, phase, "cpu_secs")
 }
 
 /// A figure computed from one round.
